@@ -1,0 +1,165 @@
+"""Random-weight Wan 2.1 checkpoints and ai-toolkit-format LoRAs, written in code.
+
+No machine of the project can download weights, so the real loading path
+(`WanPipeline.from_pretrained` on a diffusers folder) is exercised on folders
+built here: a tiny pipeline for CPU tests and the demo, and the full-size 14B
+shapes on a GPU for timing. Weights are random; shapes and file layout are
+the real ones.
+"""
+from __future__ import annotations
+
+import json
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+WAN_14B_TRANSFORMER = dict(
+    patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128,
+    in_channels=16, out_channels=16, text_dim=4096, freq_dim=256,
+    ffn_dim=13824, num_layers=40, cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
+)
+# UMT5-XXL encoder as shipped with Wan 2.1 (google/umt5-xxl).
+UMT5_XXL = dict(
+    vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24,
+    num_heads=64, relative_attention_num_buckets=32,
+    relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
+    dense_act_fn="gelu_new", is_gated_act=True, tie_word_embeddings=False,
+)
+
+TINY_TRANSFORMER = dict(
+    patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+    in_channels=16, out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32,
+    num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+    eps=1e-6, rope_max_seq_len=32,
+)
+TINY_VOCAB = 512
+TINY_UMT5 = dict(
+    vocab_size=TINY_VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2,
+    num_heads=4, relative_attention_num_buckets=8,
+    relative_attention_max_distance=16, feed_forward_proj="gated-gelu",
+    dense_act_fn="gelu_new", is_gated_act=True, tie_word_embeddings=False,
+)
+
+# Modules of each Wan block that ai-toolkit trains for wan21.
+LORA_TARGETS = (
+    "self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o",
+    "cross_attn.q", "cross_attn.k", "cross_attn.v", "cross_attn.o",
+    "ffn.0", "ffn.2",
+)
+
+
+@dataclass(frozen=True)
+class WanShape:
+    """The few dimensions a LoRA file depends on."""
+
+    dim: int
+    ffn_dim: int
+    num_layers: int
+
+    @classmethod
+    def of(cls, transformer_config: dict) -> "WanShape":
+        c = transformer_config
+        return cls(c["num_attention_heads"] * c["attention_head_dim"], c["ffn_dim"], c["num_layers"])
+
+
+def _tokenizer(vocab_size: int):
+    from transformers import T5Tokenizer
+
+    pieces = ["<pad>", "</s>", "<unk>"]
+    pieces += ["\u2581" + c for c in string.ascii_lowercase + string.digits]
+    pieces += list(string.ascii_letters + string.digits + string.punctuation)
+    pieces += ["\u2581"]
+    words = "a the of photo person video cat dog walking in on with sks trigger".split()
+    pieces += ["\u2581" + w for w in words]
+    pieces = list(dict.fromkeys(pieces))[:vocab_size]
+    vocab = [(p, 0.0 if i < 3 else -float(i)) for i, p in enumerate(pieces)]
+    return T5Tokenizer(vocab=vocab, extra_ids=0)
+
+
+def _scheduler():
+    from diffusers import UniPCMultistepScheduler
+
+    # The scheduler config shipped with Wan-AI/Wan2.1-T2V-14B-Diffusers.
+    return UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0,
+        num_train_timesteps=1000, solver_order=2, solver_type="bh2",
+    )
+
+
+def write_random_wan(
+    out_dir: str | Path,
+    *,
+    transformer_config: dict = TINY_TRANSFORMER,
+    text_encoder_config: dict = TINY_UMT5,
+    vae_config: dict | None = None,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+) -> Path:
+    """Write a random-weight Wan 2.1 T2V pipeline in diffusers format and return its folder.
+
+    Defaults give the tiny CPU pipeline; pass the 14B / UMT5-XXL configs and
+    `vae_config={}` (the real VAE's defaults) for the full-size shapes.
+    """
+    from diffusers import AutoencoderKLWan, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    out_dir = Path(out_dir)
+    if vae_config is None:
+        vae_config = dict(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                          temperal_downsample=[False, True, True])
+    torch.manual_seed(seed)
+    with torch.device(device):
+        transformer = WanTransformer3DModel(**transformer_config).to(dtype)
+        vae = AutoencoderKLWan(**vae_config).to(torch.float32)
+        text_encoder = UMT5EncoderModel(UMT5Config(**text_encoder_config)).to(dtype)
+    pipe = WanPipeline(
+        tokenizer=_tokenizer(text_encoder_config["vocab_size"]), text_encoder=text_encoder,
+        vae=vae, transformer=transformer, scheduler=_scheduler(),
+    )
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir
+
+
+def write_aitoolkit_lora(
+    path: str | Path,
+    *,
+    shape: WanShape,
+    rank: int = 4,
+    seed: int = 0,
+    scale: float = 0.05,
+    dtype: torch.dtype = torch.bfloat16,
+    software_version: str = "0.9.4",
+    training_step: int = 1000,
+    trigger_words: tuple[str, ...] = ("sks",),
+) -> Path:
+    """Write a LoRA as ai-toolkit saves one for wan21 (keys, dtype and metadata)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    in_out = {"ffn.0": (shape.dim, shape.ffn_dim), "ffn.2": (shape.ffn_dim, shape.dim)}
+    tensors = {}
+    for block in range(shape.num_layers):
+        for module in LORA_TARGETS:
+            fan_in, fan_out = in_out.get(module, (shape.dim, shape.dim))
+            key = f"diffusion_model.blocks.{block}.{module}"
+            tensors[f"{key}.lora_A.weight"] = (torch.randn(rank, fan_in, generator=gen) * scale).to(dtype)
+            tensors[f"{key}.lora_B.weight"] = (torch.randn(fan_out, rank, generator=gen) * scale).to(dtype)
+    name = path.stem
+    metadata = {
+        "format": "pt",
+        "software": json.dumps({"name": "ai-toolkit", "repo": "https://github.com/ostris/ai-toolkit",
+                                "version": software_version}),
+        "ss_base_model_version": "wan_2.1",
+        "ss_output_name": name,
+        "training_info": json.dumps({"step": training_step, "epoch": 0}),
+        "ss_tag_frequency": json.dumps({"1_" + name: {w: 10 for w in trigger_words}}),
+        "name": name,
+        "version": "1.0",
+    }
+    save_file(tensors, str(path), metadata=metadata)
+    return path

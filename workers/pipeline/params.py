@@ -1,0 +1,96 @@
+"""Per-prompt parameters of the ai-toolkit-inference request schema.
+
+Limits and wan21_14b defaults follow the reference server; `resolve_prompt`
+turns one request prompt into the values that will actually run (trigger word
+replaced, seed drawn, size and frame count snapped the way the model needs)
+so that what is stored with a job is what renders.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+
+MODEL_IDS = ("wan21_14b",)
+MAX_SEED = 2**31 - 1
+SEED_BASE = 42
+
+# field: (min, max) as the reference validates them
+LIMITS = {
+    "width": (64, 4096),
+    "height": (64, 4096),
+    "sample_steps": (1, 150),
+    "guidance_scale": (0.0, 20.0),
+    "seed": (-1, None),
+    "num_frames": (1, 1000),
+    "fps": (1, 120),
+    "network_multiplier": (-2.0, 2.0),
+}
+DEFAULTS = {
+    "width": 1024,
+    "height": 1024,
+    "sample_steps": 25,
+    "guidance_scale": 4.0,
+    "neg": "",
+    "num_frames": 41,
+    "fps": 16,
+}
+SIZE_MULTIPLE = 16  # VAE factor 8 x patch 2
+TEMPORAL_FACTOR = 4
+
+
+@dataclass(frozen=True)
+class PromptParams:
+    """One prompt as it renders: every value effective, nothing left to default."""
+
+    prompt: str
+    neg: str
+    width: int
+    height: int
+    num_frames: int
+    sample_steps: int
+    guidance_scale: float
+    seed: int
+    fps: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def snap_size(value: int) -> int:
+    return max(SIZE_MULTIPLE, value // SIZE_MULTIPLE * SIZE_MULTIPLE)
+
+
+def snap_frames(value: int) -> int:
+    """Frame count Wan can produce, rounded as diffusers' WanPipeline rounds it."""
+    if value % TEMPORAL_FACTOR == 1:
+        return value
+    return value // TEMPORAL_FACTOR * TEMPORAL_FACTOR + 1
+
+
+def replace_trigger(prompt: str, trigger_word: str | None) -> str:
+    return prompt.replace("[trigger]", trigger_word) if trigger_word else prompt
+
+
+def random_seed() -> int:
+    return random.SystemRandom().randint(0, MAX_SEED)
+
+
+def resolve_prompt(item: dict, *, index: int, trigger_word: str | None = None) -> PromptParams:
+    """Resolve one validated prompt item of a request to the parameters that will run."""
+    value = {**DEFAULTS, **{k: v for k, v in item.items() if v is not None}}
+    seed = item.get("seed")
+    if seed is None:
+        seed = SEED_BASE + index
+    elif seed == -1:
+        seed = random_seed()
+    return PromptParams(
+        prompt=replace_trigger(item["prompt"], item.get("trigger_word") or trigger_word),
+        neg=value["neg"],
+        width=snap_size(int(value["width"])),
+        height=snap_size(int(value["height"])),
+        num_frames=snap_frames(int(value["num_frames"])),
+        sample_steps=int(value["sample_steps"]),
+        guidance_scale=float(value["guidance_scale"]),
+        seed=int(seed),
+        fps=int(value["fps"]),
+    )

@@ -1,0 +1,208 @@
+"""The warm Wan 2.1 pipeline of one worker process.
+
+`WanRuntime` loads `WanPipeline.from_pretrained` once, keeps it on its device,
+and renders one prompt at a time. LoRAs stay resident as peft adapters keyed by
+sha256: a job activates its stack with `set_adapters` at exactly the requested
+multipliers, so switching LoRAs never reloads the base model and no scale
+leaks from one job into the next. Adapters unused for longest are unloaded
+when the resident set passes its memory budget.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .params import PromptParams
+from .video import to_uint8
+
+log = logging.getLogger(__name__)
+
+SCHEDULERS = ("auto", "euler", "unipc")
+EULER_FROM_VERSION = (0, 9, 4)  # ai-toolkit samples Wan 2.1 previews with flow-match Euler from here on
+UNIPC_UNTIL_VERSION = (0, 9, 2)
+
+
+class RenderCanceled(Exception):
+    """Raised from the step callback to stop a render; its partial work is dropped."""
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    path: str
+    sha256: str
+    multiplier: float
+    software_version: str | None = None
+
+
+@dataclass
+class RenderResult:
+    frames: np.ndarray  # (F, H, W, 3) uint8
+    scheduler: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _version_tuple(version: str | None) -> tuple[int, ...] | None:
+    try:
+        return tuple(int(p) for p in version.split(".")[:3])
+    except (AttributeError, ValueError):
+        return None
+
+
+def pick_scheduler(choice: str, loras: list[LoraSpec]) -> str:
+    """The scheduler a job runs with: explicit, or the one its first LoRA was previewed with."""
+    if choice != "auto":
+        return choice
+    version = _version_tuple(loras[0].software_version) if loras else None
+    if version is None:
+        return "checkpoint"
+    if version >= EULER_FROM_VERSION:
+        return "euler"
+    if version <= UNIPC_UNTIL_VERSION:
+        return "unipc"
+    return "checkpoint"
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class WanRuntime:
+    def __init__(self, model_path: str, *, device: str | None = None, dtype: torch.dtype | None = None,
+                 lora_budget_bytes: int = 8 * 2**30):
+        self.model_path = model_path
+        self.device = device or default_device()
+        self.dtype = dtype or (torch.bfloat16 if self.device.startswith("cuda") else torch.float32)
+        self.lora_budget_bytes = lora_budget_bytes
+        self.pipe = None
+        self._adapters: OrderedDict[str, int] = OrderedDict()  # adapter name -> bytes, least recent first
+        self._schedulers: dict = {}
+        self.load_seconds: float | None = None
+
+    # -- life ---------------------------------------------------------------
+    def load(self) -> "WanRuntime":
+        if self.pipe is not None:
+            return self
+        from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanPipeline
+
+        start = time.perf_counter()
+        pipe = WanPipeline.from_pretrained(self.model_path, dtype=self.dtype)
+        pipe.to(self.device)
+        pipe.set_progress_bar_config(disable=True)
+        own = pipe.scheduler
+        self._schedulers = {
+            "checkpoint": own,
+            "euler": FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0,
+                                                     use_dynamic_shifting=False),
+            "unipc": UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                             flow_shift=3.0, num_train_timesteps=1000, solver_order=2,
+                                             solver_type="bh2"),
+        }
+        self.pipe = pipe
+        self.load_seconds = time.perf_counter() - start
+        log.info("loaded %s on %s in %.1fs", self.model_path, self.device, self.load_seconds)
+        return self
+
+    def unload(self) -> None:
+        self.pipe = None
+        self._adapters.clear()
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+    @property
+    def transformer_config(self) -> dict:
+        return dict(self.load().pipe.transformer.config)
+
+    # -- LoRAs --------------------------------------------------------------
+    @staticmethod
+    def adapter_name(sha256: str) -> str:
+        return f"lora_{sha256[:16]}"
+
+    @property
+    def resident_adapters(self) -> list[str]:
+        return list(self._adapters)
+
+    def activate_loras(self, loras: list[LoraSpec]) -> float:
+        """Make exactly `loras` active at their multipliers; returns the seconds it took."""
+        start = time.perf_counter()
+        pipe = self.load().pipe
+        names = []
+        for lora in loras:
+            name = self.adapter_name(lora.sha256)
+            if name not in self._adapters:
+                path = Path(lora.path)
+                pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name)
+                self._adapters[name] = path.stat().st_size
+            self._adapters.move_to_end(name)
+            names.append(name)
+        if names:
+            pipe.enable_lora()
+            pipe.set_adapters(names, [lora.multiplier for lora in loras])
+        elif self._adapters:
+            pipe.disable_lora()
+        self._evict(keep=set(names))
+        return time.perf_counter() - start
+
+    def _evict(self, keep: set[str]) -> None:
+        while sum(self._adapters.values()) > self.lora_budget_bytes:
+            victim = next((n for n in self._adapters if n not in keep), None)
+            if victim is None:
+                return
+            self.pipe.delete_adapters(victim)
+            del self._adapters[victim]
+            log.info("unloaded adapter %s (LoRA memory budget)", victim)
+
+    # -- rendering ----------------------------------------------------------
+    def render(self, params: PromptParams, *, loras: list[LoraSpec] = (), scheduler: str = "auto",
+               on_step: Callable[[int, int], None] | None = None) -> RenderResult:
+        """Render one prompt. `on_step(done, total)` runs after every denoising step and may
+        raise `RenderCanceled` to stop."""
+        pipe = self.load().pipe
+        loras = list(loras)
+        timings = {"lora_switch": self.activate_loras(loras)}
+        scheduler_name = pick_scheduler(scheduler, loras)
+        pipe.scheduler = self._schedulers[scheduler_name]
+
+        # 1. Text encoding
+        start = time.perf_counter()
+        with torch.inference_mode():
+            prompt_embeds, negative_embeds = pipe.encode_prompt(
+                prompt=params.prompt, negative_prompt=params.neg,
+                do_classifier_free_guidance=params.guidance_scale > 1.0, device=pipe._execution_device,
+            )
+        self._sync()
+        timings["text_encode"] = time.perf_counter() - start
+
+        # 2. Denoising (per-step callback), then 3. VAE decode inside the same call
+        marks = {"start": time.perf_counter()}
+
+        def step_end(_pipe, index, _t, _kwargs):
+            if index + 1 == params.sample_steps:
+                self._sync()
+                marks["denoised"] = time.perf_counter()
+            if on_step is not None:
+                on_step(index + 1, params.sample_steps)
+            return {}
+
+        output = pipe(
+            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds,
+            height=params.height, width=params.width, num_frames=params.num_frames,
+            num_inference_steps=params.sample_steps, guidance_scale=params.guidance_scale,
+            generator=torch.Generator("cpu").manual_seed(params.seed), output_type="np",
+            callback_on_step_end=step_end,
+        )
+        done = time.perf_counter()
+        timings["denoise"] = marks["denoised"] - marks["start"]
+        timings["denoise_per_step"] = timings["denoise"] / params.sample_steps
+        timings["vae_decode"] = done - marks["denoised"]
+        return RenderResult(frames=to_uint8(output.frames[0]), scheduler=scheduler_name, timings=timings)
+
+    def _sync(self) -> None:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
