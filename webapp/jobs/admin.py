@@ -1,0 +1,134 @@
+"""Admin: submit jobs from a prompt set and LoRAs, watch progress, play outputs, cancel and retry."""
+from django import forms
+from django.contrib import admin, messages
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
+
+from webapp.core.errors import ApiError
+from webapp.loras.models import Lora
+from webapp.prompts.models import PromptSet
+
+from .models import GenerationJob, JobLora, JobOutput, Scheduler
+from .serializers import HIGH, LOW
+from .services import job_cancel, job_retry, job_submit
+
+
+class JobSubmitForm(forms.ModelForm):
+    prompt_set = forms.ModelChoiceField(PromptSet.objects.all())
+    loras = forms.ModelMultipleChoiceField(Lora.objects.all(), required=False)
+    multiplier = forms.FloatField(min_value=LOW, max_value=HIGH, initial=1.0,
+                                  help_text="Multiplier applied to each selected LoRA.")
+    scheduler = forms.ChoiceField(choices=Scheduler.choices, initial=Scheduler.AUTO)
+
+    class Meta:
+        model = GenerationJob
+        fields = ["prompt_set", "loras", "multiplier", "scheduler", "priority"]
+
+
+class JobLoraInline(admin.TabularInline):
+    model = JobLora
+    fields = ["lora", "name", "sha256", "multiplier"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+class JobOutputInline(admin.StackedInline):
+    model = JobOutput
+    fields = ["player", "index", "width", "height", "num_frames", "fps", "seed", "scheduler", "record"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="video")
+    def player(self, output):
+        return format_html('<video controls width="480" poster="{}" src="{}"></video>',
+                           reverse("output-file", args=[output.pk, "poster"]),
+                           reverse("output-file", args=[output.pk, "video"]))
+
+
+@admin.register(GenerationJob)
+class GenerationJobAdmin(admin.ModelAdmin):
+    list_display = ["id", "owner", "status", "progress_percent", "priority", "lora_stack", "attempts", "worker",
+                    "created_at", "finished_at"]
+    list_filter = ["status", "model", "owner", "scheduler"]
+    search_fields = ["id", "prompts", "job_loras__name"]
+    actions = ["cancel_jobs", "retry_jobs"]
+    readonly_fields = ["id", "owner", "model", "status", "priority", "scheduler", "prompt_set", "effective_prompts",
+                       "progress", "error_code", "error_message", "attempts", "worker", "timings", "created_at",
+                       "started_at", "finished_at"]
+    inlines = [JobLoraInline, JobOutputInline]
+
+    def get_form(self, request, obj=None, **kwargs):
+        if obj is None:
+            kwargs["form"] = JobSubmitForm
+        return super().get_form(request, obj, **kwargs)
+
+    def get_fields(self, request, obj=None):
+        return JobSubmitForm.Meta.fields if obj is None else self.readonly_fields
+
+    def get_readonly_fields(self, request, obj=None):
+        return [] if obj is None else self.readonly_fields
+
+    def get_inlines(self, request, obj):
+        return [] if obj is None else self.inlines
+
+    def has_change_permission(self, request, obj=None):
+        return False if obj is not None else super().has_change_permission(request, obj)
+
+    def save_model(self, request, obj, form, change):
+        data = form.cleaned_data
+        prompt_set = data["prompt_set"]
+        try:
+            job = job_submit(owner=request.user, model="wan21_14b",
+                             loras=[(lora, data["multiplier"]) for lora in data["loras"]],
+                             prompts=[item.as_request_item() for item in prompt_set.items.all()],
+                             trigger_word=prompt_set.trigger_word, priority=data["priority"],
+                             scheduler=data["scheduler"], prompt_set=prompt_set)
+        except ApiError as exc:
+            messages.error(request, f"{exc.code}: {exc.message}")
+            raise
+        obj.pk = job.pk
+        obj.refresh_from_db()
+
+    def save_related(self, request, form, formsets, change):
+        pass  # the job's LoRAs were written by job_submit
+
+    @admin.display(description="progress")
+    def progress_percent(self, job):
+        return f"{job.percent}%"
+
+    @admin.display(description="LoRAs")
+    def lora_stack(self, job):
+        return ", ".join(f"{jl.name}@{jl.multiplier:g}" for jl in job.job_loras.all()) or "-"
+
+    @admin.display(description="prompts (as rendered)")
+    def effective_prompts(self, job):
+        return format_html_join(
+            "", "<p><b>{}</b><br>{}x{}, {} frames @ {} fps, {} steps, guidance {}, seed {}</p>",
+            ((p["prompt"], p["width"], p["height"], p["num_frames"], p["fps"], p["sample_steps"],
+              p["guidance_scale"], p["seed"]) for p in job.prompts))
+
+    @admin.action(description="Cancel selected jobs")
+    def cancel_jobs(self, request, queryset):
+        self._each(request, queryset, job_cancel, "canceled")
+
+    @admin.action(description="Retry selected jobs")
+    def retry_jobs(self, request, queryset):
+        self._each(request, queryset, job_retry, "queued again")
+
+    def _each(self, request, queryset, service, done):
+        count = 0
+        for job in queryset:
+            try:
+                service(job=job)
+                count += 1
+            except ApiError as exc:
+                messages.warning(request, f"{job.id}: {exc.message}")
+        messages.info(request, f"{count} job(s) {done}.")

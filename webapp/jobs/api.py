@@ -1,0 +1,85 @@
+"""REST resources /api/v1/jobs/ (submit, list, detail, cancel, retry) and output downloads."""
+from django.core.files.storage import default_storage
+from django.http import FileResponse
+from django_filters import rest_framework as filters
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.generics import get_object_or_404
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from webapp.core.errors import NotFound
+from webapp.loras.services import lora_resolve
+from webapp.prompts.models import PromptSet
+
+from .models import GenerationJob, JobOutput
+from .selectors import job_get, job_list
+from .serializers import JobCreateSerializer, JobSerializer
+from .services import job_cancel, job_retry, job_submit
+
+
+class JobFilter(filters.FilterSet):
+    lora = filters.NumberFilter(field_name="job_loras__lora")
+
+    class Meta:
+        model = GenerationJob
+        fields = ["status", "owner", "model", "lora", "prompt_set"]
+
+
+class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    queryset = job_list()
+    serializer_class = JobSerializer
+    filterset_class = JobFilter
+
+    def get_object(self):
+        return job_get(job_id=self.kwargs["pk"])
+
+    @extend_schema(request=JobCreateSerializer, responses={201: JobSerializer})
+    def create(self, request):
+        payload = JobCreateSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = payload.validated_data
+        prompt_set, prompts, trigger_word = None, data.get("prompts"), data.get("trigger_word")
+        if data.get("prompt_set"):
+            prompt_set = PromptSet.objects.prefetch_related("items").filter(pk=data["prompt_set"]).first()
+            if prompt_set is None:
+                raise NotFound("PROMPT_SET_NOT_FOUND", f"No prompt set with id {data['prompt_set']}.")
+            prompts = [item.as_request_item() for item in prompt_set.items.all()]
+            trigger_word = trigger_word or prompt_set.trigger_word
+        loras = []
+        for item in data["loras"]:
+            lora = lora_resolve(ref=item["lora"], owner=request.user)
+            multiplier = item.get("multiplier")
+            loras.append((lora, lora.default_multiplier if multiplier is None else multiplier))
+        job = job_submit(owner=request.user, model=data["model"], loras=loras, prompts=prompts,
+                         trigger_word=trigger_word, priority=data["priority"], scheduler=data["scheduler"],
+                         prompt_set=prompt_set, request=request.data)
+        return Response(JobSerializer(job_get(job_id=job.pk), context={"request": request}).data,
+                        status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses={200: JobSerializer})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        job = job_cancel(job=self.get_object())
+        return Response(JobSerializer(job_get(job_id=job.pk), context={"request": request}).data)
+
+    @extend_schema(request=None, responses={200: JobSerializer})
+    @action(detail=True, methods=["post"])
+    def retry(self, request, pk=None):
+        job = job_retry(job=self.get_object())
+        return Response(JobSerializer(job_get(job_id=job.pk), context={"request": request}).data)
+
+
+class OutputFileView(APIView):
+    """Download an output's MP4 or poster, streamed from whichever storage holds it."""
+
+    @extend_schema(responses={(200, "video/mp4"): bytes})
+    def get(self, request, pk, kind):
+        output = get_object_or_404(JobOutput, pk=pk)
+        field = output.video if kind == "video" else output.poster
+        if not field:
+            raise NotFound("OUTPUT_FILE_NOT_FOUND", "This output has no such file.")
+        name = field.name.rsplit("/", 1)[-1]
+        return FileResponse(default_storage.open(field.name, "rb"), filename=name,
+                            content_type="video/mp4" if kind == "video" else "image/png")

@@ -1,0 +1,96 @@
+"""Generation jobs: the row is the truth about a render, the worker only moves it forward."""
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+class JobStatus(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED)
+
+
+class Scheduler(models.TextChoices):
+    AUTO = "auto", "auto (as the LoRA's ai-toolkit previews)"
+    EULER = "euler", "flow-match Euler, shift 3"
+    UNIPC = "unipc", "UniPC flow, shift 3"
+
+
+class GenerationJob(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                              related_name="jobs")
+    model = models.CharField(max_length=50, default="wan21_14b")
+    status = models.CharField(max_length=20, choices=JobStatus.choices, default=JobStatus.QUEUED, db_index=True)
+    priority = models.SmallIntegerField(default=0, help_text="0-9; higher starts first.")
+    scheduler = models.CharField(max_length=10, choices=Scheduler.choices, default=Scheduler.AUTO)
+    prompt_set = models.ForeignKey("prompts.PromptSet", null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="jobs", help_text="Where the prompts were copied from.")
+    prompts = models.JSONField(help_text="Resolved prompts as they render (defaults, seed, snapping applied).")
+    request = models.JSONField(default=dict, blank=True, help_text="The request as submitted (no secrets).")
+    progress = models.JSONField(default=dict, blank=True)
+    error_code = models.CharField(max_length=50, blank=True)
+    error_message = models.TextField(blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    worker = models.CharField(max_length=200, blank=True)
+    timings = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status", "-priority", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINISHED
+
+    @property
+    def percent(self) -> int:
+        return int(100 * self.progress.get("fraction", 1.0 if self.status == JobStatus.SUCCEEDED else 0.0))
+
+
+class JobLora(models.Model):
+    """One LoRA of a job's stack, with its multiplier; sha256 kept even if the LoRA is deleted later."""
+
+    job = models.ForeignKey(GenerationJob, on_delete=models.CASCADE, related_name="job_loras")
+    lora = models.ForeignKey("loras.Lora", null=True, on_delete=models.SET_NULL, related_name="job_uses")
+    position = models.PositiveSmallIntegerField(default=0)
+    multiplier = models.FloatField(default=1.0)
+    sha256 = models.CharField(max_length=64)
+    name = models.CharField(max_length=200)
+
+    class Meta:
+        ordering = ["position"]
+
+
+class JobOutput(models.Model):
+    """One rendered prompt; created only once its files are completely stored."""
+
+    job = models.ForeignKey(GenerationJob, on_delete=models.CASCADE, related_name="outputs")
+    index = models.PositiveIntegerField()
+    video = models.FileField(max_length=300)
+    poster = models.FileField(max_length=300, blank=True)
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    num_frames = models.PositiveIntegerField()
+    fps = models.PositiveIntegerField()
+    seed = models.BigIntegerField()
+    scheduler = models.CharField(max_length=20)
+    record = models.JSONField(default=dict, help_text="Everything needed to reproduce this output.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["index"]
+        constraints = [models.UniqueConstraint(fields=["job", "index"], name="one_output_per_prompt")]

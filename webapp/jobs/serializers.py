@@ -1,0 +1,75 @@
+"""Job representations shared by the resource API and the reference-compatible API."""
+from django.conf import settings
+from django.urls import reverse
+from rest_framework import serializers
+
+from webapp.prompts.serializers import PromptFieldsSerializer
+from workers.pipeline.params import LIMITS
+
+from .models import GenerationJob, JobLora, JobOutput, Scheduler
+
+MAX_LORAS = 4
+LOW, HIGH = LIMITS["network_multiplier"]
+
+
+def prompts_field():
+    return PromptFieldsSerializer(many=True, allow_empty=False, max_length=settings.JOB_MAX_PROMPTS)
+
+
+def output_urls(output: JobOutput, request) -> dict:
+    video = reverse("output-file", kwargs={"pk": output.pk, "kind": "video"})
+    poster = reverse("output-file", kwargs={"pk": output.pk, "kind": "poster"})
+    build = request.build_absolute_uri if request else (lambda u: u)
+    return {"url": build(video), "poster_url": build(poster) if output.poster else None}
+
+
+class JobOutputSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = JobOutput
+        fields = ["index", "width", "height", "num_frames", "fps", "seed", "scheduler", "record", "created_at"]
+
+    def to_representation(self, output):
+        return {**super().to_representation(output), **output_urls(output, self.context.get("request"))}
+
+
+class JobLoraSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = JobLora
+        fields = ["lora", "name", "sha256", "multiplier"]
+
+
+class JobSerializer(serializers.ModelSerializer):
+    owner = serializers.StringRelatedField()
+    loras = JobLoraSerializer(source="job_loras", many=True)
+    outputs = JobOutputSerializer(many=True)
+
+    class Meta:
+        model = GenerationJob
+        fields = ["id", "owner", "model", "status", "priority", "scheduler", "prompt_set", "prompts", "loras",
+                  "progress", "error_code", "error_message", "attempts", "worker", "timings", "outputs",
+                  "created_at", "started_at", "finished_at"]
+
+
+class JobLoraInputSerializer(serializers.Serializer):
+    lora = serializers.CharField(max_length=1000, help_text="LoRA id, name, sha256 or relative path.")
+    multiplier = serializers.FloatField(min_value=LOW, max_value=HIGH, required=False, allow_null=True,
+                                        help_text="Defaults to the LoRA's default multiplier.")
+
+
+class JobCreateSerializer(serializers.Serializer):
+    model = serializers.CharField(default="wan21_14b")
+    loras = JobLoraInputSerializer(many=True, required=False, max_length=MAX_LORAS, default=list)
+    prompt_set = serializers.IntegerField(required=False, allow_null=True)
+    prompts = prompts_field()
+    trigger_word = serializers.CharField(max_length=200, required=False, allow_blank=True, allow_null=True)
+    priority = serializers.IntegerField(min_value=0, max_value=9, default=0)
+    scheduler = serializers.ChoiceField(choices=Scheduler.values, default=Scheduler.AUTO)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["prompts"].required = False
+
+    def validate(self, data):
+        if bool(data.get("prompt_set")) == bool(data.get("prompts")):
+            raise serializers.ValidationError("Give either prompt_set or prompts.", code="prompts_or_prompt_set")
+        return data

@@ -1,0 +1,155 @@
+"""Every change of a generation job's state, one function each.
+
+The web side submits, cancels and retries; the worker side starts, reports
+progress, adds outputs and finishes. Each transition checks the state it
+starts from inside a row lock, so a duplicate delivery or a late cancel is a
+no-op rather than a corruption.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+
+from django.db import transaction
+from django.utils import timezone
+
+from webapp.core.catalog import model_check
+from webapp.core.errors import ApiError, Conflict
+from workers.celery_app import app as celery_app
+from workers.pipeline.params import resolve_prompt
+
+from .models import GenerationJob, JobLora, JobOutput, JobStatus
+
+log = logging.getLogger(__name__)
+RENDER_TASK = "workers.render_job"
+
+
+def job_enqueue(*, job: GenerationJob) -> None:
+    """Send the job's id to the GPU queue once the surrounding transaction commits."""
+    job_id, priority = str(job.id), job.priority
+
+    def send():
+        # kombu's Redis priorities run 0 (first) to 9 (last); jobs use 9 as the most urgent.
+        celery_app.send_task(RENDER_TASK, args=[job_id], queue="gpu", priority=9 - priority)
+
+    transaction.on_commit(send)
+
+
+@transaction.atomic
+def job_submit(*, owner, model: str, loras: list[tuple], prompts: list[dict], trigger_word: str | None = None,
+               priority: int = 0, scheduler: str = "auto", prompt_set=None, request: dict | None = None
+               ) -> GenerationJob:
+    """Create a queued job from validated prompts and (Lora, multiplier) pairs, then enqueue it."""
+    model_check(model)
+    if not prompts:
+        raise ApiError("NO_PROMPTS", "A job needs at least one prompt.")
+    resolved = [resolve_prompt(item, index=i, trigger_word=trigger_word).as_dict() for i, item in enumerate(prompts)]
+    job = GenerationJob.objects.create(
+        owner=owner, model=model, priority=priority, scheduler=scheduler, prompt_set=prompt_set,
+        prompts=resolved, request=request or {},
+        progress={"prompt": 0, "prompts": len(resolved), "step": 0,
+                  "steps": resolved[0]["sample_steps"], "fraction": 0.0},
+    )
+    JobLora.objects.bulk_create(
+        JobLora(job=job, lora=lora, position=i, multiplier=multiplier, sha256=lora.sha256, name=lora.name)
+        for i, (lora, multiplier) in enumerate(loras))
+    job_enqueue(job=job)
+    return job
+
+
+def _locked(job_id) -> GenerationJob | None:
+    return GenerationJob.objects.select_for_update().filter(pk=job_id).first()
+
+
+@transaction.atomic
+def job_start(*, job_id: str | uuid.UUID, worker: str) -> GenerationJob | None:
+    """Claim a queued job for `worker`; None when it is not queued any more (duplicate or canceled)."""
+    job = _locked(job_id)
+    if job is None or job.status != JobStatus.QUEUED:
+        return None
+    job.status = JobStatus.RUNNING
+    job.attempts += 1
+    job.worker = worker
+    job.started_at = timezone.now()
+    job.save(update_fields=["status", "attempts", "worker", "started_at", "updated_at"])
+    return job
+
+
+def job_report_progress(*, job: GenerationJob, prompt_index: int, step: int, steps: int) -> bool:
+    """Store progress; returns False when the job was canceled meanwhile (the worker should stop)."""
+    total = sum(p["sample_steps"] for p in job.prompts)
+    done = sum(p["sample_steps"] for p in job.prompts[:prompt_index]) + step
+    job.progress = {"prompt": prompt_index, "prompts": len(job.prompts), "step": step, "steps": steps,
+                    "fraction": round(done / total, 4)}
+    updated = GenerationJob.objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(
+        progress=job.progress, updated_at=timezone.now())
+    return bool(updated)
+
+
+def job_add_output(*, job: GenerationJob, index: int, video: str, poster: str, params: dict, scheduler: str,
+                   record: dict) -> JobOutput:
+    output, _ = JobOutput.objects.update_or_create(
+        job=job, index=index,
+        defaults=dict(video=video, poster=poster, width=params["width"], height=params["height"],
+                      num_frames=params["num_frames"], fps=params["fps"], seed=params["seed"],
+                      scheduler=scheduler, record=record))
+    return output
+
+
+def _finish(job_id, status: str, *, from_states, **fields) -> GenerationJob | None:
+    with transaction.atomic():
+        job = _locked(job_id)
+        if job is None or job.status not in from_states:
+            return job
+        job.status = status
+        job.finished_at = timezone.now()
+        for name, value in fields.items():
+            setattr(job, name, value)
+        job.save()
+        return job
+
+
+def job_succeed(*, job: GenerationJob, timings: dict) -> GenerationJob | None:
+    progress = {**job.progress, "fraction": 1.0}
+    return _finish(job.pk, JobStatus.SUCCEEDED, from_states=[JobStatus.RUNNING], timings=timings,
+                   progress=progress)
+
+
+def job_fail(*, job: GenerationJob, code: str, message: str, timings: dict | None = None) -> GenerationJob | None:
+    log.warning("job %s failed: %s %s", job.pk, code, message)
+    return _finish(job.pk, JobStatus.FAILED, from_states=[JobStatus.QUEUED, JobStatus.RUNNING],
+                   error_code=code, error_message=message[:2000], timings=timings or job.timings)
+
+
+def job_cancel(*, job: GenerationJob) -> GenerationJob:
+    """Cancel a queued or running job; canceling a canceled job is a no-op, a finished one a conflict."""
+    updated = _finish(job.pk, JobStatus.CANCELED, from_states=[JobStatus.QUEUED, JobStatus.RUNNING],
+                      error_code="CANCELED", error_message="Canceled by request.")
+    if updated.status not in (JobStatus.CANCELED,):
+        raise Conflict("JOB_NOT_CANCELABLE", f"The job already {updated.status}.", details={"status": updated.status})
+    return updated
+
+
+@transaction.atomic
+def job_retry(*, job: GenerationJob) -> GenerationJob:
+    """Queue a failed or canceled job again, dropping whatever it had produced."""
+    job = _locked(job.pk)
+    if job.status not in (JobStatus.FAILED, JobStatus.CANCELED):
+        raise Conflict("JOB_NOT_RETRYABLE", f"Only failed or canceled jobs can be retried; this one is {job.status}.",
+                       details={"status": job.status})
+    for output in job.outputs.all():
+        job_output_delete_files(output=output)
+    job.outputs.all().delete()
+    job.status = JobStatus.QUEUED
+    job.error_code = job.error_message = ""
+    job.started_at = job.finished_at = None
+    job.progress = {**job.progress, "prompt": 0, "step": 0, "fraction": 0.0}
+    job.save()
+    job_enqueue(job=job)
+    return job
+
+
+def job_output_delete_files(*, output: JobOutput) -> None:
+    for field in (output.video, output.poster):
+        if field:
+            field.delete(save=False)

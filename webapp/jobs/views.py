@@ -1,0 +1,10 @@
+"""The queue page: the team's recent jobs with live status, progress and players."""
+from django.contrib.auth.decorators import login_required
+from django.shortcuts import render
+
+from .selectors import job_list
+
+
+@login_required(login_url="/admin/login/")
+def queue_page(request):
+    return render(request, "queue.html", {"jobs": job_list()[:50]})

@@ -1,0 +1,56 @@
+"""REST resource /api/v1/loras/: multipart upload, list, detail, delete."""
+from django_filters import rest_framework as filters
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.response import Response
+
+from .models import Lora
+from .selectors import lora_list
+from .services import lora_delete, lora_register
+
+
+class LoraSerializer(serializers.ModelSerializer):
+    owner = serializers.StringRelatedField()
+
+    class Meta:
+        model = Lora
+        fields = ["id", "name", "owner", "relative_path", "sha256", "size", "base_model", "trigger_word",
+                  "default_multiplier", "key_format", "rank", "hidden_size", "num_blocks", "target_modules",
+                  "software_version", "training_step", "info", "created_at"]
+
+
+class LoraUploadSerializer(serializers.Serializer):
+    file = serializers.FileField()
+    name = serializers.CharField(max_length=200, required=False)
+    relative_path = serializers.CharField(max_length=500, required=False)
+    trigger_word = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+    default_multiplier = serializers.FloatField(min_value=-2.0, max_value=2.0, default=1.0)
+    base_model = serializers.ChoiceField(choices=["wan21_14b"], default="wan21_14b")
+
+
+class LoraFilter(filters.FilterSet):
+    class Meta:
+        model = Lora
+        fields = ["owner", "base_model", "sha256", "name"]
+
+
+class LoraViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin,
+                  viewsets.GenericViewSet):
+    queryset = lora_list()
+    serializer_class = LoraSerializer
+    filterset_class = LoraFilter
+    parser_classes = [MultiPartParser, FormParser]
+
+    def get_serializer_class(self):
+        return LoraUploadSerializer if self.action == "create" else LoraSerializer
+
+    def create(self, request):
+        upload = LoraUploadSerializer(data=request.data)
+        upload.is_valid(raise_exception=True)
+        data = dict(upload.validated_data)
+        file = data.pop("file")
+        lora = lora_register(fh=file, filename=file.name, owner=request.user, **data)
+        return Response(LoraSerializer(lora).data, status=status.HTTP_201_CREATED)
+
+    def perform_destroy(self, instance):
+        lora_delete(lora=instance)

@@ -1,0 +1,38 @@
+"""A LoRA the service knows: its file in storage and what its header says."""
+from django.conf import settings
+from django.db import models
+
+
+def lora_upload_to(instance: "Lora", filename: str) -> str:
+    return f"loras/{instance.sha256[:2]}/{instance.sha256}.safetensors"
+
+
+class Lora(models.Model):
+    name = models.CharField(max_length=200, unique=True)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                              related_name="loras")
+    file = models.FileField(upload_to=lora_upload_to, max_length=300)
+    relative_path = models.CharField(max_length=500, unique=True, null=True, blank=True,
+                                     help_text="Path under the LoRA root, e.g. my_job/my_job.safetensors; "
+                                               "requests may name the LoRA by it.")
+    sha256 = models.CharField(max_length=64, unique=True, editable=False)
+    size = models.BigIntegerField(editable=False)
+    base_model = models.CharField(max_length=50, default="wan21_14b")
+    trigger_word = models.CharField(max_length=200, blank=True)
+    default_multiplier = models.FloatField(default=1.0)
+    key_format = models.CharField(max_length=30, editable=False)
+    rank = models.PositiveIntegerField(editable=False)
+    hidden_size = models.PositiveIntegerField(null=True, editable=False)
+    num_blocks = models.PositiveIntegerField(editable=False)
+    target_modules = models.JSONField(default=list, editable=False)
+    software_version = models.CharField(max_length=50, blank=True, editable=False)
+    training_step = models.PositiveIntegerField(null=True, blank=True, editable=False)
+    info = models.JSONField(default=dict, editable=False, help_text="Everything read from the safetensors header.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "LoRA"
+
+    def __str__(self) -> str:
+        return self.name

@@ -1,0 +1,119 @@
+"""Registering LoRAs: inspect the header, check it fits the model, store the file once per sha256."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import BinaryIO
+
+from django.conf import settings
+from django.core.files import File
+from django.db import IntegrityError, transaction
+
+from webapp.core.catalog import DEFAULT_MODEL, model_shape
+from webapp.core.errors import ApiError, Conflict, NotFound
+from workers.pipeline.lora_files import LoraFileError, check_compatible, inspect_lora_file
+
+from .models import Lora
+from .selectors import lora_find
+
+
+def _sha256(fh: BinaryIO) -> str:
+    digest = hashlib.sha256()
+    fh.seek(0)
+    for chunk in iter(lambda: fh.read(1 << 20), b""):
+        digest.update(chunk)
+    fh.seek(0)
+    return digest.hexdigest()
+
+
+def _file_size(fh: BinaryIO) -> int:
+    fh.seek(0, os.SEEK_END)
+    size = fh.tell()
+    fh.seek(0)
+    return size
+
+
+def lora_register(*, fh: BinaryIO, filename: str, owner=None, name: str | None = None,
+                  relative_path: str | None = None, trigger_word: str = "", default_multiplier: float = 1.0,
+                  base_model: str = DEFAULT_MODEL) -> Lora:
+    """Validate and store a LoRA; the same bytes registered twice give the same LoRA."""
+    size = _file_size(fh)
+    if size > settings.LORA_MAX_UPLOAD_BYTES:
+        raise ApiError("LORA_TOO_LARGE", f"LoRA files may be at most {settings.LORA_MAX_UPLOAD_BYTES} bytes.")
+    try:
+        info = inspect_lora_file(fh, size)
+        shape = model_shape(base_model)
+        check_compatible(info, hidden_size=shape.dim, num_layers=shape.num_layers, model_id=base_model)
+    except LoraFileError as exc:
+        raise ApiError(exc.code, exc.message, details={"file": filename}) from None
+    sha256 = _sha256(fh)
+    existing = Lora.objects.filter(sha256=sha256).first()
+    if existing:
+        return existing
+    name = name or (info.output_name or Path(filename).stem)
+    if Lora.objects.filter(name=name).exists():
+        raise Conflict("LORA_NAME_TAKEN", f"A different LoRA is already named {name!r}.", details={"name": name})
+    lora = Lora(
+        name=name, owner=owner, relative_path=relative_path or None, sha256=sha256, size=size,
+        base_model=base_model, trigger_word=trigger_word or (info.trigger_words[0] if info.trigger_words else ""),
+        default_multiplier=default_multiplier, key_format=info.key_format, rank=info.rank,
+        hidden_size=info.hidden_size, num_blocks=info.num_blocks, target_modules=info.target_modules,
+        software_version=info.software_version or "", training_step=info.training_step, info=info.as_dict(),
+    )
+    try:
+        with transaction.atomic():
+            lora.file.save(Path(filename).name, File(fh), save=False)
+            lora.save()
+    except IntegrityError:
+        lora.file.delete(save=False)
+        raise Conflict("LORA_EXISTS", "This LoRA was registered at the same moment by another request.") from None
+    return lora
+
+
+def lora_root_file(relative_path: str) -> Path | None:
+    """A file under LORA_ROOT named by a request's relative `path`, never escaping the root."""
+    root = settings.LORA_ROOT.resolve()
+    if not relative_path or "\x00" in relative_path or Path(relative_path).is_absolute():
+        return None
+    candidate = (root / relative_path).resolve()
+    if not candidate.is_relative_to(root) or not candidate.is_file() or candidate.suffix != ".safetensors":
+        return None
+    return candidate
+
+
+def lora_resolve(*, ref: str, owner=None) -> Lora:
+    """The LoRA a request's `path` names: registered, or a file under LORA_ROOT registered now."""
+    lora = lora_find(ref=ref)
+    if lora:
+        return lora
+    if ref.startswith(("http://", "https://")):
+        raise ApiError("LORA_URL_DISABLED", "LoRA URLs are not enabled on this server; upload the file instead.",
+                       details={"path": ref})
+    path = lora_root_file(ref)
+    if path is None:
+        raise NotFound("LORA_NOT_FOUND", f"No LoRA is registered or found under the LoRA root as {ref!r}.",
+                       details={"path": ref})
+    with path.open("rb") as fh:
+        return lora_register(fh=fh, filename=path.name, owner=owner, relative_path=ref,
+                             name=ref.removesuffix(".safetensors"))
+
+
+def lora_import_dir(*, directory: Path, owner=None) -> list[tuple[str, Lora | None, str | None]]:
+    """Register every *.safetensors under an ai-toolkit output folder as job_name/file."""
+    results = []
+    for path in sorted(Path(directory).rglob("*.safetensors")):
+        relative = path.relative_to(directory).as_posix()
+        try:
+            with path.open("rb") as fh:
+                lora = lora_register(fh=fh, filename=path.name, owner=owner, relative_path=relative,
+                                     name=relative.removesuffix(".safetensors"))
+            results.append((relative, lora, None))
+        except ApiError as exc:
+            results.append((relative, None, f"{exc.code}: {exc.message}"))
+    return results
+
+
+def lora_delete(*, lora: Lora) -> None:
+    lora.file.delete(save=False)
+    lora.delete()

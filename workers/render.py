@@ -1,0 +1,109 @@
+"""Render a claimed job: each prompt through the warm runtime, each output stored whole.
+
+Outputs are encoded to a temporary file and saved through Django's default
+storage; the output row is written only after the files are there, so nothing
+half-written is ever visible. Prompts already rendered by an earlier attempt
+are kept, so a redelivered job resumes where it stopped.
+"""
+from __future__ import annotations
+
+import logging
+import platform
+import tempfile
+import time
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+from django.conf import settings
+from django.core.files import File
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+
+from webapp.jobs import services
+from webapp.jobs.models import GenerationJob
+from workers.pipeline.params import PromptParams
+from workers.pipeline.runtime import LoraSpec, RenderCanceled, WanRuntime
+from workers.pipeline.video import png_bytes, write_mp4
+from workers.runtime import lora_local_path
+
+log = logging.getLogger(__name__)
+SOFTWARE = ("torch", "diffusers", "transformers", "peft")
+
+
+class LoraMissing(Exception):
+    pass
+
+
+def software_versions() -> dict:
+    versions = {"python": platform.python_version()}
+    for name in SOFTWARE:
+        versions[name] = importlib_metadata.version(name)
+    return versions
+
+
+def job_lora_specs(job: GenerationJob) -> list[LoraSpec]:
+    specs = []
+    for job_lora in job.job_loras.select_related("lora"):
+        if job_lora.lora is None:
+            raise LoraMissing(f"LoRA {job_lora.name} ({job_lora.sha256[:12]}) was deleted after submission.")
+        path = lora_local_path(job_lora.lora.file, job_lora.sha256)
+        specs.append(LoraSpec(path=str(path), sha256=job_lora.sha256, multiplier=job_lora.multiplier,
+                              software_version=job_lora.lora.software_version or None))
+    return specs
+
+
+class ProgressReporter:
+    """Per-step callback: writes progress at most every JOB_PROGRESS_INTERVAL_S and stops canceled jobs."""
+
+    def __init__(self, job: GenerationJob, prompt_index: int):
+        self.job, self.prompt_index = job, prompt_index
+        self.last = 0.0
+
+    def __call__(self, step: int, steps: int) -> None:
+        now = time.monotonic()
+        if step < steps and now - self.last < settings.JOB_PROGRESS_INTERVAL_S:
+            return
+        self.last = now
+        if not services.job_report_progress(job=self.job, prompt_index=self.prompt_index, step=step, steps=steps):
+            raise RenderCanceled()
+
+
+def output_record(job: GenerationJob, params: PromptParams, loras: list[LoraSpec], scheduler: str,
+                  names: list[str]) -> dict:
+    return {
+        "job_id": str(job.id), "model": job.model, "checkpoint": settings.WAN_MODEL_PATH,
+        **params.as_dict(), "scheduler": scheduler,
+        "loras": [{"name": n, "sha256": s.sha256, "multiplier": s.multiplier} for n, s in zip(names, loras)],
+        "software": software_versions(),
+    }
+
+
+def render_job(*, job: GenerationJob, runtime: WanRuntime) -> None:
+    loras = job_lora_specs(job)
+    names = [jl.name for jl in job.job_loras.all()]
+    done = set(job.outputs.values_list("index", flat=True))
+    timings = {"load": runtime.load_seconds, "prompts": []}
+    for index, values in enumerate(job.prompts):
+        if index in done:
+            continue
+        params = PromptParams(**values)
+        result = runtime.render(params, loras=loras, scheduler=job.scheduler,
+                                on_step=ProgressReporter(job, index))
+        record = output_record(job, params, loras, result.scheduler, names)
+        step_timings = result.timings
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            mp4 = write_mp4(result.frames, Path(tmp) / "video.mp4", fps=params.fps, metadata=record)
+            step_timings["mp4_encode"] = time.perf_counter() - start
+            start = time.perf_counter()
+            stem = f"outputs/{job.id}/{index:03d}_seed{params.seed}"
+            with mp4.open("rb") as fh:
+                video = default_storage.save(f"{stem}.mp4", File(fh))
+            poster = default_storage.save(f"{stem}.png", ContentFile(png_bytes(result.frames[0])))
+            step_timings["save"] = time.perf_counter() - start
+        record["timings"] = step_timings
+        services.job_add_output(job=job, index=index, video=video, poster=poster, params=values,
+                                scheduler=result.scheduler, record=record)
+        timings["prompts"].append(step_timings)
+        log.info("job %s prompt %d rendered: %s", job.id, index, step_timings)
+    services.job_succeed(job=job, timings=timings)

@@ -1,0 +1,41 @@
+"""The one warm pipeline of this worker process, built from settings on first use."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from django.conf import settings
+
+from workers.pipeline.runtime import WanRuntime
+
+_runtime: WanRuntime | None = None
+
+
+def get_runtime() -> WanRuntime:
+    global _runtime
+    if _runtime is None:
+        _runtime = WanRuntime(settings.WAN_MODEL_PATH, device=settings.WAN_DEVICE,
+                              lora_budget_bytes=settings.LORA_GPU_BUDGET_BYTES)
+    return _runtime.load()
+
+
+def lora_local_path(lora_file, sha256: str) -> Path:
+    """A local copy of a stored LoRA, verified against its sha256 (the pipeline loads from disk)."""
+    cache = Path(settings.LORA_CACHE_DIR)
+    path = cache / f"{sha256}.safetensors"
+    if path.is_file():
+        return path
+    cache.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    with lora_file.open("rb") as src, tempfile.NamedTemporaryFile(dir=cache, delete=False) as tmp:
+        for chunk in iter(lambda: src.read(1 << 20), b""):
+            digest.update(chunk)
+            tmp.write(chunk)
+    if digest.hexdigest() != sha256:
+        os.unlink(tmp.name)
+        raise ValueError(f"stored LoRA file does not match its sha256 {sha256}")
+    shutil.move(tmp.name, path)
+    return path
