@@ -43,6 +43,8 @@ def _flatten(detail, prefix="") -> dict[str, list[dict]]:
         out = {}
         for key, value in detail.items():
             name = f"{prefix}.{key}" if prefix else str(key)
+            if isinstance(key, int):  # list serializers report items by index
+                name = f"{prefix}[{key}]"
             if key == "non_field_errors":
                 name = prefix or "request"
             out.update(_flatten(value, name))

@@ -11,7 +11,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from webapp.core.catalog import model_list
+from webapp.core.catalog import model_check, model_list
 from webapp.loras.services import lora_resolve
 
 from .models import GenerationJob, JobStatus
@@ -34,6 +34,9 @@ class InferenceRequestSerializer(serializers.Serializer):
     trigger_word = serializers.CharField(max_length=200, required=False, allow_blank=True, allow_null=True)
     hf_token = serializers.CharField(required=False, allow_blank=True, allow_null=True, write_only=True,
                                      help_text="Accepted for compatibility and ignored; never stored.")
+
+    def validate_model(self, value):
+        return model_check(value)
 
 
 def _status(job: GenerationJob) -> str:

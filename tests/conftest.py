@@ -1,0 +1,97 @@
+"""Shared fixtures: a tiny random-weight Wan checkpoint, ai-toolkit LoRAs, API clients and a real worker."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from django.conf import settings
+
+from workers.pipeline.checkpoints import TINY_TRANSFORMER, WanShape, write_aitoolkit_lora, write_random_wan
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_SHAPE = WanShape.of(TINY_TRANSFORMER)
+SMALL = {"width": 128, "height": 128, "num_frames": 9, "sample_steps": 3}
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Path:
+    """The checkpoint settings.WAN_MODEL_PATH points at, written once."""
+    path = Path(settings.WAN_MODEL_PATH)
+    if not (path / "model_index.json").exists():
+        write_random_wan(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def lora_files(tmp_path_factory) -> dict[str, Path]:
+    """Two ai-toolkit LoRAs for the tiny model (A trained with 0.9.4, B with 0.9.2) under LORA_ROOT."""
+    root = settings.LORA_ROOT
+    return {
+        "a": write_aitoolkit_lora(root / "job_a" / "job_a.safetensors", shape=TINY_SHAPE, seed=1, scale=0.3),
+        "b": write_aitoolkit_lora(root / "job_b" / "job_b.safetensors", shape=TINY_SHAPE, seed=2, scale=0.3,
+                                  software_version="0.9.2"),
+        "minimal": write_aitoolkit_lora(root / "my_lora_job" / "my_lora.safetensors", shape=TINY_SHAPE, seed=3),
+    }
+
+
+@pytest.fixture
+def user(django_user_model):
+    return django_user_model.objects.create_user(username="alice", password="pw-alice-123")
+
+
+@pytest.fixture
+def api(user, tiny_model, lora_files):
+    from rest_framework.authtoken.models import Token
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    return client
+
+
+def _worker_env(database_name: str) -> dict:
+    env = dict(os.environ)
+    db = settings.DATABASES["default"]
+    if db["ENGINE"].endswith("postgresql"):
+        env["DATABASE_URL"] = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{database_name}"
+    env["MEDIA_ROOT"] = str(settings.MEDIA_ROOT)
+    env["JOB_PROGRESS_INTERVAL_S"] = "0"
+    return env
+
+
+@pytest.fixture(scope="session")
+def celery_worker(django_db_setup, django_db_blocker, tiny_model):
+    """A real `celery worker` process on the test database and the Redis broker."""
+    from django.db import connection
+
+    if not settings.CELERY_BROKER_URL.startswith("redis"):
+        pytest.skip("the worker fixture runs on Redis (make test sets REDIS_URL)")
+    redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
+    log = open(Path(settings.VAR_DIR) / "worker.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "gpu", "--pool", "solo",
+         "-n", "test@%h", "--loglevel", "INFO", "--without-mingle", "--without-gossip"],
+        cwd=ROOT, env=_worker_env(connection.settings_dict["NAME"]), stdout=log, stderr=subprocess.STDOUT)
+    yield proc
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def wait_for(predicate, timeout=120.0, interval=0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")

@@ -1,0 +1,68 @@
+"""The whole path: API submit -> real Celery worker process -> MP4 in storage -> result endpoint."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, SMALL, wait_for
+from tests.webapp.test_compat_api import MINIMAL
+from workers.pipeline.video import read_mp4
+
+
+def download(api, url, tmp_path):
+    response = api.get(url)
+    assert response.status_code == 200
+    path = tmp_path / "video.mp4"
+    path.write_bytes(b"".join(response.streaming_content))
+    return read_mp4(path)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_reference_request_renders_on_postgres_and_redis(api, celery_worker, tmp_path):
+    prompts = [{**MINIMAL["prompts"][0], **SMALL, "fps": 12},
+               {"prompt": "[trigger] walking", "width": 96, "height": 64, "num_frames": 6, "sample_steps": 2}]
+    response = api.post("/v1/inference", {**MINIMAL, "prompts": prompts}, format="json")
+    assert response.status_code == 200, response.json()
+    request_id = response.json()["request_id"]
+
+    status = wait_for(lambda: (s := api.get(f"/v1/requests/{request_id}/status").json())["status"]
+                      in ("succeeded", "failed", "canceled") and s)
+    assert status["status"] == "succeeded", status
+    assert status["started_at"] and status["finished_at"]
+
+    result = api.get(f"/v1/requests/{request_id}/result").json()
+    first, second = result["outputs"]["videos"]
+    assert (first["width"], first["height"], first["num_frames"], first["fps"], first["seed"]) == (128, 128, 9, 12, 42)
+    assert (second["width"], second["height"], second["num_frames"], second["seed"]) == (96, 64, 5, 43)
+    assert result["metadata"]["inference_time"] > 0
+
+    frames, meta = download(api, first["url"], tmp_path)
+    assert frames.shape == (9, 128, 128, 3)
+    assert meta["fps"] == 12
+    frames, meta = download(api, second["url"], tmp_path)
+    assert frames.shape == (5, 64, 96, 3)
+    assert meta["fps"] == 16
+
+    job = api.get(f"/api/v1/jobs/{request_id}/").json()
+    assert job["attempts"] == 1 and job["progress"]["fraction"] == 1.0
+    assert job["outputs"][0]["record"]["loras"][0]["multiplier"] == 1.0
+    assert job["outputs"][0]["record"]["prompt"] == "sks a photo of a person"
+
+
+def test_demo_on_embedded_defaults(tmp_path):
+    """`make demo`'s path with no settings: SQLite, filesystem broker, files under VAR_DIR."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DATABASE_URL", "REDIS_URL", "WAN_MODEL_PATH", "MEDIA_ROOT", "LORA_ROOT")}
+    env["VAR_DIR"] = str(tmp_path / "var")
+    run = lambda *args: subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env,  # noqa: E731
+                                       capture_output=True, text=True, timeout=600)
+    assert run("migrate", "--noinput").returncode == 0
+    demo = run("demo")
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    last = demo.stdout.strip().splitlines()[-1]
+    assert last.startswith(str(tmp_path / "var" / "media" / "outputs")) and last.endswith(".mp4")
+    frames, meta = read_mp4(last)
+    assert frames.shape == (9, 256, 256, 3)
+    assert meta["fps"] == 16
+    assert (tmp_path / "var" / "db.sqlite3").exists()
