@@ -113,10 +113,15 @@ def write_random_wan(
         vae_config = dict(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                           temperal_downsample=[False, True, True])
     torch.manual_seed(seed)
-    with torch.device(device):
-        transformer = WanTransformer3DModel(**transformer_config).to(dtype)
-        vae = AutoencoderKLWan(**vae_config).to(torch.float32)
-        text_encoder = UMT5EncoderModel(UMT5Config(**text_encoder_config)).to(dtype)
+    default_dtype = torch.get_default_dtype()
+    try:
+        with torch.device(device):
+            vae = AutoencoderKLWan(**vae_config)
+            torch.set_default_dtype(dtype)  # build the big parts directly in their dtype (14B won't fit in fp32)
+            transformer = WanTransformer3DModel(**transformer_config)
+            text_encoder = UMT5EncoderModel(UMT5Config(**text_encoder_config))
+    finally:
+        torch.set_default_dtype(default_dtype)
     pipe = WanPipeline(
         tokenizer=_tokenizer(text_encoder_config["vocab_size"]), text_encoder=text_encoder,
         vae=vae, transformer=transformer, scheduler=_scheduler(),

@@ -92,8 +92,10 @@ class WanRuntime:
         from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanPipeline
 
         start = time.perf_counter()
-        pipe = WanPipeline.from_pretrained(self.model_path, dtype=self.dtype)
-        pipe.to(self.device)
+        if self.device.startswith("cuda"):  # load straight onto the GPU, no host copy of 40 GB
+            pipe = WanPipeline.from_pretrained(self.model_path, dtype=self.dtype, device_map=self.device)
+        else:
+            pipe = WanPipeline.from_pretrained(self.model_path, dtype=self.dtype).to(self.device)
         pipe.set_progress_bar_config(disable=True)
         own = pipe.scheduler
         self._schedulers = {
