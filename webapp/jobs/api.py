@@ -20,7 +20,7 @@ from .services import job_cancel, job_retry, job_submit
 
 
 class JobFilter(filters.FilterSet):
-    lora = filters.NumberFilter(field_name="job_loras__lora")
+    lora = filters.NumberFilter(field_name="job_loras__lora", distinct=True)
 
     class Meta:
         model = GenerationJob

@@ -41,8 +41,11 @@ def job_submit(*, owner, model: str, loras: list[tuple], prompts: list[dict], tr
                ) -> GenerationJob:
     """Create a queued job from validated prompts and (Lora, multiplier) pairs, then enqueue it."""
     model_check(model)
-    if not prompts:
-        raise ApiError("NO_PROMPTS", "A job needs at least one prompt.")
+    if not prompts or any(not item.get("prompt") for item in prompts):
+        raise ApiError("NO_PROMPTS", "A job needs at least one prompt, and every prompt needs its text.")
+    shas = [lora.sha256 for lora, _ in loras]
+    if len(set(shas)) != len(shas):
+        raise ApiError("LORA_DUPLICATE", "The same LoRA appears twice in the stack; give it one multiplier.")
     resolved = [resolve_prompt(item, index=i, trigger_word=trigger_word).as_dict() for i, item in enumerate(prompts)]
     job = GenerationJob.objects.create(
         owner=owner, model=model, priority=priority, scheduler=scheduler, prompt_set=prompt_set,

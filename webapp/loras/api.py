@@ -20,7 +20,7 @@ class LoraSerializer(serializers.ModelSerializer):
 
 
 class LoraUploadSerializer(serializers.Serializer):
-    file = serializers.FileField()
+    file = serializers.FileField(allow_empty_file=True)  # empty files get LORA_FILE_TRUNCATED
     name = serializers.CharField(max_length=200, required=False)
     relative_path = serializers.CharField(max_length=500, required=False)
     trigger_word = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")

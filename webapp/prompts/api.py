@@ -19,6 +19,14 @@ class PromptSetSerializer(serializers.ModelSerializer):
         model = PromptSet
         fields = ["id", "name", "owner", "trigger_word", "items", "created_at", "updated_at"]
 
+    def validate(self, data):
+        # A partial update validates nested items partially too; items sent must always be complete.
+        if self.partial and "items" in self.initial_data:
+            items = PromptItemSerializer(data=self.initial_data["items"], many=True, allow_empty=False)
+            if not items.is_valid():
+                raise serializers.ValidationError({"items": items.errors})
+        return data
+
     @transaction.atomic
     def create(self, validated):
         items = validated.pop("items")

@@ -29,6 +29,10 @@ _FORMATS = (  # (name, pattern matching the key of a LoRA weight of block N)
 _SELF_ATTN_Q = {"self_attn.q", "attn1.to_q", "self_attn_q"}
 
 
+PICKLE_MESSAGE = ("This looks like a pickled PyTorch checkpoint; only .safetensors LoRAs are accepted "
+                  "and pickles are never loaded.")
+
+
 class LoraFileError(ValueError):
     """A file that cannot be used as a LoRA; `code` is stable for API clients."""
 
@@ -67,13 +71,16 @@ class LoraInfo:
 def read_header(fh: BinaryIO, size: int) -> tuple[dict, dict]:
     """Return (tensor table, metadata) of a safetensors file of `size` bytes."""
     head = fh.read(8)
+    if head[:4] == b"PK\x03\x04":
+        raise LoraFileError("LORA_NOT_SAFETENSORS", PICKLE_MESSAGE)
     if len(head) < 8:
         raise LoraFileError("LORA_FILE_TRUNCATED", "The file is too short to be a safetensors file.")
-    if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":
-        raise LoraFileError("LORA_NOT_SAFETENSORS",
-                            "This looks like a pickled PyTorch checkpoint; only .safetensors LoRAs are accepted "
-                            "and pickles are never loaded.")
+    # A pickle starts with 0x80, but so does a safetensors header whose length is 128 mod 256:
+    # only call it a pickle once it fails to read as safetensors.
+    maybe_pickle = head[:1] == b"\x80"
     (header_len,) = struct.unpack("<Q", head)
+    if maybe_pickle and (header_len > MAX_HEADER_BYTES or 8 + header_len > size):
+        raise LoraFileError("LORA_NOT_SAFETENSORS", PICKLE_MESSAGE)
     if header_len > MAX_HEADER_BYTES:
         raise LoraFileError("LORA_HEADER_TOO_LARGE",
                             f"The safetensors header claims {header_len} bytes; at most {MAX_HEADER_BYTES} are accepted.")
