@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 SCHEDULERS = ("auto", "euler", "unipc")
 EULER_FROM_VERSION = (0, 9, 4)  # ai-toolkit samples Wan 2.1 previews with flow-match Euler from here on
 UNIPC_UNTIL_VERSION = (0, 9, 2)
+TEXT_TOKENS = 512  # WanPipeline.__call__ pads prompts to 512 tokens; encode_prompt alone defaults to 226
 
 
 class RenderCanceled(Exception):
@@ -177,6 +178,7 @@ class WanRuntime:
             prompt_embeds, negative_embeds = pipe.encode_prompt(
                 prompt=params.prompt, negative_prompt=params.neg,
                 do_classifier_free_guidance=params.guidance_scale > 1.0, device=pipe._execution_device,
+                max_sequence_length=TEXT_TOKENS,
             )
         self._sync()
         timings["text_encode"] = time.perf_counter() - start

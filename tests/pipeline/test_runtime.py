@@ -1,0 +1,126 @@
+"""The warm runtime renders exactly what a plain diffusers WanPipeline call renders (tiny model, CPU, float32)."""
+import numpy as np
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanPipeline
+
+from tests.conftest import SMALL
+from workers.pipeline.params import resolve_prompt
+from workers.pipeline.runtime import LoraSpec, RenderCanceled, WanRuntime, pick_scheduler
+from workers.pipeline.video import to_uint8
+
+PARAMS = resolve_prompt({"prompt": "sks a photo of a person", "neg": "blurry", **SMALL, "guidance_scale": 4.0},
+                        index=0)
+
+
+def spec(path, multiplier, version="0.9.4"):
+    return LoraSpec(str(path), sha256=path.stem.ljust(64, "0"), multiplier=multiplier, software_version=version)
+
+
+def plain_diffusers(model, loras, scheduler="euler"):
+    """What a user would write by hand: fresh pipeline, load_lora_weights + set_adapters, CPU generator."""
+    pipe = WanPipeline.from_pretrained(model, dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    if scheduler == "euler":
+        pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, num_train_timesteps=1000,
+                                                         use_dynamic_shifting=False)
+    for i, (path, _) in enumerate(loras):
+        pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=f"l{i}")
+    if loras:
+        pipe.set_adapters([f"l{i}" for i in range(len(loras))], [w for _, w in loras])
+    out = pipe(prompt=PARAMS.prompt, negative_prompt=PARAMS.neg, height=PARAMS.height, width=PARAMS.width,
+               num_frames=PARAMS.num_frames, num_inference_steps=PARAMS.sample_steps,
+               guidance_scale=PARAMS.guidance_scale, generator=torch.Generator("cpu").manual_seed(PARAMS.seed),
+               output_type="np")
+    return to_uint8(out.frames[0])
+
+
+@pytest.fixture(scope="module")
+def runtime(tiny_model):
+    return WanRuntime(str(tiny_model), device="cpu")
+
+
+@pytest.mark.parametrize("multiplier", [1.0, 0.5, -1.0])
+def test_single_lora_matches_plain_diffusers(runtime, tiny_model, lora_files, multiplier):
+    frames = runtime.render(PARAMS, loras=[spec(lora_files["a"], multiplier)]).frames
+    assert np.array_equal(frames, plain_diffusers(tiny_model, [(lora_files["a"], multiplier)]))
+
+
+def test_stack_of_two_matches_plain_diffusers(runtime, tiny_model, lora_files):
+    stack = [spec(lora_files["a"], 0.7), spec(lora_files["b"], -0.4, version="0.9.2")]
+    frames = runtime.render(PARAMS, loras=stack).frames
+    expected = plain_diffusers(tiny_model, [(lora_files["a"], 0.7), (lora_files["b"], -0.4)])
+    assert np.array_equal(frames, expected)
+
+
+def test_lora_changes_the_frames(runtime, lora_files):
+    without = runtime.render(PARAMS, scheduler="euler").frames
+    with_lora = runtime.render(PARAMS, loras=[spec(lora_files["a"], 1.0)]).frames
+    assert not np.array_equal(without, with_lora)
+
+
+def test_switching_never_leaks_a_scale_or_reloads_the_base(tiny_model, lora_files):
+    a, b = lora_files["a"], lora_files["b"]
+    sequence = [(a, 0.5), (a, 1.0), (b, 1.0), (a, 1.0)]
+    runtime = WanRuntime(str(tiny_model), device="cpu")
+    runtime.load()
+    base = runtime.pipe.transformer
+    for path, weight in sequence:
+        frames = runtime.render(PARAMS, loras=[spec(path, weight)], scheduler="euler").frames
+        fresh = WanRuntime(str(tiny_model), device="cpu").render(PARAMS, loras=[spec(path, weight)],
+                                                                   scheduler="euler").frames
+        assert np.array_equal(frames, fresh), (path.stem, weight)
+    assert runtime.pipe.transformer is base
+    assert sorted(runtime.resident_adapters) == sorted(WanRuntime.adapter_name(spec(p, 1).sha256) for p in (a, b))
+
+
+def test_least_recently_used_adapter_is_unloaded_over_budget(tiny_model, lora_files):
+    a, b = lora_files["a"], lora_files["b"]
+    runtime = WanRuntime(str(tiny_model), device="cpu", lora_budget_bytes=a.stat().st_size)
+    runtime.render(PARAMS, loras=[spec(a, 1.0)])
+    runtime.render(PARAMS, loras=[spec(b, 1.0)])
+    assert runtime.resident_adapters == [WanRuntime.adapter_name(spec(b, 1).sha256)]
+    frames = runtime.render(PARAMS, loras=[spec(a, 0.5)], scheduler="euler").frames
+    assert np.array_equal(frames, plain_diffusers(tiny_model, [(a, 0.5)]))
+
+
+def test_checkpoint_scheduler_without_lora_matches_plain_diffusers(runtime, tiny_model):
+    frames = runtime.render(PARAMS).frames
+    assert np.array_equal(frames, plain_diffusers(tiny_model, [], scheduler="checkpoint"))
+
+
+def test_same_settings_give_the_same_frames(runtime, lora_files):
+    first = runtime.render(PARAMS, loras=[spec(lora_files["a"], 0.8)]).frames
+    runtime.render(PARAMS, loras=[spec(lora_files["b"], 1.0)])
+    assert np.array_equal(first, runtime.render(PARAMS, loras=[spec(lora_files["a"], 0.8)]).frames)
+
+
+def test_cancel_from_the_step_callback_stops_the_render(runtime):
+    steps = []
+
+    def on_step(done, total):
+        steps.append(done)
+        raise RenderCanceled()
+
+    with pytest.raises(RenderCanceled):
+        runtime.render(PARAMS, on_step=on_step)
+    assert steps == [1]
+
+
+@pytest.mark.parametrize("choice,version,expected", [
+    ("auto", "0.9.4", "euler"), ("auto", "1.2.0", "euler"), ("auto", "0.9.2", "unipc"), ("auto", "0.8.0", "unipc"),
+    ("auto", "0.9.3", "checkpoint"), ("auto", None, "checkpoint"), ("euler", "0.9.2", "euler"),
+    ("unipc", "0.9.4", "unipc"),
+])
+def test_scheduler_choice(choice, version, expected):
+    loras = [LoraSpec("x", "0" * 64, 1.0, version)] if version else []
+    assert pick_scheduler(choice, loras) == expected
+
+
+def test_scheduler_timesteps_match_ai_toolkit(runtime):
+    euler, unipc = runtime._schedulers["euler"], runtime._schedulers["unipc"]
+    euler.set_timesteps(25)
+    unipc.set_timesteps(25)
+    assert euler.timesteps[:3].tolist() == pytest.approx([1000.0, 985.758, 970.681], abs=1e-3)
+    assert euler.timesteps[-1].item() == pytest.approx(8.929, abs=1e-3)
+    assert unipc.timesteps[:3].tolist() == [999, 986, 971] and unipc.timesteps[-1].item() == 113
