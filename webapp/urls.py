@@ -25,7 +25,7 @@ urlpatterns = [
     path("v1/requests/<str:request_id>/cancel", compat.RequestCancelView.as_view(), name="v1-cancel"),
     path("v1/models", compat.ModelsView.as_view(), name="v1-models"),
     path("api/v1/", include(router.urls)),
-    re_path(r"^api/v1/outputs/(?P<pk>\d+)/(?P<kind>video|poster)$", OutputFileView.as_view(), name="output-file"),
+    re_path(r"^api/v1/outputs/(?P<pk>\d+)/(?P<kind>video|poster|webp)$", OutputFileView.as_view(), name="output-file"),
     path("api/v1/auth/token", obtain_auth_token, name="auth-token"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),

@@ -23,7 +23,7 @@ from webapp.jobs import services
 from webapp.jobs.models import GenerationJob
 from workers.pipeline.params import PromptParams
 from workers.pipeline.runtime import LoraSpec, RenderCanceled, WanRuntime
-from workers.pipeline.video import png_bytes, write_mp4
+from workers.pipeline.video import png_bytes, webp_bytes, write_mp4
 from workers.runtime import lora_local_path
 
 log = logging.getLogger(__name__)
@@ -100,9 +100,11 @@ def render_job(*, job: GenerationJob, runtime: WanRuntime) -> None:
             with mp4.open("rb") as fh:
                 video = default_storage.save(f"{stem}.mp4", File(fh))
             poster = default_storage.save(f"{stem}.png", ContentFile(png_bytes(result.frames[0])))
+            webp = default_storage.save(f"{stem}.webp", ContentFile(webp_bytes(result.frames, fps=params.fps))) \
+                if job.webp else ""
             step_timings["save"] = time.perf_counter() - start
         record["timings"] = step_timings
-        services.job_add_output(job=job, index=index, video=video, poster=poster, params=values,
+        services.job_add_output(job=job, index=index, video=video, poster=poster, webp=webp, params=values,
                                 scheduler=result.scheduler, record=record)
         timings["prompts"].append(step_timings)
         log.info("job %s prompt %d rendered: %s", job.id, index, step_timings)

@@ -35,7 +35,8 @@ def test_admin_pages_render(staff_client, prompt_set):
 def test_submit_job_from_admin(staff_client, prompt_set):
     lora = lora_resolve(ref="job_a/job_a.safetensors")
     response = staff_client.post("/admin/jobs/generationjob/add/", {
-        "prompt_set": prompt_set.pk, "loras": [lora.pk], "multiplier": "0.5", "scheduler": "auto", "priority": "3"})
+        "prompt_set": prompt_set.pk, "loras": [lora.pk], "multiplier": "0.5", "scheduler": "auto", "priority": "3",
+        "prompt_semantics": "reference"})
     assert response.status_code == 302, response.content[:2000]
     job = GenerationJob.objects.get()
     assert job.prompts[0]["prompt"] == "sks on a beach"

@@ -32,7 +32,8 @@ def test_minimal_request_is_accepted_verbatim(api):
     assert body["result_url"].endswith(f"/v1/requests/{body['request_id']}/result")
     job = GenerationJob.objects.get(pk=body["request_id"])
     assert job.prompts[0] == {"prompt": "sks a photo of a person", "neg": "", "width": 1024, "height": 1024,
-                              "num_frames": 41, "sample_steps": 25, "guidance_scale": 4.0, "seed": 42, "fps": 16}
+                              "num_frames": 41, "sample_steps": 25, "guidance_scale": 4.0, "seed": 42, "fps": 16,
+                              "lora_scale": None}
     assert [(jl.name, jl.multiplier) for jl in job.job_loras.all()] == [("my_lora_job/my_lora", 1.0)]
 
     status = api.get(f"/v1/requests/{job.id}/status").json()

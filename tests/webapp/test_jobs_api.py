@@ -38,7 +38,7 @@ def test_create_with_inline_prompts_and_a_lora_stack(api):
     assert [(jl["name"], jl["multiplier"]) for jl in job["loras"]] == [("job_a/job_a", 0.5), ("job_b/job_b", 1.0)]
     assert job["loras"][0]["sha256"] == Lora.objects.get(name="job_a/job_a").sha256
     assert job["prompts"][0] == {"prompt": "sks walking", "neg": "", "width": 128, "height": 128, "num_frames": 9,
-                                 "sample_steps": 2, "guidance_scale": 4.0, "seed": 42, "fps": 16}
+                                 "sample_steps": 2, "guidance_scale": 4.0, "seed": 42, "fps": 16, "lora_scale": None}
     assert job["prompts"][1]["seed"] == 43
     assert job["progress"] == {"prompt": 0, "prompts": 2, "step": 0, "steps": 2, "fraction": 0.0}
     assert job["outputs"] == [] and job["started_at"] is None

@@ -10,7 +10,7 @@ from webapp.prompts.models import PromptSet
 
 from .models import GenerationJob, JobLora, JobOutput, Scheduler
 from .serializers import HIGH, LOW
-from .services import job_cancel, job_retry, job_submit
+from .services import job_cancel, job_rerun, job_retry, job_submit
 
 
 class JobSubmitForm(forms.ModelForm):
@@ -22,7 +22,7 @@ class JobSubmitForm(forms.ModelForm):
 
     class Meta:
         model = GenerationJob
-        fields = ["prompt_set", "loras", "multiplier", "scheduler", "priority"]
+        fields = ["prompt_set", "loras", "multiplier", "scheduler", "prompt_semantics", "webp", "priority"]
 
 
 class JobLoraInline(admin.TabularInline):
@@ -59,8 +59,9 @@ class GenerationJobAdmin(admin.ModelAdmin):
                     "created_at", "finished_at"]
     list_filter = ["status", "model", "owner", "scheduler"]
     search_fields = ["id", "prompts", "job_loras__name"]
-    actions = ["cancel_jobs", "retry_jobs"]
-    readonly_fields = ["id", "owner", "model", "status", "priority", "scheduler", "prompt_set", "effective_prompts",
+    actions = ["cancel_jobs", "retry_jobs", "rerun_jobs"]
+    readonly_fields = ["id", "owner", "model", "status", "priority", "scheduler", "prompt_semantics", "webp",
+                       "prompt_set", "effective_prompts",
                        "progress", "error_code", "error_message", "attempts", "worker", "timings", "created_at",
                        "started_at", "finished_at"]
     inlines = [JobLoraInline, JobOutputInline]
@@ -90,7 +91,8 @@ class GenerationJobAdmin(admin.ModelAdmin):
                              loras=[(lora, data["multiplier"]) for lora in data["loras"]],
                              prompts=[item.as_request_item() for item in prompt_set.items.all()],
                              trigger_word=prompt_set.trigger_word, priority=data["priority"],
-                             scheduler=data["scheduler"], prompt_set=prompt_set)
+                             scheduler=data["scheduler"], prompt_semantics=data["prompt_semantics"],
+                             webp=data["webp"], prompt_set=prompt_set)
         except ApiError as exc:
             messages.error(request, f"{exc.code}: {exc.message}")
             raise
@@ -117,17 +119,21 @@ class GenerationJobAdmin(admin.ModelAdmin):
 
     @admin.action(description="Cancel selected jobs")
     def cancel_jobs(self, request, queryset):
-        self._each(request, queryset, job_cancel, "canceled")
+        self._each(request, queryset, lambda job: job_cancel(job=job), "canceled")
 
     @admin.action(description="Retry selected jobs")
     def retry_jobs(self, request, queryset):
-        self._each(request, queryset, job_retry, "queued again")
+        self._each(request, queryset, lambda job: job_retry(job=job), "queued again")
+
+    @admin.action(description="Re-run selected jobs with the same settings")
+    def rerun_jobs(self, request, queryset):
+        self._each(request, queryset, lambda job: job_rerun(job=job, owner=request.user), "re-run")
 
     def _each(self, request, queryset, service, done):
         count = 0
         for job in queryset:
             try:
-                service(job=job)
+                service(job)
                 count += 1
             except ApiError as exc:
                 messages.warning(request, f"{job.id}: {exc.message}")

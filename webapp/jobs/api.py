@@ -16,7 +16,7 @@ from webapp.prompts.models import PromptSet
 from .models import GenerationJob, JobOutput
 from .selectors import job_get, job_list
 from .serializers import JobCreateSerializer, JobSerializer
-from .services import job_cancel, job_retry, job_submit
+from .services import job_cancel, job_rerun, job_retry, job_submit
 
 
 class JobFilter(filters.FilterSet):
@@ -54,21 +54,32 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
             loras.append((lora, lora.default_multiplier if multiplier is None else multiplier))
         job = job_submit(owner=request.user, model=data["model"], loras=loras, prompts=prompts,
                          trigger_word=trigger_word, priority=data["priority"], scheduler=data["scheduler"],
-                         prompt_set=prompt_set, request=request.data)
-        return Response(JobSerializer(job_get(job_id=job.pk), context={"request": request}).data,
-                        status=status.HTTP_201_CREATED)
+                         prompt_semantics=data["prompt_semantics"], webp=data["webp"], prompt_set=prompt_set,
+                         request=request.data)
+        return self._job_response(job, status.HTTP_201_CREATED)
+
+    def _job_response(self, job, status_code=status.HTTP_200_OK):
+        return Response(JobSerializer(job_get(job_id=job.pk), context={"request": self.request}).data,
+                        status=status_code)
 
     @extend_schema(request=None, responses={200: JobSerializer})
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
-        job = job_cancel(job=self.get_object())
-        return Response(JobSerializer(job_get(job_id=job.pk), context={"request": request}).data)
+        return self._job_response(job_cancel(job=self.get_object()))
 
     @extend_schema(request=None, responses={200: JobSerializer})
     @action(detail=True, methods=["post"])
     def retry(self, request, pk=None):
-        job = job_retry(job=self.get_object())
-        return Response(JobSerializer(job_get(job_id=job.pk), context={"request": request}).data)
+        return self._job_response(job_retry(job=self.get_object()))
+
+    @extend_schema(request=None, responses={201: JobSerializer})
+    @action(detail=True, methods=["post"])
+    def rerun(self, request, pk=None):
+        """Queue a new job with exactly this job's settings (same seeds, LoRAs, multipliers, scheduler)."""
+        return self._job_response(job_rerun(job=self.get_object(), owner=request.user), status.HTTP_201_CREATED)
+
+
+CONTENT_TYPES = {"video": "video/mp4", "poster": "image/png", "webp": "image/webp"}
 
 
 class OutputFileView(APIView):
@@ -77,9 +88,8 @@ class OutputFileView(APIView):
     @extend_schema(responses={(200, "video/mp4"): bytes})
     def get(self, request, pk, kind):
         output = get_object_or_404(JobOutput, pk=pk)
-        field = output.video if kind == "video" else output.poster
+        field = getattr(output, kind)
         if not field:
             raise NotFound("OUTPUT_FILE_NOT_FOUND", "This output has no such file.")
         name = field.name.rsplit("/", 1)[-1]
-        return FileResponse(default_storage.open(field.name, "rb"), filename=name,
-                            content_type="video/mp4" if kind == "video" else "image/png")
+        return FileResponse(default_storage.open(field.name, "rb"), filename=name, content_type=CONTENT_TYPES[kind])

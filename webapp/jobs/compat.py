@@ -16,7 +16,7 @@ from webapp.loras.services import lora_resolve
 
 from .models import GenerationJob, JobStatus
 from .selectors import job_get
-from .serializers import HIGH, LOW, MAX_LORAS, output_urls, prompts_field
+from .serializers import HIGH, LOW, MAX_LORAS, JobOptionsSerializer, output_urls, prompts_field
 from .services import job_cancel, job_submit
 
 STATUS_NAMES = {JobStatus.QUEUED: "in_queue", JobStatus.RUNNING: "in_progress"}
@@ -27,7 +27,7 @@ class CompatLoraSerializer(serializers.Serializer):
     network_multiplier = serializers.FloatField(min_value=LOW, max_value=HIGH, default=1.0)
 
 
-class InferenceRequestSerializer(serializers.Serializer):
+class InferenceRequestSerializer(JobOptionsSerializer):
     model = serializers.CharField(max_length=50)
     loras = CompatLoraSerializer(many=True, allow_empty=True, max_length=MAX_LORAS)
     prompts = prompts_field()
@@ -71,7 +71,8 @@ def inference_submit(*, body: dict, user) -> GenerationJob:
     loras = [(lora_resolve(ref=item["path"], owner=user), item["network_multiplier"]) for item in data["loras"]]
     stored = {k: v for k, v in body.items() if k != "hf_token"}
     return job_submit(owner=user, model=data["model"], loras=loras, prompts=data["prompts"],
-                      trigger_word=data.get("trigger_word"), request=stored)
+                      trigger_word=data.get("trigger_word"), priority=data["priority"], scheduler=data["scheduler"],
+                      prompt_semantics=data["prompt_semantics"], webp=data["webp"], request=stored)
 
 
 class InferenceView(APIView):

@@ -4,6 +4,8 @@ import uuid
 from django.conf import settings
 from django.db import models
 
+from workers.pipeline.params import PROMPT_SEMANTICS
+
 
 class JobStatus(models.TextChoices):
     QUEUED = "queued"
@@ -30,6 +32,10 @@ class GenerationJob(models.Model):
     status = models.CharField(max_length=20, choices=JobStatus.choices, default=JobStatus.QUEUED, db_index=True)
     priority = models.SmallIntegerField(default=0, help_text="0-9; higher starts first.")
     scheduler = models.CharField(max_length=10, choices=Scheduler.choices, default=Scheduler.AUTO)
+    prompt_semantics = models.CharField(
+        max_length=20, choices=[(s, s) for s in PROMPT_SEMANTICS], default="reference",
+        help_text="ai-toolkit: inline --flags in prompts, [trigger]/[name] always replaced.")
+    webp = models.BooleanField(default=False, help_text="Also write the animated WebP of training previews.")
     prompt_set = models.ForeignKey("prompts.PromptSet", null=True, blank=True, on_delete=models.SET_NULL,
                                    related_name="jobs", help_text="Where the prompts were copied from.")
     prompts = models.JSONField(help_text="Resolved prompts as they render (defaults, seed, snapping applied).")
@@ -82,6 +88,7 @@ class JobOutput(models.Model):
     index = models.PositiveIntegerField()
     video = models.FileField(max_length=300)
     poster = models.FileField(max_length=300, blank=True)
+    webp = models.FileField(max_length=300, blank=True)
     width = models.PositiveIntegerField()
     height = models.PositiveIntegerField()
     num_frames = models.PositiveIntegerField()

@@ -4,7 +4,7 @@ from django.urls import reverse
 from rest_framework import serializers
 
 from webapp.prompts.serializers import PromptFieldsSerializer
-from workers.pipeline.params import LIMITS
+from workers.pipeline.params import LIMITS, PROMPT_SEMANTICS
 
 from .models import GenerationJob, JobLora, JobOutput, Scheduler
 
@@ -17,10 +17,22 @@ def prompts_field():
 
 
 def output_urls(output: JobOutput, request) -> dict:
-    video = reverse("output-file", kwargs={"pk": output.pk, "kind": "video"})
-    poster = reverse("output-file", kwargs={"pk": output.pk, "kind": "poster"})
     build = request.build_absolute_uri if request else (lambda u: u)
-    return {"url": build(video), "poster_url": build(poster) if output.poster else None}
+
+    def url(kind):
+        return build(reverse("output-file", kwargs={"pk": output.pk, "kind": kind}))
+
+    return {"url": url("video"), "poster_url": url("poster") if output.poster else None,
+            "webp_url": url("webp") if output.webp else None}
+
+
+class JobOptionsSerializer(serializers.Serializer):
+    """Options beyond the reference schema, accepted by both APIs."""
+
+    priority = serializers.IntegerField(min_value=0, max_value=9, default=0)
+    scheduler = serializers.ChoiceField(choices=Scheduler.values, default=Scheduler.AUTO)
+    prompt_semantics = serializers.ChoiceField(choices=PROMPT_SEMANTICS, default="reference")
+    webp = serializers.BooleanField(default=False)
 
 
 class JobOutputSerializer(serializers.ModelSerializer):
@@ -45,7 +57,8 @@ class JobSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = GenerationJob
-        fields = ["id", "owner", "model", "status", "priority", "scheduler", "prompt_set", "prompts", "loras",
+        fields = ["id", "owner", "model", "status", "priority", "scheduler", "prompt_semantics", "webp",
+                  "prompt_set", "prompts", "loras",
                   "progress", "error_code", "error_message", "attempts", "worker", "timings", "outputs",
                   "created_at", "started_at", "finished_at"]
 
@@ -56,14 +69,12 @@ class JobLoraInputSerializer(serializers.Serializer):
                                         help_text="Defaults to the LoRA's default multiplier.")
 
 
-class JobCreateSerializer(serializers.Serializer):
+class JobCreateSerializer(JobOptionsSerializer):
     model = serializers.CharField(default="wan21_14b")
     loras = JobLoraInputSerializer(many=True, required=False, max_length=MAX_LORAS, default=list)
     prompt_set = serializers.IntegerField(required=False, allow_null=True)
     prompts = prompts_field()
     trigger_word = serializers.CharField(max_length=200, required=False, allow_blank=True, allow_null=True)
-    priority = serializers.IntegerField(min_value=0, max_value=9, default=0)
-    scheduler = serializers.ChoiceField(choices=Scheduler.values, default=Scheduler.AUTO)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -16,7 +16,7 @@ from django.utils import timezone
 from webapp.core.catalog import model_check
 from webapp.core.errors import ApiError, Conflict
 from workers.celery_app import app as celery_app
-from workers.pipeline.params import resolve_prompt
+from workers.pipeline.params import PromptError, resolve_prompt
 
 from .models import GenerationJob, JobLora, JobOutput, JobStatus
 
@@ -37,8 +37,8 @@ def job_enqueue(*, job: GenerationJob) -> None:
 
 @transaction.atomic
 def job_submit(*, owner, model: str, loras: list[tuple], prompts: list[dict], trigger_word: str | None = None,
-               priority: int = 0, scheduler: str = "auto", prompt_set=None, request: dict | None = None
-               ) -> GenerationJob:
+               priority: int = 0, scheduler: str = "auto", prompt_semantics: str = "reference", webp: bool = False,
+               prompt_set=None, request: dict | None = None) -> GenerationJob:
     """Create a queued job from validated prompts and (Lora, multiplier) pairs, then enqueue it."""
     model_check(model)
     if not prompts or any(not item.get("prompt") for item in prompts):
@@ -46,10 +46,11 @@ def job_submit(*, owner, model: str, loras: list[tuple], prompts: list[dict], tr
     shas = [lora.sha256 for lora, _ in loras]
     if len(set(shas)) != len(shas):
         raise ApiError("LORA_DUPLICATE", "The same LoRA appears twice in the stack; give it one multiplier.")
-    resolved = [resolve_prompt(item, index=i, trigger_word=trigger_word).as_dict() for i, item in enumerate(prompts)]
+    resolved = _resolve_prompts(prompts, trigger_word=trigger_word, semantics=prompt_semantics,
+                                name=loras[0][0].info.get("output_name") or loras[0][0].name if loras else None)
     job = GenerationJob.objects.create(
-        owner=owner, model=model, priority=priority, scheduler=scheduler, prompt_set=prompt_set,
-        prompts=resolved, request=request or {},
+        owner=owner, model=model, priority=priority, scheduler=scheduler, prompt_semantics=prompt_semantics,
+        webp=webp, prompt_set=prompt_set, prompts=resolved, request=request or {},
         progress={"prompt": 0, "prompts": len(resolved), "step": 0,
                   "steps": resolved[0]["sample_steps"], "fraction": 0.0},
     )
@@ -58,6 +59,30 @@ def job_submit(*, owner, model: str, loras: list[tuple], prompts: list[dict], tr
         for i, (lora, multiplier) in enumerate(loras))
     job_enqueue(job=job)
     return job
+
+
+def _resolve_prompts(prompts: list[dict], **options) -> list[dict]:
+    resolved = []
+    for index, item in enumerate(prompts):
+        try:
+            resolved.append(resolve_prompt(item, index=index, **options).as_dict())
+        except PromptError as exc:
+            raise ApiError("INVALID_PROMPT_FLAG", exc.message,
+                           details={f"prompts[{index}].{exc.field}": [{"code": "invalid", "message": exc.message}]}
+                           ) from None
+    return resolved
+
+
+def job_rerun(*, job: GenerationJob, owner) -> GenerationJob:
+    """A new job with the same resolved prompts (seeds included), LoRA stack and scheduler."""
+    loras = []
+    for job_lora in job.job_loras.select_related("lora"):
+        if job_lora.lora is None:
+            raise Conflict("LORA_MISSING", f"LoRA {job_lora.name} was deleted; this job cannot be re-run.")
+        loras.append((job_lora.lora, job_lora.multiplier))
+    return job_submit(owner=owner, model=job.model, loras=loras, prompts=job.prompts, priority=job.priority,
+                      scheduler=job.scheduler, webp=job.webp, prompt_set=job.prompt_set,
+                      request={"rerun_of": str(job.id)})
 
 
 def _locked(job_id) -> GenerationJob | None:
@@ -89,11 +114,11 @@ def job_report_progress(*, job: GenerationJob, prompt_index: int, step: int, ste
     return bool(updated)
 
 
-def job_add_output(*, job: GenerationJob, index: int, video: str, poster: str, params: dict, scheduler: str,
-                   record: dict) -> JobOutput:
+def job_add_output(*, job: GenerationJob, index: int, video: str, poster: str, webp: str, params: dict,
+                   scheduler: str, record: dict) -> JobOutput:
     output, _ = JobOutput.objects.update_or_create(
         job=job, index=index,
-        defaults=dict(video=video, poster=poster, width=params["width"], height=params["height"],
+        defaults=dict(video=video, poster=poster, webp=webp, width=params["width"], height=params["height"],
                       num_frames=params["num_frames"], fps=params["fps"], seed=params["seed"],
                       scheduler=scheduler, record=record))
     return output
@@ -153,6 +178,6 @@ def job_retry(*, job: GenerationJob) -> GenerationJob:
 
 
 def job_output_delete_files(*, output: JobOutput) -> None:
-    for field in (output.video, output.poster):
+    for field in (output.video, output.poster, output.webp):
         if field:
             field.delete(save=False)

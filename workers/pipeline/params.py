@@ -11,6 +11,7 @@ import random
 from dataclasses import asdict, dataclass
 
 MODEL_IDS = ("wan21_14b",)
+PROMPT_SEMANTICS = ("reference", "ai-toolkit")
 MAX_SEED = 2**31 - 1
 SEED_BASE = 42
 
@@ -51,9 +52,54 @@ class PromptParams:
     guidance_scale: float
     seed: int
     fps: int
+    lora_scale: float | None = None  # ai-toolkit `--m`: one multiplier for every LoRA of this prompt
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+class PromptError(ValueError):
+    """A prompt that cannot render as written (an inline flag with a bad value)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+# ai-toolkit / sd-scripts inline flags -> request field
+AITOOLKIT_FLAGS = {
+    "n": "neg", "w": "width", "h": "height", "d": "seed", "seed": "seed", "l": "guidance_scale",
+    "cfg": "guidance_scale", "s": "sample_steps", "steps": "sample_steps", "m": "lora_scale",
+    "network_multiplier": "lora_scale", "frames": "num_frames", "num_frames": "num_frames", "fps": "fps",
+}
+_FLOAT_FIELDS = {"guidance_scale", "lora_scale"}
+
+
+def parse_aitoolkit_prompt(text: str) -> tuple[str, dict]:
+    """Split "a photo --w 512 --n blurry" into the prompt and its flag values, as ai-toolkit samples do.
+
+    Unknown flags are ignored, as ai-toolkit ignores them; a known flag with a bad value is an error."""
+    prompt, *flags = text.strip().split("--")
+    values = {}
+    for chunk in flags:
+        flag = chunk.split(" ")[0].strip()
+        content = chunk[len(flag):].strip()
+        field = AITOOLKIT_FLAGS.get(flag)
+        if field is None:
+            continue
+        if field == "neg":
+            values[field] = content
+            continue
+        try:
+            value = float(content) if field in _FLOAT_FIELDS else int(content)
+        except ValueError:
+            raise PromptError(field, f"--{flag} needs a number, got {content!r}") from None
+        low, high = LIMITS.get(field, LIMITS["network_multiplier"] if field == "lora_scale" else (None, None))
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise PromptError(field, f"--{flag} {content} is outside {low}..{high}")
+        values[field] = value
+    return prompt.strip(), values
 
 
 def snap_size(value: int) -> int:
@@ -75,16 +121,31 @@ def random_seed() -> int:
     return random.SystemRandom().randint(0, MAX_SEED)
 
 
-def resolve_prompt(item: dict, *, index: int, trigger_word: str | None = None) -> PromptParams:
-    """Resolve one validated prompt item of a request to the parameters that will run."""
-    value = {**DEFAULTS, **{k: v for k, v in item.items() if v is not None}}
+def resolve_prompt(item: dict, *, index: int, trigger_word: str | None = None, semantics: str = "reference",
+                   name: str | None = None) -> PromptParams:
+    """Resolve one validated prompt item of a request to the parameters that will run.
+
+    `semantics="reference"` follows ai-toolkit-inference: `[trigger]` is replaced only when a
+    trigger word is set. `"ai-toolkit"` follows the trainer's sampler: inline flags (`--n`, `--w`,
+    `--h`, `--seed`, `--cfg`, `--steps`, `--m`, ...) override the fields, and `[trigger]` and
+    `[name]` are always replaced (by "" when unset).
+    """
+    item = {k: v for k, v in item.items() if v is not None}
+    text, trigger = item["prompt"], item.get("trigger_word") or trigger_word
+    if semantics == "ai-toolkit":
+        text, flags = parse_aitoolkit_prompt(text)
+        item.update(flags)
+        text = text.replace("[trigger]", trigger or "").replace("[name]", name or "")
+    else:
+        text = replace_trigger(text, trigger)
+    value = {**DEFAULTS, **item}
     seed = item.get("seed")
     if seed is None:
         seed = SEED_BASE + index
     elif seed == -1:
         seed = random_seed()
     return PromptParams(
-        prompt=replace_trigger(item["prompt"], item.get("trigger_word") or trigger_word),
+        prompt=text,
         neg=value["neg"],
         width=snap_size(int(value["width"])),
         height=snap_size(int(value["height"])),
@@ -93,4 +154,5 @@ def resolve_prompt(item: dict, *, index: int, trigger_word: str | None = None) -
         guidance_scale=float(value["guidance_scale"]),
         seed=int(seed),
         fps=int(value["fps"]),
+        lora_scale=item.get("lora_scale"),
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -168,6 +168,8 @@ class WanRuntime:
         raise `RenderCanceled` to stop."""
         pipe = self.load().pipe
         loras = list(loras)
+        if params.lora_scale is not None:
+            loras = [replace(lora, multiplier=params.lora_scale) for lora in loras]
         timings = {"lora_switch": self.activate_loras(loras)}
         scheduler_name = pick_scheduler(scheduler, loras)
         pipe.scheduler = self._schedulers[scheduler_name]
