@@ -3,19 +3,27 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests.conftest import ROOT, SMALL, wait_for
 from tests.webapp.test_compat_api import MINIMAL
-from workers.pipeline.video import read_mp4
+from workers.pipeline.video import read_mp4, read_mp4_record
 
 
-def download(api, url, tmp_path):
+def download(api, url, tmp_path, name="video.mp4"):
     response = api.get(url)
     assert response.status_code == 200
-    path = tmp_path / "video.mp4"
+    path = tmp_path / name
     path.write_bytes(b"".join(response.streaming_content))
     return read_mp4(path)
+
+
+def finished_job(api, job_id):
+    job = wait_for(lambda: (j := api.get(f"/api/v1/jobs/{job_id}/").json())["status"]
+                   in ("succeeded", "failed", "canceled") and j)
+    assert job["status"] == "succeeded", job
+    return job
 
 
 @pytest.mark.django_db(transaction=True)
@@ -48,6 +56,37 @@ def test_reference_request_renders_on_postgres_and_redis(api, celery_worker, tmp
     assert job["attempts"] == 1 and job["progress"]["fraction"] == 1.0
     assert job["outputs"][0]["record"]["loras"][0]["multiplier"] == 1.0
     assert job["outputs"][0]["record"]["prompt"] == "sks a photo of a person"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_stacked_loras_webp_record_and_rerun(api, celery_worker, tmp_path):
+    body = {"loras": [{"lora": "job_a/job_a.safetensors", "multiplier": 0.5}, {"lora": "job_b/job_b.safetensors"}],
+            "prompts": [{"prompt": "[trigger] by [name] --w 96 --h 64 --steps 2 --m 0.7 --n blurry", **SMALL,
+                         "seed": -1}],
+            "trigger_word": "sks", "prompt_semantics": "ai-toolkit", "webp": True}
+    response = api.post("/api/v1/jobs/", body, format="json")
+    assert response.status_code == 201, response.json()
+    job = finished_job(api, response.json()["id"])
+    output = job["outputs"][0]
+    assert (output["width"], output["height"], output["scheduler"]) == (96, 64, "euler")  # LoRA A: ai-toolkit 0.9.4
+    record = output["record"]
+    assert record["prompt"] == "sks by job_a" and record["neg"] == "blurry" and record["lora_scale"] == 0.7
+    assert [(lora["name"], lora["multiplier"]) for lora in record["loras"]] == [("job_a/job_a", 0.5), ("job_b/job_b", 1.0)]
+    assert record["timings"]["denoise"] > 0 and record["software"]["diffusers"]
+
+    frames, _ = download(api, output["url"], tmp_path, "first.mp4")
+    assert frames.shape == (9, 64, 96, 3)
+    embedded = read_mp4_record(tmp_path / "first.mp4")
+    assert embedded["seed"] == output["seed"] and embedded["loras"] == record["loras"]
+    webp = api.get(output["webp_url"])
+    assert webp.status_code == 200 and webp["Content-Type"] == "image/webp"
+
+    rerun = api.post(f"/api/v1/jobs/{job['id']}/rerun/")
+    assert rerun.status_code == 201
+    again = finished_job(api, rerun.json()["id"])["outputs"][0]
+    assert again["seed"] == output["seed"]
+    frames_again, _ = download(api, again["url"], tmp_path, "again.mp4")
+    assert np.array_equal(frames, frames_again)
 
 
 def test_demo_on_embedded_defaults(tmp_path):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -63,3 +64,15 @@ def webp_bytes(frames: np.ndarray, *, fps: int) -> bytes:
     images[0].save(buf, format="WEBP", save_all=True, append_images=images[1:],
                    duration=int(1000 / fps), loop=0, quality=80)
     return buf.getvalue()
+
+
+def read_mp4_record(path: str | Path) -> dict:
+    """The JSON record `write_mp4` embedded in the file's comment tag ({} when there is none)."""
+    result = subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "ffmetadata", "-"],
+        capture_output=True, text=True, check=True)
+    for line in result.stdout.splitlines():
+        if line.startswith("comment="):
+            return json.loads(line[len("comment="):].replace("\\=", "=").replace("\\;", ";").replace("\\#", "#")
+                              .replace("\\\\", "\\"))
+    return {}
