@@ -124,7 +124,10 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 16 * 2**20
 REDIS_URL = env("REDIS_URL")
 if REDIS_URL:
     CELERY_BROKER_URL = REDIS_URL
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 4 * 3600, "queue_order_strategy": "priority"}
+    # Ten priority lists, drained highest first; a job's message is restored after the visibility
+    # timeout at the latest, but the reconciler requeues jobs of dead workers long before that.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 4 * 3600, "queue_order_strategy": "priority",
+                                       "priority_steps": list(range(10))}
 else:
     _broker = VAR_DIR / "broker"
     for _sub in ("out", "processed"):
@@ -156,10 +159,23 @@ LORA_URL_ALLOWED_HOSTS = env_list("LORA_URL_ALLOWED_HOSTS")
 LORA_URL_MAX_BYTES = int(env("LORA_URL_MAX_BYTES", 2 * 2**30))
 LORA_URL_TIMEOUT_S = float(env("LORA_URL_TIMEOUT_S", 30))
 JOB_PROGRESS_INTERVAL_S = float(env("JOB_PROGRESS_INTERVAL_S", 1.0))
+JOB_HEARTBEAT_S = float(env("JOB_HEARTBEAT_S", 10))
+JOB_STALE_AFTER_S = float(env("JOB_STALE_AFTER_S", 120))  # no heartbeat for this long: the worker is gone
+JOB_MAX_ATTEMPTS = int(env("JOB_MAX_ATTEMPTS", 3))
+JOB_SOFT_TIME_LIMIT_S = float(env("JOB_SOFT_TIME_LIMIT_S", 3600))  # checked every step: fails with TIMEOUT
+JOB_HARD_TIME_LIMIT_S = float(env("JOB_HARD_TIME_LIMIT_S", 4200))  # a stuck worker exits and is replaced
+JOB_RECONCILE_GRACE_S = float(env("JOB_RECONCILE_GRACE_S", 30))
+JOB_RECONCILE_INTERVAL_S = float(env("JOB_RECONCILE_INTERVAL_S", 60))
+CELERY_BEAT_SCHEDULE = {"reconcile-jobs": {"task": "workers.reconcile_jobs", "schedule": JOB_RECONCILE_INTERVAL_S}}
 JOB_MAX_PROMPTS = int(env("JOB_MAX_PROMPTS", 100))
 PROMPT_MAX_CHARS = int(env("PROMPT_MAX_CHARS", 4000))
 
 # --- API ----------------------------------------------------------------------
+# Throttle counters must be shared by every web process: Redis when there is one.
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+          if REDIS_URL else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+SUBMIT_RATE = env("SUBMIT_RATE", "120/min")
+MAX_QUEUED_JOBS_PER_USER = int(env("MAX_QUEUED_JOBS_PER_USER", 500))
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.TokenAuthentication",
@@ -171,6 +187,7 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "webapp.core.errors.api_exception_handler",
+    "DEFAULT_THROTTLE_RATES": {"submit": SUBMIT_RATE},
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Wan LoRA render queue",

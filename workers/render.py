@@ -25,13 +25,10 @@ from workers.pipeline.params import PromptParams
 from workers.pipeline.runtime import LoraSpec, RenderCanceled, WanRuntime
 from workers.pipeline.video import png_bytes, webp_bytes, write_mp4
 from workers.runtime import lora_local_path
+from workers.supervision import Deadline, LoraMissing
 
 log = logging.getLogger(__name__)
 SOFTWARE = ("torch", "diffusers", "transformers", "peft")
-
-
-class LoraMissing(Exception):
-    pass
 
 
 def software_versions() -> dict:
@@ -52,16 +49,20 @@ def job_lora_specs(job: GenerationJob) -> list[LoraSpec]:
     return specs
 
 
-class ProgressReporter:
-    """Per-step callback: writes progress at most every JOB_PROGRESS_INTERVAL_S and stops canceled jobs."""
+class StepCallback:
+    """After every denoising step: stop if the job was canceled or ran out of time; write progress
+    at most every JOB_PROGRESS_INTERVAL_S (a cheap indexed read per step, a write per interval)."""
 
-    def __init__(self, job: GenerationJob, prompt_index: int):
-        self.job, self.prompt_index = job, prompt_index
+    def __init__(self, job: GenerationJob, prompt_index: int, deadline: Deadline):
+        self.job, self.prompt_index, self.deadline = job, prompt_index, deadline
         self.last = 0.0
 
     def __call__(self, step: int, steps: int) -> None:
+        self.deadline.check()
         now = time.monotonic()
         if step < steps and now - self.last < settings.JOB_PROGRESS_INTERVAL_S:
+            if not services.job_is_active(job=self.job):
+                raise RenderCanceled()
             return
         self.last = now
         if not services.job_report_progress(job=self.job, prompt_index=self.prompt_index, step=step, steps=steps):
@@ -78,7 +79,7 @@ def output_record(job: GenerationJob, params: PromptParams, loras: list[LoraSpec
     }
 
 
-def render_job(*, job: GenerationJob, runtime: WanRuntime) -> None:
+def render_job(*, job: GenerationJob, runtime: WanRuntime, deadline: Deadline) -> None:
     loras = job_lora_specs(job)
     names = [jl.name for jl in job.job_loras.all()]
     done = set(job.outputs.values_list("index", flat=True))
@@ -88,7 +89,7 @@ def render_job(*, job: GenerationJob, runtime: WanRuntime) -> None:
             continue
         params = PromptParams(**values)
         result = runtime.render(params, loras=loras, scheduler=job.scheduler,
-                                on_step=ProgressReporter(job, index))
+                                on_step=StepCallback(job, index, deadline))
         record = output_record(job, params, loras, result.scheduler, names)
         step_timings = result.timings
         start = time.perf_counter()
@@ -104,6 +105,11 @@ def render_job(*, job: GenerationJob, runtime: WanRuntime) -> None:
                 if job.webp else ""
             step_timings["save"] = time.perf_counter() - start
         record["timings"] = step_timings
+        if not services.job_is_active(job=job):  # canceled while encoding: drop this prompt's files
+            for name in (video, poster, webp):
+                if name:
+                    default_storage.delete(name)
+            raise RenderCanceled()
         services.job_add_output(job=job, index=index, video=video, poster=poster, webp=webp, params=values,
                                 scheduler=result.scheduler, record=record)
         timings["prompts"].append(step_timings)

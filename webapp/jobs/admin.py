@@ -119,11 +119,11 @@ class GenerationJobAdmin(admin.ModelAdmin):
 
     @admin.action(description="Cancel selected jobs")
     def cancel_jobs(self, request, queryset):
-        self._each(request, queryset, lambda job: job_cancel(job=job), "canceled")
+        self._each(request, queryset, lambda job: job_cancel(job=job, actor=request.user), "canceled")
 
     @admin.action(description="Retry selected jobs")
     def retry_jobs(self, request, queryset):
-        self._each(request, queryset, lambda job: job_retry(job=job), "queued again")
+        self._each(request, queryset, lambda job: job_retry(job=job, actor=request.user), "queued again")
 
     @admin.action(description="Re-run selected jobs with the same settings")
     def rerun_jobs(self, request, queryset):

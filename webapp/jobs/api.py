@@ -7,6 +7,7 @@ from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.generics import get_object_or_404
 from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from webapp.core.errors import NotFound
@@ -16,7 +17,7 @@ from webapp.prompts.models import PromptSet
 from .models import GenerationJob, JobOutput
 from .selectors import job_get, job_list
 from .serializers import JobCreateSerializer, JobSerializer
-from .services import job_cancel, job_rerun, job_retry, job_submit
+from .services import job_cancel, job_delete, job_rerun, job_retry, job_submit
 
 
 class JobFilter(filters.FilterSet):
@@ -27,10 +28,19 @@ class JobFilter(filters.FilterSet):
         fields = ["status", "owner", "model", "lora", "prompt_set"]
 
 
-class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin,
+                 viewsets.GenericViewSet):
     queryset = job_list()
     serializer_class = JobSerializer
     filterset_class = JobFilter
+
+    def get_throttles(self):
+        return [ScopedRateThrottle()] if self.action in ("create", "rerun", "retry") else []
+
+    throttle_scope = "submit"
+
+    def perform_destroy(self, instance):
+        job_delete(job=instance, actor=self.request.user)
 
     def get_object(self):
         return job_get(job_id=self.kwargs["pk"])
@@ -65,12 +75,12 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
     @extend_schema(request=None, responses={200: JobSerializer})
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
-        return self._job_response(job_cancel(job=self.get_object()))
+        return self._job_response(job_cancel(job=self.get_object(), actor=request.user))
 
     @extend_schema(request=None, responses={200: JobSerializer})
     @action(detail=True, methods=["post"])
     def retry(self, request, pk=None):
-        return self._job_response(job_retry(job=self.get_object()))
+        return self._job_response(job_retry(job=self.get_object(), actor=request.user))
 
     @extend_schema(request=None, responses={201: JobSerializer})
     @action(detail=True, methods=["post"])

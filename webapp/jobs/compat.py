@@ -9,6 +9,7 @@ from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from webapp.core.catalog import model_check, model_list
@@ -76,6 +77,8 @@ def inference_submit(*, body: dict, user) -> GenerationJob:
 
 
 class InferenceView(APIView):
+    throttle_classes = [ScopedRateThrottle]
+    throttle_scope = "submit"
     @extend_schema(request=InferenceRequestSerializer, responses={200: dict}, operation_id="v1_inference")
     def post(self, request):
         job = inference_submit(body=request.data, user=request.user)
@@ -102,7 +105,7 @@ class RequestResultView(APIView):
 class RequestCancelView(APIView):
     @extend_schema(request=None, responses={200: dict}, operation_id="v1_request_cancel")
     def post(self, request, request_id):
-        job = job_cancel(job=job_get(job_id=request_id, code="REQUEST_NOT_FOUND"))
+        job = job_cancel(job=job_get(job_id=request_id, code="REQUEST_NOT_FOUND"), actor=request.user)
         return Response(status_body(job))
 
 

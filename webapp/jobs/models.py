@@ -3,6 +3,7 @@ import uuid
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 from workers.pipeline.params import PROMPT_SEMANTICS
 
@@ -48,6 +49,7 @@ class GenerationJob(models.Model):
     timings = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="Last sign of life from its worker.")
     finished_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -61,6 +63,14 @@ class GenerationJob(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in FINISHED
+
+    @property
+    def is_stale(self) -> bool:
+        """Running, but its worker has not been heard from for JOB_STALE_AFTER_S."""
+        if self.status != JobStatus.RUNNING:
+            return False
+        last = self.heartbeat_at or self.started_at
+        return last is None or (timezone.now() - last).total_seconds() > settings.JOB_STALE_AFTER_S
 
     @property
     def percent(self) -> int:

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import timedelta
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from rest_framework import status
 
 from webapp.core.catalog import model_check
 from webapp.core.errors import ApiError, Conflict
+from webapp.core.permissions import require_manage
+from webapp.loras.selectors import lora_list
 from workers.celery_app import app as celery_app
 from workers.pipeline.params import PromptError, resolve_prompt
 
@@ -30,7 +35,9 @@ def job_enqueue(*, job: GenerationJob) -> None:
 
     def send():
         # kombu's Redis priorities run 0 (first) to 9 (last); jobs use 9 as the most urgent.
-        celery_app.send_task(RENDER_TASK, args=[job_id], queue="gpu", priority=9 - priority)
+        # The task id starts with the job id so the reconciler can find the message (workers/broker.py).
+        celery_app.send_task(RENDER_TASK, args=[job_id], queue="gpu", priority=9 - priority,
+                             task_id=f"{job_id}.{uuid.uuid4().hex[:12]}")
 
     transaction.on_commit(send)
 
@@ -41,6 +48,7 @@ def job_submit(*, owner, model: str, loras: list[tuple], prompts: list[dict], tr
                prompt_set=None, request: dict | None = None) -> GenerationJob:
     """Create a queued job from validated prompts and (Lora, multiplier) pairs, then enqueue it."""
     model_check(model)
+    _check_queue_cap(owner)
     if not prompts or any(not item.get("prompt") for item in prompts):
         raise ApiError("NO_PROMPTS", "A job needs at least one prompt, and every prompt needs its text.")
     shas = [lora.sha256 for lora, _ in loras]
@@ -61,6 +69,16 @@ def job_submit(*, owner, model: str, loras: list[tuple], prompts: list[dict], tr
     return job
 
 
+def _check_queue_cap(owner) -> None:
+    if owner is None or owner.is_staff:
+        return
+    queued = GenerationJob.objects.filter(owner=owner, status=JobStatus.QUEUED).count()
+    if queued >= settings.MAX_QUEUED_JOBS_PER_USER:
+        raise ApiError("TOO_MANY_QUEUED_JOBS",
+                       f"You have {queued} jobs waiting; at most {settings.MAX_QUEUED_JOBS_PER_USER} may be queued.",
+                       status_code=status.HTTP_429_TOO_MANY_REQUESTS)
+
+
 def _resolve_prompts(prompts: list[dict], **options) -> list[dict]:
     resolved = []
     for index, item in enumerate(prompts):
@@ -77,8 +95,8 @@ def job_rerun(*, job: GenerationJob, owner) -> GenerationJob:
     """A new job with the same resolved prompts (seeds included), LoRA stack and scheduler."""
     loras = []
     for job_lora in job.job_loras.select_related("lora"):
-        if job_lora.lora is None:
-            raise Conflict("LORA_MISSING", f"LoRA {job_lora.name} was deleted; this job cannot be re-run.")
+        if job_lora.lora is None or not lora_list(user=owner).filter(pk=job_lora.lora_id).exists():
+            raise Conflict("LORA_MISSING", f"LoRA {job_lora.name} is gone or not yours to use; cannot re-run.")
         loras.append((job_lora.lora, job_lora.multiplier))
     return job_submit(owner=owner, model=job.model, loras=loras, prompts=job.prompts, priority=job.priority,
                       scheduler=job.scheduler, webp=job.webp, prompt_set=job.prompt_set,
@@ -98,20 +116,74 @@ def job_start(*, job_id: str | uuid.UUID, worker: str) -> GenerationJob | None:
     job.status = JobStatus.RUNNING
     job.attempts += 1
     job.worker = worker
-    job.started_at = timezone.now()
-    job.save(update_fields=["status", "attempts", "worker", "started_at", "updated_at"])
+    job.started_at = job.heartbeat_at = timezone.now()
+    job.save(update_fields=["status", "attempts", "worker", "started_at", "heartbeat_at", "updated_at"])
     return job
 
 
+def _running(job: GenerationJob):
+    return GenerationJob.objects.filter(pk=job.pk, status=JobStatus.RUNNING, worker=job.worker)
+
+
+def job_is_active(*, job: GenerationJob) -> bool:
+    """Still this worker's to render (not canceled, not taken over after a presumed death)."""
+    return _running(job).exists()
+
+
+def job_heartbeat(*, job: GenerationJob) -> bool:
+    return bool(_running(job).update(heartbeat_at=timezone.now()))
+
+
 def job_report_progress(*, job: GenerationJob, prompt_index: int, step: int, steps: int) -> bool:
-    """Store progress; returns False when the job was canceled meanwhile (the worker should stop)."""
+    """Store progress; returns False when the job is no longer this worker's (the worker should stop)."""
     total = sum(p["sample_steps"] for p in job.prompts)
     done = sum(p["sample_steps"] for p in job.prompts[:prompt_index]) + step
     job.progress = {"prompt": prompt_index, "prompts": len(job.prompts), "step": step, "steps": steps,
                     "fraction": round(done / total, 4)}
-    updated = GenerationJob.objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(
-        progress=job.progress, updated_at=timezone.now())
-    return bool(updated)
+    now = timezone.now()
+    return bool(_running(job).update(progress=job.progress, heartbeat_at=now, updated_at=now))
+
+
+def job_requeue(*, job_id, reason: str) -> GenerationJob | None:
+    """Put a running job back in the queue (its worker died or must exit), or fail it with
+    WORKER_LOST once it has used up JOB_MAX_ATTEMPTS."""
+    with transaction.atomic():
+        job = _locked(job_id)
+        if job is None or job.status != JobStatus.RUNNING:
+            return job
+        if job.attempts >= settings.JOB_MAX_ATTEMPTS:
+            job.status, job.finished_at = JobStatus.FAILED, timezone.now()
+            job.error_code = "WORKER_LOST"
+            job.error_message = f"Gave up after {job.attempts} attempts; last: {reason}"
+        else:
+            job.status, job.worker = JobStatus.QUEUED, ""
+            job.error_message = f"Requeued: {reason}"
+            job_enqueue(job=job)
+        job.save()
+        log.warning("job %s: %s -> %s", job.pk, reason, job.status)
+        return job
+
+
+def jobs_reconcile(*, broker_job_ids: set[str] | None, dead_worker: str | None = None) -> dict:
+    """Make the queue match the database: requeue running jobs whose worker is gone (stale heartbeat,
+    or `dead_worker`, a restarted worker's own name) and re-send queued jobs whose message is lost."""
+    now = timezone.now()
+    stale_before = now - timedelta(seconds=settings.JOB_STALE_AFTER_S)
+    running = GenerationJob.objects.filter(status=JobStatus.RUNNING)
+    lost = running.filter(heartbeat_at__lt=stale_before)
+    if dead_worker:
+        lost = lost | running.filter(worker=dead_worker)
+    requeued = [job_requeue(job_id=pk, reason="worker stopped responding")
+                for pk in lost.values_list("pk", flat=True)]
+    resent = 0
+    if broker_job_ids is not None:
+        settled_before = now - timedelta(seconds=settings.JOB_RECONCILE_GRACE_S)
+        for job in GenerationJob.objects.filter(status=JobStatus.QUEUED, updated_at__lte=settled_before):
+            if str(job.pk) not in broker_job_ids:
+                with transaction.atomic():
+                    job_enqueue(job=job)
+                resent += 1
+    return {"requeued": len(requeued), "resent": resent}
 
 
 def job_add_output(*, job: GenerationJob, index: int, video: str, poster: str, webp: str, params: dict,
@@ -149,8 +221,9 @@ def job_fail(*, job: GenerationJob, code: str, message: str, timings: dict | Non
                    error_code=code, error_message=message[:2000], timings=timings or job.timings)
 
 
-def job_cancel(*, job: GenerationJob) -> GenerationJob:
+def job_cancel(*, job: GenerationJob, actor=None) -> GenerationJob:
     """Cancel a queued or running job; canceling a canceled job is a no-op, a finished one a conflict."""
+    require_manage(actor, job, what="job")
     updated = _finish(job.pk, JobStatus.CANCELED, from_states=[JobStatus.QUEUED, JobStatus.RUNNING],
                       error_code="CANCELED", error_message="Canceled by request.")
     if updated.status not in (JobStatus.CANCELED,):
@@ -159,8 +232,9 @@ def job_cancel(*, job: GenerationJob) -> GenerationJob:
 
 
 @transaction.atomic
-def job_retry(*, job: GenerationJob) -> GenerationJob:
+def job_retry(*, job: GenerationJob, actor=None) -> GenerationJob:
     """Queue a failed or canceled job again, dropping whatever it had produced."""
+    require_manage(actor, job, what="job")
     job = _locked(job.pk)
     if job.status not in (JobStatus.FAILED, JobStatus.CANCELED):
         raise Conflict("JOB_NOT_RETRYABLE", f"Only failed or canceled jobs can be retried; this one is {job.status}.",
@@ -175,6 +249,16 @@ def job_retry(*, job: GenerationJob) -> GenerationJob:
     job.save()
     job_enqueue(job=job)
     return job
+
+
+def job_delete(*, job: GenerationJob, actor=None) -> None:
+    """Delete a finished job with its files; active jobs must be canceled first."""
+    require_manage(actor, job, what="job")
+    if not job.is_finished:
+        raise Conflict("JOB_ACTIVE", "Cancel the job before deleting it.", details={"status": job.status})
+    for output in job.outputs.all():
+        job_output_delete_files(output=output)
+    job.delete()
 
 
 def job_output_delete_files(*, output: JobOutput) -> None:

@@ -10,7 +10,7 @@ from .services import lora_register
 class LoraUploadForm(forms.ModelForm):
     class Meta:
         model = Lora
-        fields = ["file", "name", "relative_path", "trigger_word", "default_multiplier"]
+        fields = ["file", "name", "relative_path", "trigger_word", "default_multiplier", "visibility"]
 
     def clean(self):
         data = super().clean()
@@ -21,7 +21,8 @@ class LoraUploadForm(forms.ModelForm):
                     fh=upload, filename=upload.name, owner=self.current_user,
                     name=data.get("name") or None, relative_path=data.get("relative_path") or None,
                     trigger_word=data.get("trigger_word") or "",
-                    default_multiplier=data.get("default_multiplier") or 1.0)
+                    default_multiplier=data.get("default_multiplier") or 1.0,
+                    visibility=data.get("visibility") or "team")
             except ApiError as exc:
                 raise forms.ValidationError(f"{exc.code}: {exc.message}") from None
         return data
@@ -29,7 +30,7 @@ class LoraUploadForm(forms.ModelForm):
 
 @admin.register(Lora)
 class LoraAdmin(admin.ModelAdmin):
-    list_display = ["name", "owner", "base_model", "rank", "key_format", "software_version", "training_step",
+    list_display = ["name", "owner", "visibility", "base_model", "rank", "key_format", "software_version", "training_step",
                     "size", "created_at"]
     list_filter = ["base_model", "key_format", "owner"]
     search_fields = ["name", "relative_path", "sha256", "trigger_word"]

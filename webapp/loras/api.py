@@ -4,7 +4,7 @@ from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 
-from .models import Lora
+from .models import Lora, Visibility
 from .selectors import lora_list
 from .services import lora_delete, lora_register
 
@@ -15,7 +15,7 @@ class LoraSerializer(serializers.ModelSerializer):
     class Meta:
         model = Lora
         fields = ["id", "name", "owner", "relative_path", "sha256", "size", "base_model", "trigger_word",
-                  "default_multiplier", "key_format", "rank", "hidden_size", "num_blocks", "target_modules",
+                  "default_multiplier", "visibility", "key_format", "rank", "hidden_size", "num_blocks", "target_modules",
                   "software_version", "training_step", "info", "created_at"]
 
 
@@ -26,20 +26,24 @@ class LoraUploadSerializer(serializers.Serializer):
     trigger_word = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
     default_multiplier = serializers.FloatField(min_value=-2.0, max_value=2.0, default=1.0)
     base_model = serializers.ChoiceField(choices=["wan21_14b"], default="wan21_14b")
+    visibility = serializers.ChoiceField(choices=Visibility.values, default=Visibility.TEAM)
 
 
 class LoraFilter(filters.FilterSet):
     class Meta:
         model = Lora
-        fields = ["owner", "base_model", "sha256", "name"]
+        fields = ["owner", "base_model", "sha256", "name", "visibility"]
 
 
 class LoraViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin,
                   viewsets.GenericViewSet):
-    queryset = lora_list()
+    queryset = Lora.objects.none()  # per request: get_queryset
     serializer_class = LoraSerializer
     filterset_class = LoraFilter
     parser_classes = [MultiPartParser, FormParser]
+
+    def get_queryset(self):
+        return lora_list(user=self.request.user)
 
     def get_serializer_class(self):
         return LoraUploadSerializer if self.action == "create" else LoraSerializer
@@ -53,4 +57,4 @@ class LoraViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Destr
         return Response(LoraSerializer(lora).data, status=status.HTTP_201_CREATED)
 
     def perform_destroy(self, instance):
-        lora_delete(lora=instance)
+        lora_delete(lora=instance, actor=self.request.user)

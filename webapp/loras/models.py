@@ -7,6 +7,11 @@ def lora_upload_to(instance: "Lora", filename: str) -> str:
     return f"loras/{instance.sha256[:2]}/{instance.sha256}.safetensors"
 
 
+class Visibility(models.TextChoices):
+    TEAM = "team", "shared with the team"
+    PRIVATE = "private", "private to its owner"
+
+
 class Lora(models.Model):
     name = models.CharField(max_length=200, unique=True)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
@@ -20,6 +25,7 @@ class Lora(models.Model):
     base_model = models.CharField(max_length=50, default="wan21_14b")
     trigger_word = models.CharField(max_length=200, blank=True)
     default_multiplier = models.FloatField(default=1.0)
+    visibility = models.CharField(max_length=10, choices=Visibility.choices, default=Visibility.TEAM)
     key_format = models.CharField(max_length=30, editable=False)
     rank = models.PositiveIntegerField(editable=False)
     hidden_size = models.PositiveIntegerField(null=True, editable=False)

@@ -12,9 +12,11 @@ from django.db import IntegrityError, transaction
 
 from webapp.core.catalog import DEFAULT_MODEL, model_shape
 from webapp.core.errors import ApiError, Conflict, NotFound
+from webapp.core.permissions import require_manage
 from workers.pipeline.lora_files import LoraFileError, check_compatible, inspect_lora_file
 
-from .models import Lora
+from .fetch import lora_download
+from .models import Lora, Visibility
 from .selectors import lora_find
 
 
@@ -36,7 +38,7 @@ def _file_size(fh: BinaryIO) -> int:
 
 def lora_register(*, fh: BinaryIO, filename: str, owner=None, name: str | None = None,
                   relative_path: str | None = None, trigger_word: str = "", default_multiplier: float = 1.0,
-                  base_model: str = DEFAULT_MODEL) -> Lora:
+                  base_model: str = DEFAULT_MODEL, visibility: str = Visibility.TEAM) -> Lora:
     """Validate and store a LoRA; the same bytes registered twice give the same LoRA."""
     size = _file_size(fh)
     if size > settings.LORA_MAX_UPLOAD_BYTES:
@@ -50,6 +52,9 @@ def lora_register(*, fh: BinaryIO, filename: str, owner=None, name: str | None =
     sha256 = _sha256(fh)
     existing = Lora.objects.filter(sha256=sha256).first()
     if existing:
+        if owner is not None and not owner.is_staff and existing.visibility == Visibility.PRIVATE \
+                and existing.owner_id != owner.pk:
+            raise Conflict("LORA_EXISTS", "Another user registered this file privately; ask them to share it.")
         return existing
     name = name or (info.output_name or Path(filename).stem)
     if Lora.objects.filter(name=name).exists():
@@ -57,7 +62,7 @@ def lora_register(*, fh: BinaryIO, filename: str, owner=None, name: str | None =
     lora = Lora(
         name=name, owner=owner, relative_path=relative_path or None, sha256=sha256, size=size,
         base_model=base_model, trigger_word=trigger_word or (info.trigger_words[0] if info.trigger_words else ""),
-        default_multiplier=default_multiplier, key_format=info.key_format, rank=info.rank,
+        default_multiplier=default_multiplier, visibility=visibility, key_format=info.key_format, rank=info.rank,
         hidden_size=info.hidden_size, num_blocks=info.num_blocks, target_modules=info.target_modules,
         software_version=info.software_version or "", training_step=info.training_step, info=info.as_dict(),
     )
@@ -84,12 +89,13 @@ def lora_root_file(relative_path: str) -> Path | None:
 
 def lora_resolve(*, ref: str, owner=None) -> Lora:
     """The LoRA a request's `path` names: registered, or a file under LORA_ROOT registered now."""
-    lora = lora_find(ref=ref)
+    lora = lora_find(ref=ref, user=owner)
     if lora:
         return lora
-    if ref.startswith(("http://", "https://")):
-        raise ApiError("LORA_URL_DISABLED", "LoRA URLs are not enabled on this server; upload the file instead.",
-                       details={"path": ref})
+    if "://" in ref:
+        fh, filename = lora_download(url=ref)
+        with fh:
+            return lora_register(fh=fh, filename=filename, owner=owner, name=ref)
     path = lora_root_file(ref)
     if path is None:
         raise NotFound("LORA_NOT_FOUND", f"No LoRA is registered or found under the LoRA root as {ref!r}.",
@@ -114,6 +120,7 @@ def lora_import_dir(*, directory: Path, owner=None) -> list[tuple[str, Lora | No
     return results
 
 
-def lora_delete(*, lora: Lora) -> None:
+def lora_delete(*, lora: Lora, actor=None) -> None:
+    require_manage(actor, lora, what="LoRA")
     lora.file.delete(save=False)
     lora.delete()
