@@ -55,36 +55,65 @@ def api(user, tiny_model, lora_files):
     return client
 
 
-def _worker_env(database_name: str) -> dict:
-    env = dict(os.environ)
-    db = settings.DATABASES["default"]
-    if db["ENGINE"].endswith("postgresql"):
-        env["DATABASE_URL"] = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{database_name}"
-    env["MEDIA_ROOT"] = str(settings.MEDIA_ROOT)
-    env["JOB_PROGRESS_INTERVAL_S"] = "0"
-    return env
+class WorkerProcess:
+    """A real `celery worker` process (solo pool, queue gpu) on the test database and Redis broker."""
+
+    def __init__(self, name: str, **env):
+        from django.db import connection
+
+        environ = dict(os.environ, MEDIA_ROOT=str(settings.MEDIA_ROOT), JOB_PROGRESS_INTERVAL_S="0",
+                       **{k: str(v) for k, v in env.items()})
+        db = settings.DATABASES["default"]
+        environ["DATABASE_URL"] = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{connection.settings_dict['NAME']}"
+        self.log = open(Path(settings.VAR_DIR) / f"worker-{name}.log", "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "gpu", "--pool", "solo",
+             "-n", f"{name}@test", "--loglevel", "INFO", "--without-mingle", "--without-gossip"],
+            cwd=ROOT, env=environ, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.log.close()
 
 
-@pytest.fixture(scope="session")
-def celery_worker(django_db_setup, django_db_blocker, tiny_model):
-    """A real `celery worker` process on the test database and the Redis broker."""
-    from django.db import connection
-
+def flush_broker():
     if not settings.CELERY_BROKER_URL.startswith("redis"):
-        pytest.skip("the worker fixture runs on Redis (make test sets REDIS_URL)")
+        pytest.skip("worker tests run on Redis (make test sets REDIS_URL)")
     redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
-    log = open(Path(settings.VAR_DIR) / "worker.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "gpu", "--pool", "solo",
-         "-n", "test@%h", "--loglevel", "INFO", "--without-mingle", "--without-gossip"],
-        cwd=ROOT, env=_worker_env(connection.settings_dict["NAME"]), stdout=log, stderr=subprocess.STDOUT)
-    yield proc
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+
+
+@pytest.fixture
+def start_worker(transactional_db, tiny_model, lora_files):
+    """Start workers for one test; all are stopped (or already killed) at its end."""
+    workers = []
+
+    def start(name: str, **env) -> WorkerProcess:
+        worker = WorkerProcess(name, **env)
+        workers.append(worker)
+        return worker
+
+    flush_broker()
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+@pytest.fixture(scope="module")
+def celery_worker(django_db_setup, django_db_blocker, tiny_model, lora_files):
+    """One worker shared by a module's end-to-end tests."""
+    flush_broker()
+    worker = WorkerProcess("e2e")
+    yield worker
+    worker.stop()
 
 
 def wait_for(predicate, timeout=120.0, interval=0.2):

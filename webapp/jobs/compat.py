@@ -49,6 +49,7 @@ def status_body(job: GenerationJob) -> dict:
         "request_id": str(job.id), "status": _status(job), "created_at": job.created_at,
         "started_at": job.started_at, "finished_at": job.finished_at,
         "error": job.error_message or None, "error_code": job.error_code or None, "progress": job.progress,
+        "stale": job.is_stale,
     }
 
 

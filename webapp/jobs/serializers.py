@@ -54,13 +54,15 @@ class JobSerializer(serializers.ModelSerializer):
     owner = serializers.StringRelatedField()
     loras = JobLoraSerializer(source="job_loras", many=True)
     outputs = JobOutputSerializer(many=True)
+    stale = serializers.BooleanField(source="is_stale", read_only=True,
+                                     help_text="Running, but its worker stopped sending heartbeats.")
 
     class Meta:
         model = GenerationJob
         fields = ["id", "owner", "model", "status", "priority", "scheduler", "prompt_semantics", "webp",
                   "prompt_set", "prompts", "loras",
-                  "progress", "error_code", "error_message", "attempts", "worker", "timings", "outputs",
-                  "created_at", "started_at", "finished_at"]
+                  "progress", "stale", "error_code", "error_message", "attempts", "worker", "timings", "outputs",
+                  "created_at", "started_at", "heartbeat_at", "finished_at"]
 
 
 class JobLoraInputSerializer(serializers.Serializer):
