@@ -25,10 +25,23 @@ from workers.pipeline.params import PromptParams
 from workers.pipeline.runtime import LoraSpec, RenderCanceled, WanRuntime
 from workers.pipeline.video import png_bytes, webp_bytes, write_mp4
 from workers.runtime import lora_local_path
-from workers.supervision import Deadline, LoraMissing
+from workers.supervision import Deadline, LoraMissing, StorageFailed
 
 log = logging.getLogger(__name__)
 SOFTWARE = ("torch", "diffusers", "transformers", "peft")
+
+
+def save_with_retry(name: str, content, *, attempts: int = 3, backoff_s: float = 1.0) -> str:
+    """Store a complete file, retrying transient storage errors; StorageFailed after the last try."""
+    for attempt in range(1, attempts + 1):
+        try:
+            content.seek(0)
+            return default_storage.save(name, content)
+        except Exception as exc:  # network and S3 errors come in many types
+            log.warning("saving %s failed (attempt %d/%d): %s", name, attempt, attempts, exc)
+            if attempt == attempts:
+                raise StorageFailed(f"could not store {name}: {exc}") from exc
+            time.sleep(backoff_s * attempt)
 
 
 def software_versions() -> dict:
@@ -99,9 +112,9 @@ def render_job(*, job: GenerationJob, runtime: WanRuntime, deadline: Deadline) -
             start = time.perf_counter()
             stem = f"outputs/{job.id}/{index:03d}_seed{params.seed}"
             with mp4.open("rb") as fh:
-                video = default_storage.save(f"{stem}.mp4", File(fh))
-            poster = default_storage.save(f"{stem}.png", ContentFile(png_bytes(result.frames[0])))
-            webp = default_storage.save(f"{stem}.webp", ContentFile(webp_bytes(result.frames, fps=params.fps))) \
+                video = save_with_retry(f"{stem}.mp4", File(fh))
+            poster = save_with_retry(f"{stem}.png", ContentFile(png_bytes(result.frames[0])))
+            webp = save_with_retry(f"{stem}.webp", ContentFile(webp_bytes(result.frames, fps=params.fps))) \
                 if job.webp else ""
             step_timings["save"] = time.perf_counter() - start
         record["timings"] = step_timings

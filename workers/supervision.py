@@ -29,6 +29,10 @@ class LoraMissing(Exception):
     pass
 
 
+class StorageFailed(Exception):
+    """Storage stayed unreachable through the retries; the job goes back to the queue."""
+
+
 @dataclass(frozen=True)
 class Decision:
     code: str | None  # None: nothing to record (the job was canceled)
@@ -53,6 +57,8 @@ def failure_decision(exc: BaseException, *, on_cuda: bool,
         return Decision("TIMEOUT")
     if isinstance(exc, LoraMissing):
         return Decision("LORA_MISSING")
+    if isinstance(exc, StorageFailed):
+        return Decision("STORAGE_FAILED", retry=True)
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         if on_cuda:
             torch.cuda.empty_cache()

@@ -1,6 +1,6 @@
 """REST resources /api/v1/jobs/ (submit, list, detail, cancel, retry) and output downloads."""
 from django.core.files.storage import default_storage
-from django.http import FileResponse
+from django.http import FileResponse, HttpResponseRedirect
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
@@ -11,6 +11,7 @@ from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from webapp.core.errors import NotFound
+from webapp.core.storage import storage_is_local
 from webapp.loras.services import lora_resolve
 from webapp.prompts.models import PromptSet
 
@@ -101,5 +102,7 @@ class OutputFileView(APIView):
         field = getattr(output, kind)
         if not field:
             raise NotFound("OUTPUT_FILE_NOT_FOUND", "This output has no such file.")
+        if not storage_is_local():  # S3 and the like: a (presigned) URL of the object itself
+            return HttpResponseRedirect(default_storage.url(field.name))
         name = field.name.rsplit("/", 1)[-1]
         return FileResponse(default_storage.open(field.name, "rb"), filename=name, content_type=CONTENT_TYPES[kind])

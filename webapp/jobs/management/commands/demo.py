@@ -15,10 +15,10 @@ from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.files.storage import default_storage
 from django.core.management.base import BaseCommand, CommandError
 
 from webapp.core.catalog import model_shape
+from webapp.core.storage import storage_location
 from webapp.jobs.compat import inference_submit
 from webapp.jobs.models import GenerationJob, JobStatus
 
@@ -56,8 +56,7 @@ class Command(BaseCommand):
         output = job.outputs.first()
         self.stdout.write(f"{output.width}x{output.height}, {output.num_frames} frames @ {output.fps} fps, "
                           f"seed {output.seed}, scheduler {output.scheduler}")
-        self.stdout.write(default_storage.path(output.video.name) if hasattr(default_storage, "path")
-                          else default_storage.url(output.video.name))
+        self.stdout.write(storage_location(output.video.name))
 
     def prepare_model(self, body):
         model_dir = Path(settings.WAN_MODEL_PATH)
