@@ -195,6 +195,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Render videos with Wan 2.1 T2V 14B and ai-toolkit LoRAs.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "ENUM_NAME_OVERRIDES": {"SchedulerEnum": "webapp.jobs.models.Scheduler"},
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums",
+                             "webapp.core.errors.add_error_responses"],
 }
 
 LOGGING = {

@@ -107,3 +107,20 @@ def handler500(request):
     if _is_api(request):
         return JsonResponse(error_body("INTERNAL_ERROR", "The server failed; the error was logged."), status=500)
     return defaults.server_error(request)
+
+
+def add_error_responses(result, generator, request, public):
+    """drf-spectacular hook: document the error shape on every operation, so clients and schema
+    checkers know each 4xx body is {"error": {"code", "message", "details"}}."""
+    components = result.setdefault("components", {}).setdefault("schemas", {})
+    components["Error"] = {
+        "type": "object", "required": ["error"],
+        "properties": {"error": {"type": "object", "required": ["code", "message", "details"], "properties": {
+            "code": {"type": "string"}, "message": {"type": "string"}, "details": {"type": "object"}}}},
+    }
+    error = {"description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    for path in result.get("paths", {}).values():
+        for operation in path.values():
+            for status_code in ("400", "401", "403", "404", "409", "429", "502", "504"):
+                operation.setdefault("responses", {}).setdefault(status_code, error)
+    return result

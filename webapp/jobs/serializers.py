@@ -30,7 +30,7 @@ class JobOptionsSerializer(serializers.Serializer):
     """Options beyond the reference schema, accepted by both APIs."""
 
     priority = serializers.IntegerField(min_value=0, max_value=9, default=0)
-    scheduler = serializers.ChoiceField(choices=Scheduler.values, default=Scheduler.AUTO)
+    scheduler = serializers.ChoiceField(choices=Scheduler.choices, default=Scheduler.AUTO)
     prompt_semantics = serializers.ChoiceField(choices=PROMPT_SEMANTICS, default="reference")
     webp = serializers.BooleanField(default=False)
 
