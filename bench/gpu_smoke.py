@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from workers.pipeline.checkpoints import (  # noqa: E402
-    UMT5_XXL, WAN_14B_TRANSFORMER, WanShape, write_aitoolkit_lora, write_random_wan)
+from workers.pipeline.checkpoints import write_aitoolkit_lora, write_random_wan  # noqa: E402
+from workers.pipeline.shapes import UMT5_XXL, WAN_14B_TRANSFORMER, WanShape  # noqa: E402
 from workers.pipeline.params import resolve_prompt  # noqa: E402
 from workers.pipeline.runtime import LoraSpec, WanRuntime  # noqa: E402
 from workers.pipeline.video import png_bytes, write_mp4  # noqa: E402

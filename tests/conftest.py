@@ -12,7 +12,8 @@ import pytest
 import redis
 from django.conf import settings
 
-from workers.pipeline.checkpoints import TINY_TRANSFORMER, WanShape, write_aitoolkit_lora, write_random_wan
+from workers.pipeline.checkpoints import write_aitoolkit_lora, write_random_wan
+from workers.pipeline.shapes import TINY_TRANSFORMER, WanShape
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_SHAPE = WanShape.of(TINY_TRANSFORMER)

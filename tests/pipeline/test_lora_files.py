@@ -6,7 +6,8 @@ import torch
 from safetensors.torch import save_file
 
 from tests.conftest import TINY_SHAPE
-from workers.pipeline.checkpoints import WanShape, write_aitoolkit_lora
+from workers.pipeline.checkpoints import write_aitoolkit_lora
+from workers.pipeline.shapes import WanShape
 from workers.pipeline.lora_files import LoraFileError, check_compatible, inspect_lora
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from workers.pipeline.checkpoints import WAN_14B_TRANSFORMER, WanShape
+from workers.pipeline.shapes import WAN_14B_TRANSFORMER, WanShape
 from workers.pipeline.params import MODEL_IDS
 
 from .errors import ApiError

@@ -236,6 +236,7 @@ def job_retry(*, job: GenerationJob, actor=None) -> GenerationJob:
     """Queue a failed or canceled job again, dropping whatever it had produced."""
     require_manage(actor, job, what="job")
     job = _locked(job.pk)
+    _check_queue_cap(job.owner)
     if job.status not in (JobStatus.FAILED, JobStatus.CANCELED):
         raise Conflict("JOB_NOT_RETRYABLE", f"Only failed or canceled jobs can be retried; this one is {job.status}.",
                        details={"status": job.status})

@@ -8,7 +8,7 @@ from typing import BinaryIO
 
 from django.conf import settings
 from django.core.files import File
-from django.db import IntegrityError, transaction
+from django.db import transaction
 
 from webapp.core.catalog import DEFAULT_MODEL, model_shape
 from webapp.core.errors import ApiError, Conflict, NotFound
@@ -36,6 +36,10 @@ def _file_size(fh: BinaryIO) -> int:
     return size
 
 
+NAME_MAX = Lora._meta.get_field("name").max_length
+PATH_MAX = Lora._meta.get_field("relative_path").max_length
+
+
 def lora_register(*, fh: BinaryIO, filename: str, owner=None, name: str | None = None,
                   relative_path: str | None = None, trigger_word: str = "", default_multiplier: float = 1.0,
                   base_model: str = DEFAULT_MODEL, visibility: str = Visibility.TEAM) -> Lora:
@@ -57,6 +61,8 @@ def lora_register(*, fh: BinaryIO, filename: str, owner=None, name: str | None =
             raise Conflict("LORA_EXISTS", "Another user registered this file privately; ask them to share it.")
         return existing
     name = name or (info.output_name or Path(filename).stem)
+    if len(name) > NAME_MAX:  # names come from paths and headers: keep them unique but bounded
+        name = f"{name[:NAME_MAX - 13]}-{sha256[:12]}"
     if Lora.objects.filter(name=name).exists():
         raise Conflict("LORA_NAME_TAKEN", f"A different LoRA is already named {name!r}.", details={"name": name})
     lora = Lora(
@@ -70,9 +76,12 @@ def lora_register(*, fh: BinaryIO, filename: str, owner=None, name: str | None =
         with transaction.atomic():
             lora.file.save(Path(filename).name, File(fh), save=False)
             lora.save()
-    except IntegrityError:
-        lora.file.delete(save=False)
-        raise Conflict("LORA_EXISTS", "This LoRA was registered at the same moment by another request.") from None
+    except BaseException:
+        lora.file.delete(save=False)  # never leave an orphan file behind
+        raced = Lora.objects.filter(sha256=sha256).first()
+        if raced:  # the same file registered by a concurrent request
+            return raced
+        raise
     return lora
 
 
@@ -89,6 +98,8 @@ def lora_root_file(relative_path: str) -> Path | None:
 
 def lora_resolve(*, ref: str, owner=None) -> Lora:
     """The LoRA a request's `path` names: registered, or a file under LORA_ROOT registered now."""
+    if len(ref) > PATH_MAX:
+        raise ApiError("LORA_PATH_TOO_LONG", f"LoRA paths may be at most {PATH_MAX} characters.")
     lora = lora_find(ref=ref, user=owner)
     if lora:
         return lora

@@ -2,6 +2,8 @@
 from django.db import transaction
 from rest_framework import serializers, viewsets
 
+from webapp.core.permissions import require_manage
+
 from .models import PromptItem, PromptSet
 from .serializers import PromptFieldsSerializer
 
@@ -60,3 +62,11 @@ class PromptSetViewSet(viewsets.ModelViewSet):
 
     def perform_create(self, serializer):
         serializer.save(owner=self.request.user)
+
+    def perform_update(self, serializer):
+        require_manage(self.request.user, serializer.instance, what="prompt set")
+        serializer.save()
+
+    def perform_destroy(self, instance):
+        require_manage(self.request.user, instance, what="prompt set")
+        instance.delete()

@@ -62,7 +62,7 @@ class LoraInfo:
 
     @property
     def software_version(self) -> str | None:
-        return self.software.get("version")
+        return _text(self.software.get("version"), 50)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -118,6 +118,15 @@ def _json_field(metadata: dict, key: str):
         return None
 
 
+def _count(value) -> int | None:
+    """A step or epoch counter from untrusted metadata, or None when it is not a sane one."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31 else None
+
+
+def _text(value, limit: int) -> str | None:
+    return str(value)[:limit] if value not in (None, "") else None
+
+
 def _trigger_words(metadata: dict) -> list[str]:
     freq = _json_field(metadata, "ss_tag_frequency")
     if not isinstance(freq, dict):
@@ -126,7 +135,7 @@ def _trigger_words(metadata: dict) -> list[str]:
     for tags in freq.values():
         if isinstance(tags, dict):
             counts.update({str(t).strip(): int(n) for t, n in tags.items() if isinstance(n, (int, float))})
-    return [t for t, _ in counts.most_common(5) if t]
+    return [t[:200] for t, _ in counts.most_common(5) if t]
 
 
 def describe(header: dict, metadata: dict) -> LoraInfo:
@@ -163,9 +172,9 @@ def describe(header: dict, metadata: dict) -> LoraInfo:
         dtype=dtypes.most_common(1)[0][0], tensor_count=len(header),
         base_model=model[0] if model else None,
         software=software if isinstance(software, dict) else {},
-        training_step=training.get("step") if isinstance(training, dict) else None,
-        training_epoch=training.get("epoch") if isinstance(training, dict) else None,
-        output_name=metadata.get("ss_output_name"), trigger_words=_trigger_words(metadata),
+        training_step=_count(training.get("step")) if isinstance(training, dict) else None,
+        training_epoch=_count(training.get("epoch")) if isinstance(training, dict) else None,
+        output_name=_text(metadata.get("ss_output_name"), 200), trigger_words=_trigger_words(metadata),
         metadata=metadata,
     )
 

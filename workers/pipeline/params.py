@@ -107,10 +107,11 @@ def snap_size(value: int) -> int:
 
 
 def snap_frames(value: int) -> int:
-    """Frame count Wan can produce, rounded as diffusers' WanPipeline rounds it."""
+    """Frame count Wan can produce, rounded as diffusers' WanPipeline rounds it (never past the limit)."""
     if value % TEMPORAL_FACTOR == 1:
         return value
-    return value // TEMPORAL_FACTOR * TEMPORAL_FACTOR + 1
+    frames = value // TEMPORAL_FACTOR * TEMPORAL_FACTOR + 1
+    return frames if frames <= LIMITS["num_frames"][1] else frames - TEMPORAL_FACTOR
 
 
 def replace_trigger(prompt: str, trigger_word: str | None) -> str:
