@@ -37,6 +37,7 @@ test: setup services
 up: migrate
 	$(PY) manage.py collectstatic --noinput -v0
 	trap 'kill 0' INT TERM EXIT; \
-	$(PY) -m celery -A workers.celery_app worker -Q gpu --pool solo --concurrency 1 -n gpu@%h --loglevel INFO & \
+	$(PY) -m celery -A workers.celery_app worker -Q gpu,celery --pool solo --concurrency 1 -n gpu@%h \
+		--beat --schedule var/celerybeat-schedule --loglevel INFO & \
 	$(PY) manage.py runserver 127.0.0.1:$(PORT) --noreload & \
 	wait
