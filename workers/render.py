@@ -86,7 +86,7 @@ def output_record(job: GenerationJob, params: PromptParams, loras: list[LoraSpec
                   names: list[str]) -> dict:
     return {
         "job_id": str(job.id), "model": job.model, "checkpoint": settings.WAN_MODEL_PATH,
-        **params.as_dict(), "scheduler": scheduler,
+        **params.as_dict(), "scheduler": scheduler, "step_cache": job.step_cache,
         "loras": [{"name": n, "sha256": s.sha256, "multiplier": s.multiplier} for n, s in zip(names, loras)],
         "software": software_versions(),
     }
@@ -101,7 +101,7 @@ def render_job(*, job: GenerationJob, runtime: WanRuntime, deadline: Deadline) -
         if index in done:
             continue
         params = PromptParams(**values)
-        result = runtime.render(params, loras=loras, scheduler=job.scheduler,
+        result = runtime.render(params, loras=loras, scheduler=job.scheduler, step_cache=job.step_cache,
                                 on_step=StepCallback(job, index, deadline))
         record = output_record(job, params, loras, result.scheduler, names)
         step_timings = result.timings

@@ -124,3 +124,13 @@ def test_scheduler_timesteps_match_ai_toolkit(runtime):
     assert euler.timesteps[:3].tolist() == pytest.approx([1000.0, 985.758, 970.681], abs=1e-3)
     assert euler.timesteps[-1].item() == pytest.approx(8.929, abs=1e-3)
     assert unipc.timesteps[:3].tolist() == [999, 986, 971] and unipc.timesteps[-1].item() == 113
+
+
+def test_step_cache_is_opt_in_per_render_and_leaves_exact_renders_exact(tiny_model, lora_files):
+    runtime = WanRuntime(str(tiny_model), device="cpu")
+    params = resolve_prompt({"prompt": "a cat", **SMALL, "sample_steps": 12}, index=0)
+    exact = runtime.render(params).frames
+    cached = runtime.render(params, step_cache=1.0).frames  # threshold 1: every step after the first reuses
+    assert not np.array_equal(exact, cached)
+    assert not runtime.pipe.transformer.is_cache_enabled
+    assert np.array_equal(runtime.render(params).frames, exact)

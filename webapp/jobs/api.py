@@ -65,7 +65,8 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Destro
             loras.append((lora, lora.default_multiplier if multiplier is None else multiplier))
         job = job_submit(owner=request.user, model=data["model"], loras=loras, prompts=prompts,
                          trigger_word=trigger_word, priority=data["priority"], scheduler=data["scheduler"],
-                         prompt_semantics=data["prompt_semantics"], webp=data["webp"], prompt_set=prompt_set,
+                         prompt_semantics=data["prompt_semantics"], webp=data["webp"], step_cache=data["step_cache"],
+                         prompt_set=prompt_set,
                          request=request.data)
         return self._job_response(job, status.HTTP_201_CREATED)
 

@@ -74,7 +74,8 @@ def inference_submit(*, body: dict, user) -> GenerationJob:
     stored = {k: v for k, v in body.items() if k != "hf_token"}
     return job_submit(owner=user, model=data["model"], loras=loras, prompts=data["prompts"],
                       trigger_word=data.get("trigger_word"), priority=data["priority"], scheduler=data["scheduler"],
-                      prompt_semantics=data["prompt_semantics"], webp=data["webp"], request=stored)
+                      prompt_semantics=data["prompt_semantics"], webp=data["webp"], step_cache=data["step_cache"],
+                      request=stored)
 
 
 class InferenceView(APIView):

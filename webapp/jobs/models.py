@@ -37,6 +37,8 @@ class GenerationJob(models.Model):
         max_length=20, choices=[(s, s) for s in PROMPT_SEMANTICS], default="reference",
         help_text="ai-toolkit: inline --flags in prompts, [trigger]/[name] always replaced.")
     webp = models.BooleanField(default=False, help_text="Also write the animated WebP of training previews.")
+    step_cache = models.FloatField(null=True, blank=True,
+                                   help_text="Opt-in FirstBlockCache threshold (faster, lossy); empty: exact.")
     prompt_set = models.ForeignKey("prompts.PromptSet", null=True, blank=True, on_delete=models.SET_NULL,
                                    related_name="jobs", help_text="Where the prompts were copied from.")
     prompts = models.JSONField(help_text="Resolved prompts as they render (defaults, seed, snapping applied).")

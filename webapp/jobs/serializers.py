@@ -33,6 +33,9 @@ class JobOptionsSerializer(serializers.Serializer):
     scheduler = serializers.ChoiceField(choices=Scheduler.choices, default=Scheduler.AUTO)
     prompt_semantics = serializers.ChoiceField(choices=PROMPT_SEMANTICS, default="reference")
     webp = serializers.BooleanField(default=False)
+    step_cache = serializers.FloatField(min_value=0.01, max_value=1.0, required=False, allow_null=True, default=None,
+                                        help_text="Opt into step caching (FirstBlockCache) at this threshold: faster, "
+                                                  "not exact. Leave empty for exact rendering.")
 
 
 class JobOutputSerializer(serializers.ModelSerializer):
@@ -59,7 +62,7 @@ class JobSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = GenerationJob
-        fields = ["id", "owner", "model", "status", "priority", "scheduler", "prompt_semantics", "webp",
+        fields = ["id", "owner", "model", "status", "priority", "scheduler", "prompt_semantics", "webp", "step_cache",
                   "prompt_set", "prompts", "loras",
                   "progress", "stale", "error_code", "error_message", "attempts", "worker", "timings", "outputs",
                   "created_at", "started_at", "heartbeat_at", "finished_at"]

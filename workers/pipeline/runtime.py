@@ -18,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from diffusers import FirstBlockCacheConfig, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanPipeline
 
 from .params import PromptParams
 from .video import to_uint8
@@ -76,8 +77,9 @@ def default_device() -> str:
 
 class WanRuntime:
     def __init__(self, model_path: str, *, device: str | None = None, dtype: torch.dtype | None = None,
-                 lora_budget_bytes: int = 8 * 2**30):
+                 lora_budget_bytes: int = 8 * 2**30, low_memory: bool = False):
         self.model_path = model_path
+        self.low_memory = low_memory
         self.device = device or default_device()
         self.dtype = dtype or (torch.bfloat16 if self.device.startswith("cuda") else torch.float32)
         self.lora_budget_bytes = lora_budget_bytes
@@ -90,10 +92,14 @@ class WanRuntime:
     def load(self) -> "WanRuntime":
         if self.pipe is not None:
             return self
-        from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanPipeline
-
         start = time.perf_counter()
-        if self.device.startswith("cuda"):  # load straight onto the GPU, no host copy of 40 GB
+        if self.low_memory:
+            # Smaller cards: each model visits the GPU only while it runs (the text encoder leaves
+            # after encoding), and the VAE decodes in tiles.
+            pipe = WanPipeline.from_pretrained(self.model_path, dtype=self.dtype)
+            pipe.enable_model_cpu_offload(device=self.device)
+            pipe.vae.enable_tiling()
+        elif self.device.startswith("cuda"):  # load straight onto the GPU, no host copy of 40 GB
             pipe = WanPipeline.from_pretrained(self.model_path, dtype=self.dtype, device_map=self.device)
         else:
             pipe = WanPipeline.from_pretrained(self.model_path, dtype=self.dtype).to(self.device)
@@ -163,9 +169,10 @@ class WanRuntime:
 
     # -- rendering ----------------------------------------------------------
     def render(self, params: PromptParams, *, loras: list[LoraSpec] = (), scheduler: str = "auto",
-               on_step: Callable[[int, int], None] | None = None) -> RenderResult:
+               step_cache: float | None = None, on_step: Callable[[int, int], None] | None = None) -> RenderResult:
         """Render one prompt. `on_step(done, total)` runs after every denoising step and may
-        raise `RenderCanceled` to stop."""
+        raise `RenderCanceled` to stop. `step_cache` opts into diffusers' FirstBlockCache at that
+        threshold: steps whose first block barely changes reuse the rest (faster, lossy)."""
         pipe = self.load().pipe
         loras = list(loras)
         if params.lora_scale is not None:
@@ -196,13 +203,19 @@ class WanRuntime:
                 on_step(index + 1, params.sample_steps)
             return {}
 
-        output = pipe(
-            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds,
-            height=params.height, width=params.width, num_frames=params.num_frames,
-            num_inference_steps=params.sample_steps, guidance_scale=params.guidance_scale,
-            generator=torch.Generator("cpu").manual_seed(params.seed), output_type="np",
-            callback_on_step_end=step_end,
-        )
+        if step_cache:
+            pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=step_cache))
+        try:
+            output = pipe(
+                prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds,
+                height=params.height, width=params.width, num_frames=params.num_frames,
+                num_inference_steps=params.sample_steps, guidance_scale=params.guidance_scale,
+                generator=torch.Generator("cpu").manual_seed(params.seed), output_type="np",
+                callback_on_step_end=step_end,
+            )
+        finally:
+            if step_cache:
+                pipe.transformer.disable_cache()
         done = time.perf_counter()
         timings["denoise"] = marks["denoised"] - marks["start"]
         timings["denoise_per_step"] = timings["denoise"] / params.sample_steps
