@@ -151,7 +151,9 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # --- rendering ----------------------------------------------------------------
 WAN_MODEL_PATH = env("WAN_MODEL_PATH", str(VAR_DIR / "models" / "wan21-tiny"))
 WAN_DEVICE = env("WAN_DEVICE")  # default: cuda when available
-WAN_LOW_MEMORY = env_bool("WAN_LOW_MEMORY")  # smaller cards: models visit the GPU in turn, tiled VAE decode
+WAN_LOW_MEMORY = env_bool("WAN_LOW_MEMORY")
+# Latency mode for a worker that owns two GPUs: each step's unconditional pass runs here in parallel.
+WAN_CFG_DEVICE = env("WAN_CFG_DEVICE")  # smaller cards: models visit the GPU in turn, tiled VAE decode
 LORA_ROOT = Path(env("LORA_ROOT", VAR_DIR / "loras"))
 LORA_CACHE_DIR = Path(env("LORA_CACHE_DIR", VAR_DIR / "lora-cache"))
 LORA_MAX_UPLOAD_BYTES = int(env("LORA_MAX_UPLOAD_BYTES", 2 * 2**30))

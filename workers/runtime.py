@@ -18,7 +18,8 @@ def get_runtime() -> WanRuntime:
     global _runtime
     if _runtime is None:
         _runtime = WanRuntime(settings.WAN_MODEL_PATH, device=settings.WAN_DEVICE,
-                              lora_budget_bytes=settings.LORA_GPU_BUDGET_BYTES, low_memory=settings.WAN_LOW_MEMORY)
+                              lora_budget_bytes=settings.LORA_GPU_BUDGET_BYTES, low_memory=settings.WAN_LOW_MEMORY,
+                              cfg_device=settings.WAN_CFG_DEVICE)
     return _runtime.load()
 
 

@@ -134,3 +134,15 @@ def test_step_cache_is_opt_in_per_render_and_leaves_exact_renders_exact(tiny_mod
     assert not np.array_equal(exact, cached)
     assert not runtime.pipe.transformer.is_cache_enabled
     assert np.array_equal(runtime.render(params).frames, exact)
+
+
+def test_cfg_on_a_second_device_gives_the_same_frames(tiny_model, lora_files):
+    """The CFG-parallel loop (here with both "devices" on the CPU) is WanPipeline's math exactly."""
+    single = WanRuntime(str(tiny_model), device="cpu")
+    split = WanRuntime(str(tiny_model), device="cpu", cfg_device="cpu")
+    stack = [spec(lora_files["a"], 0.7), spec(lora_files["b"], -0.4, version="0.9.2")]
+    for loras in (stack, [spec(lora_files["b"], 1.0, version="0.9.2")], []):
+        steps = []
+        frames = split.render(PARAMS, loras=loras, on_step=lambda done, total: steps.append(done)).frames
+        assert np.array_equal(frames, single.render(PARAMS, loras=loras).frames)
+        assert steps == list(range(1, PARAMS.sample_steps + 1))

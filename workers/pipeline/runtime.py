@@ -12,13 +12,15 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-from diffusers import FirstBlockCacheConfig, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanPipeline
+from diffusers import (FirstBlockCacheConfig, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanPipeline,
+                       WanTransformer3DModel)
 
 from .params import PromptParams
 from .video import to_uint8
@@ -77,9 +79,12 @@ def default_device() -> str:
 
 class WanRuntime:
     def __init__(self, model_path: str, *, device: str | None = None, dtype: torch.dtype | None = None,
-                 lora_budget_bytes: int = 8 * 2**30, low_memory: bool = False):
+                 lora_budget_bytes: int = 8 * 2**30, low_memory: bool = False, cfg_device: str | None = None):
         self.model_path = model_path
         self.low_memory = low_memory
+        self.cfg_device = cfg_device  # a second device for the unconditional pass (CFG in parallel)
+        self.replica = None  # the transformer copy on cfg_device
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cfg") if cfg_device else None
         self.device = device or default_device()
         self.dtype = dtype or (torch.bfloat16 if self.device.startswith("cuda") else torch.float32)
         self.lora_budget_bytes = lora_budget_bytes
@@ -113,13 +118,16 @@ class WanRuntime:
                                              flow_shift=3.0, num_train_timesteps=1000, solver_order=2,
                                              solver_type="bh2"),
         }
+        if self.cfg_device:
+            self.replica = WanTransformer3DModel.from_pretrained(
+                self.model_path, subfolder="transformer", dtype=self.dtype).to(self.cfg_device).eval()
         self.pipe = pipe
         self.load_seconds = time.perf_counter() - start
         log.info("loaded %s on %s in %.1fs", self.model_path, self.device, self.load_seconds)
         return self
 
     def unload(self) -> None:
-        self.pipe = None
+        self.pipe = self.replica = None
         self._adapters.clear()
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()
@@ -147,23 +155,35 @@ class WanRuntime:
             if name not in self._adapters:
                 path = Path(lora.path)
                 pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name)
+                if self.replica is not None:
+                    state, metadata = pipe.lora_state_dict(str(path.parent), weight_name=path.name,
+                                                           return_lora_metadata=True)
+                    pipe.load_lora_into_transformer(state, transformer=self.replica, adapter_name=name,
+                                                    metadata=metadata)
                 self._adapters[name] = path.stat().st_size
             self._adapters.move_to_end(name)
             names.append(name)
-        if names:
-            pipe.enable_lora()
-            pipe.set_adapters(names, [lora.multiplier for lora in loras])
-        elif self._adapters:
-            pipe.disable_lora()
+        weights = [lora.multiplier for lora in loras]
+        for model in self._lora_models():
+            if names:
+                model.enable_lora()
+                model.set_adapters(names, weights)
+            elif self._adapters:
+                model.disable_lora()
         self._evict(keep=set(names))
         return time.perf_counter() - start
+
+    def _lora_models(self):
+        # The pipeline's adapter API covers its transformer; the replica is a bare model with the same API.
+        return [self.pipe] + ([self.replica] if self.replica is not None else [])
 
     def _evict(self, keep: set[str]) -> None:
         while sum(self._adapters.values()) > self.lora_budget_bytes:
             victim = next((n for n in self._adapters if n not in keep), None)
             if victim is None:
                 return
-            self.pipe.delete_adapters(victim)
+            for model in self._lora_models():
+                model.delete_adapters(victim)
             del self._adapters[victim]
             log.info("unloaded adapter %s (LoRA memory budget)", victim)
 
@@ -203,6 +223,9 @@ class WanRuntime:
                 on_step(index + 1, params.sample_steps)
             return {}
 
+        if self.replica is not None and params.guidance_scale > 1.0 and not step_cache:
+            frames = self._denoise_cfg_parallel(params, prompt_embeds, negative_embeds, step_end)
+            return self._result(frames, scheduler_name, timings, marks, params)
         if step_cache:
             pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=step_cache))
         try:
@@ -216,11 +239,51 @@ class WanRuntime:
         finally:
             if step_cache:
                 pipe.transformer.disable_cache()
+        return self._result(output.frames[0], scheduler_name, timings, marks, params)
+
+    def _result(self, frames, scheduler_name, timings, marks, params) -> RenderResult:
         done = time.perf_counter()
         timings["denoise"] = marks["denoised"] - marks["start"]
         timings["denoise_per_step"] = timings["denoise"] / params.sample_steps
         timings["vae_decode"] = done - marks["denoised"]
-        return RenderResult(frames=to_uint8(output.frames[0]), scheduler=scheduler_name, timings=timings)
+        return RenderResult(frames=to_uint8(frames), scheduler=scheduler_name, timings=timings)
+
+    @torch.inference_mode()
+    def _denoise_cfg_parallel(self, params: PromptParams, prompt_embeds, negative_embeds, step_end) -> np.ndarray:
+        """WanPipeline's denoising loop and decode, with the unconditional pass of every step running on
+        `cfg_device` while the conditional one runs here: same math, about half the time per step."""
+        pipe, device, remote = self.pipe, torch.device(self.device), torch.device(self.cfg_device)
+        dtype = pipe.transformer.dtype
+        cond_embeds, uncond_embeds = prompt_embeds.to(dtype), negative_embeds.to(remote, dtype)
+
+        def uncond_pass(latent_input, timestep):
+            with torch.inference_mode():
+                return self.replica(hidden_states=latent_input.to(remote), timestep=timestep.to(remote),
+                                    encoder_hidden_states=uncond_embeds, return_dict=False)[0]
+
+        scheduler = pipe.scheduler
+        scheduler.set_timesteps(params.sample_steps, device=device)
+        latents = pipe.prepare_latents(1, pipe.transformer.config.in_channels, params.height, params.width,
+                                       params.num_frames, torch.float32, device,
+                                       torch.Generator("cpu").manual_seed(params.seed))
+        scheduler.set_begin_index(0)
+        for index, t in enumerate(scheduler.timesteps):
+            latent_input, timestep = latents.to(dtype), t.expand(latents.shape[0])
+            pending = self._pool.submit(uncond_pass, latent_input, timestep)
+            noise_cond = pipe.transformer(hidden_states=latent_input, timestep=timestep,
+                                          encoder_hidden_states=cond_embeds, return_dict=False)[0]
+            noise_uncond = pending.result().to(device)
+            noise_pred = noise_uncond + params.guidance_scale * (noise_cond - noise_uncond)
+            latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+            step_end(pipe, index, t, {})
+
+        vae = pipe.vae
+        latents = latents.to(vae.device, vae.dtype)
+        mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(latents.device, latents.dtype)
+        inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(
+            latents.device, latents.dtype)
+        video = vae.decode(latents / inv_std + mean, return_dict=False)[0]
+        return pipe.video_processor.postprocess_video(video, output_type="np")[0]
 
     def _sync(self) -> None:
         if self.device.startswith("cuda"):
