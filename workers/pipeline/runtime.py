@@ -105,7 +105,9 @@ class WanRuntime:
             pipe.enable_model_cpu_offload(device=self.device)
             pipe.vae.enable_tiling()
         elif self.device.startswith("cuda"):  # load straight onto the GPU, no host copy of 40 GB
-            pipe = WanPipeline.from_pretrained(self.model_path, dtype=self.dtype, device_map=self.device)
+            if torch.device(self.device).index is not None:
+                torch.cuda.set_device(torch.device(self.device))  # this worker's GPU ("cuda" below means it)
+            pipe = WanPipeline.from_pretrained(self.model_path, dtype=self.dtype, device_map="cuda")
         else:
             pipe = WanPipeline.from_pretrained(self.model_path, dtype=self.dtype).to(self.device)
         pipe.set_progress_bar_config(disable=True)
