@@ -11,13 +11,16 @@ import logging
 import platform
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from importlib import metadata as importlib_metadata
 from pathlib import Path
+from typing import Callable
 
 from django.conf import settings
 from django.core.files import File
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
+from django.db import connection
 
 from webapp.jobs import services
 from webapp.jobs.models import GenerationJob
@@ -92,11 +95,52 @@ def output_record(job: GenerationJob, params: PromptParams, loras: list[LoraSpec
     }
 
 
-def render_job(*, job: GenerationJob, runtime: WanRuntime, deadline: Deadline) -> None:
+def store_output(job: GenerationJob, index: int, values: dict, result, record: dict) -> dict:
+    """Encode one prompt's frames, store the files whole, then write its output row."""
+    params = PromptParams(**values)
+    step_timings = result.timings
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        mp4 = write_mp4(result.frames, Path(tmp) / "video.mp4", fps=params.fps, metadata=record)
+        step_timings["mp4_encode"] = time.perf_counter() - start
+        start = time.perf_counter()
+        stem = f"outputs/{job.id}/{index:03d}_seed{params.seed}"
+        with mp4.open("rb") as fh:
+            video = save_with_retry(f"{stem}.mp4", File(fh))
+        poster = save_with_retry(f"{stem}.png", ContentFile(png_bytes(result.frames[0])))
+        webp = save_with_retry(f"{stem}.webp", ContentFile(webp_bytes(result.frames, fps=params.fps))) \
+            if job.webp else ""
+        step_timings["save"] = time.perf_counter() - start
+    record["timings"] = step_timings
+    if not services.job_is_active(job=job):  # canceled while encoding: drop this prompt's files
+        for name in (video, poster, webp):
+            if name:
+                default_storage.delete(name)
+        raise RenderCanceled()
+    services.job_add_output(job=job, index=index, video=video, poster=poster, webp=webp, params=values,
+                            scheduler=result.scheduler, record=record)
+    log.info("job %s prompt %d stored: %s", job.id, index, step_timings)
+    return step_timings
+
+
+# One thread per worker process encodes and stores outputs in order, so the GPU goes on to the next
+# prompt or job while the previous one is written (ffmpeg and uploads need no GPU).
+_finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finisher")
+
+
+def drain() -> None:
+    """Wait until every output handed to the finisher is stored (worker shutdown, tests)."""
+    _finisher.submit(lambda: None).result()
+
+
+def render_job(*, job: GenerationJob, runtime: WanRuntime, deadline: Deadline,
+               finish: Callable[[BaseException | None, dict], None]) -> Future:
+    """Render every prompt not stored yet; storing runs on the finisher thread, which calls
+    `finish(error, timings)` once all outputs are stored (error None) or one of them failed."""
     loras = job_lora_specs(job)
     names = [jl.name for jl in job.job_loras.all()]
     done = set(job.outputs.values_list("index", flat=True))
-    timings = {"load": runtime.load_seconds, "prompts": []}
+    pending = []
     for index, values in enumerate(job.prompts):
         if index in done:
             continue
@@ -104,27 +148,16 @@ def render_job(*, job: GenerationJob, runtime: WanRuntime, deadline: Deadline) -
         result = runtime.render(params, loras=loras, scheduler=job.scheduler, step_cache=job.step_cache,
                                 on_step=StepCallback(job, index, deadline))
         record = output_record(job, params, loras, result.scheduler, names)
-        step_timings = result.timings
-        start = time.perf_counter()
-        with tempfile.TemporaryDirectory() as tmp:
-            mp4 = write_mp4(result.frames, Path(tmp) / "video.mp4", fps=params.fps, metadata=record)
-            step_timings["mp4_encode"] = time.perf_counter() - start
-            start = time.perf_counter()
-            stem = f"outputs/{job.id}/{index:03d}_seed{params.seed}"
-            with mp4.open("rb") as fh:
-                video = save_with_retry(f"{stem}.mp4", File(fh))
-            poster = save_with_retry(f"{stem}.png", ContentFile(png_bytes(result.frames[0])))
-            webp = save_with_retry(f"{stem}.webp", ContentFile(webp_bytes(result.frames, fps=params.fps))) \
-                if job.webp else ""
-            step_timings["save"] = time.perf_counter() - start
-        record["timings"] = step_timings
-        if not services.job_is_active(job=job):  # canceled while encoding: drop this prompt's files
-            for name in (video, poster, webp):
-                if name:
-                    default_storage.delete(name)
-            raise RenderCanceled()
-        services.job_add_output(job=job, index=index, video=video, poster=poster, webp=webp, params=values,
-                                scheduler=result.scheduler, record=record)
-        timings["prompts"].append(step_timings)
-        log.info("job %s prompt %d rendered: %s", job.id, index, step_timings)
-    services.job_succeed(job=job, timings=timings)
+        pending.append(_finisher.submit(store_output, job, index, values, result, record))
+
+    def complete():
+        try:
+            timings = {"load": runtime.load_seconds, "prompts": [p.result() for p in pending]}
+        except BaseException as exc:
+            finish(exc, {})
+        else:
+            finish(None, timings)
+        finally:
+            connection.close()
+
+    return _finisher.submit(complete)

@@ -4,7 +4,7 @@ import os
 import socket
 
 from celery import shared_task
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutdown
 from django.conf import settings
 
 from webapp.jobs import services
@@ -33,33 +33,53 @@ def reconcile_jobs(dead_worker: str | None = None) -> dict:
     return result
 
 
+@worker_shutdown.connect
+def store_pending_outputs(**kwargs):
+    render.drain()
+
+
+def settle_failure(job, exc: BaseException, *, on_cuda: bool) -> str | None:
+    """Record what a failure means for the job (see failure_decision); exits the process if it must."""
+    decision = failure_decision(exc, on_cuda=on_cuda)
+    if decision.code is None:
+        log.info("job %s canceled while rendering; partial work dropped", job.pk)
+        return None
+    if decision.retry:
+        services.job_requeue(job_id=job.pk, reason=f"{decision.code}: {type(exc).__name__}: {exc}")
+    else:
+        if decision.code == "RENDER_FAILED":
+            log.error("job %s failed", job.pk, exc_info=exc)
+        services.job_fail(job=job, code=decision.code, message=f"{type(exc).__name__}: {exc}".splitlines()[0])
+    if decision.exit_worker:
+        log.error("CUDA context is broken; exiting so this worker is replaced")
+        os._exit(EXIT_CODE_REPLACE_ME)
+    return decision.code
+
+
 @shared_task(name="workers.render_job", bind=True)
 def render_job(self, job_id: str) -> str:
+    """Render a job; its outputs are stored on the finisher thread while the next job starts."""
     job = services.job_start(job_id=job_id, worker=self.request.hostname or socket.gethostname())
     if job is None:
         return "skipped"  # canceled, finished, or a duplicate delivery
     runtime = get_runtime()
+    on_cuda = runtime.device.startswith("cuda")
+    heartbeat = Heartbeat(lambda: services.job_heartbeat(job=job), settings.JOB_HEARTBEAT_S).__enter__()
+
+    def finish(error, timings):  # on the finisher thread, once every output is stored
+        heartbeat.__exit__(None, None, None)
+        if error is None:
+            services.job_succeed(job=job, timings=timings)
+        else:
+            settle_failure(job, error, on_cuda=on_cuda)
 
     def give_up():
         services.job_fail(job=job, code="TIMEOUT", message="The job passed its hard time limit; worker replaced.")
 
     try:
-        with Heartbeat(lambda: services.job_heartbeat(job=job), settings.JOB_HEARTBEAT_S), \
-                Deadline(settings.JOB_SOFT_TIME_LIMIT_S, settings.JOB_HARD_TIME_LIMIT_S, give_up) as deadline:
-            render.render_job(job=job, runtime=runtime, deadline=deadline)
-        return "done"
+        with Deadline(settings.JOB_SOFT_TIME_LIMIT_S, settings.JOB_HARD_TIME_LIMIT_S, give_up) as deadline:
+            render.render_job(job=job, runtime=runtime, deadline=deadline, finish=finish)
+        return "rendered"
     except Exception as exc:
-        decision = failure_decision(exc, on_cuda=runtime.device.startswith("cuda"))
-        if decision.code is None:
-            log.info("job %s canceled while rendering; partial work dropped", job_id)
-            return "canceled"
-        if decision.retry:
-            services.job_requeue(job_id=job.pk, reason=f"{decision.code}: {type(exc).__name__}: {exc}")
-        else:
-            if decision.code == "RENDER_FAILED":
-                log.exception("job %s failed", job_id)
-            services.job_fail(job=job, code=decision.code, message=f"{type(exc).__name__}: {exc}".splitlines()[0])
-        if decision.exit_worker:
-            log.error("CUDA context is broken; exiting so this worker is replaced")
-            os._exit(EXIT_CODE_REPLACE_ME)
-        return decision.code
+        heartbeat.__exit__(None, None, None)
+        return settle_failure(job, exc, on_cuda=on_cuda) or "canceled"
