@@ -8,4 +8,4 @@ RUN pip install -r requirements.txt
 COPY . .
 RUN DJANGO_ENV=local python manage.py collectstatic --noinput -v0
 EXPOSE 8000
-CMD ["gunicorn", "webapp.wsgi", "--bind", "0.0.0.0:8000", "--workers", "4", "--timeout", "120"]
+CMD ["gunicorn", "webapp.wsgi", "--bind", "0.0.0.0:8000", "--workers", "4", "--timeout", "600"]

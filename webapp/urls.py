@@ -1,4 +1,5 @@
 from django.contrib import admin
+from django.contrib.auth.views import LoginView, LogoutView
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.authtoken.views import obtain_auth_token
@@ -17,6 +18,8 @@ router.register("jobs", JobViewSet)
 
 urlpatterns = [
     path("", queue_page, name="queue"),
+    path("accounts/login/", LoginView.as_view(template_name="login.html"), name="login"),
+    path("accounts/logout/", LogoutView.as_view(next_page="login"), name="logout"),
     path("admin/", admin.site.urls),
     path("health", compat.HealthView.as_view(), name="health"),
     path("v1/inference", compat.InferenceView.as_view(), name="v1-inference"),

@@ -128,9 +128,21 @@ def store_output(job: GenerationJob, index: int, values: dict, result, record: d
 _finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finisher")
 
 
+_completions: list[Future] = []
+
+
+def wait_for_finisher(*, max_pending: int) -> None:
+    """Block until at most `max_pending` jobs are still being stored (bounds frames held in memory)."""
+    while True:
+        _completions[:] = [c for c in _completions if not c.done()]
+        if len(_completions) <= max_pending:
+            return
+        _completions[0].result()
+
+
 def drain() -> None:
     """Wait until every output handed to the finisher is stored (worker shutdown, tests)."""
-    _finisher.submit(lambda: None).result()
+    wait_for_finisher(max_pending=0)
 
 
 def render_job(*, job: GenerationJob, runtime: WanRuntime, deadline: Deadline,
@@ -160,4 +172,6 @@ def render_job(*, job: GenerationJob, runtime: WanRuntime, deadline: Deadline,
         finally:
             connection.close()
 
-    return _finisher.submit(complete)
+    completion = _finisher.submit(complete)
+    _completions.append(completion)
+    return completion

@@ -22,7 +22,11 @@ def on_worker_ready(sender=None, **kwargs):
     hostname = getattr(sender, "hostname", None) or socket.gethostname()
     reconcile_jobs(dead_worker=hostname)
     if "gpu" in {q.name for q in sender.task_consumer.queues}:
-        get_runtime()
+        try:
+            get_runtime()
+        except Exception:  # a worker without a model would fail every job it takes
+            log.exception("could not load the model; exiting")
+            os._exit(EXIT_CODE_REPLACE_ME)
 
 
 @shared_task(name="workers.reconcile_jobs")
@@ -59,10 +63,11 @@ def settle_failure(job, exc: BaseException, *, on_cuda: bool) -> str | None:
 @shared_task(name="workers.render_job", bind=True)
 def render_job(self, job_id: str) -> str:
     """Render a job; its outputs are stored on the finisher thread while the next job starts."""
+    runtime = get_runtime()  # before claiming: a worker that cannot load leaves the job queued
+    render.wait_for_finisher(max_pending=1)  # store at most one earlier job while this one renders
     job = services.job_start(job_id=job_id, worker=self.request.hostname or socket.gethostname())
     if job is None:
         return "skipped"  # canceled, finished, or a duplicate delivery
-    runtime = get_runtime()
     on_cuda = runtime.device.startswith("cuda")
     heartbeat = Heartbeat(lambda: services.job_heartbeat(job=job), settings.JOB_HEARTBEAT_S).__enter__()
 

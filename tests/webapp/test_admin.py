@@ -46,3 +46,19 @@ def test_submit_job_from_admin(staff_client, prompt_set):
     staff_client.post("/admin/jobs/generationjob/", {"action": "cancel_jobs", "_selected_action": [job.pk]})
     job.refresh_from_db()
     assert job.status == "canceled"
+
+
+def test_admin_refuses_an_empty_prompt_set_with_a_form_error(staff_client):
+    empty = PromptSet.objects.create(name="empty")
+    response = staff_client.post("/admin/jobs/generationjob/add/", {
+        "prompt_set": empty.pk, "multiplier": "1.0", "scheduler": "auto", "priority": "0",
+        "prompt_semantics": "reference"})
+    assert response.status_code == 200 and b"This prompt set has no prompts." in response.content
+    assert GenerationJob.objects.count() == 0
+
+
+def test_team_members_sign_in_to_the_queue_page(client, django_user_model, prompt_set):
+    django_user_model.objects.create_user("member", password="pw-member-123")
+    assert client.get("/").status_code == 302
+    response = client.post("/accounts/login/", {"username": "member", "password": "pw-member-123"}, follow=True)
+    assert response.status_code == 200 and b"Render queue" in response.content and b"member" in response.content

@@ -5,6 +5,7 @@ import sys
 import uuid
 
 import pytest
+from django.conf import settings
 from django.core.cache import cache
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
@@ -134,15 +135,22 @@ def test_only_owner_or_staff_may_change_a_prompt_set(api, bob):
 
 # --- LoRA visibility ----------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("name", ["42", "a" * 64, "job_a/job_a.safetensors", "x.safetensors", "team/x"])
+def test_upload_names_cannot_shadow_other_references(api, tmp_path, name):
+    with (settings.LORA_ROOT / "job_a" / "job_a.safetensors").open("rb") as fh:
+        response = api.post(LORAS, {"file": fh, "name": name}, format="multipart")
+    assert response.status_code == 400
+    assert response.json()["error"]["details"]["name"][0]["code"] == "invalid_name"
+
+
 @pytest.fixture
 def secret(api, tmp_path):
-    """Alice's private LoRA, registered with a relative path that is not on disk."""
-    return upload(api, tmp_path, 41, name="secret-a", relative_path="private_a/secret.safetensors",
-                  visibility="private")
+    """Alice's private LoRA (uploads get no relative path: those belong to files under LORA_ROOT)."""
+    return upload(api, tmp_path, 41, name="secret-a", visibility="private")
 
 
 def refs(lora):
-    return [lora["name"], str(lora["id"]), lora["relative_path"], lora["sha256"]]
+    return [lora["name"], str(lora["id"]), lora["sha256"]]
 
 
 def test_private_lora_is_invisible_to_others(api, bob, staff, secret):
@@ -164,16 +172,16 @@ def test_private_lora_is_unusable_by_others_by_any_reference(api, bob, secret):
     for ref in refs(secret):
         assert submit(api, [{"lora": ref}])["loras"][0]["lora"] == secret["id"]
         submit_v1(api, [ref])
-    assert GenerationJob.objects.filter(owner__username="alice").count() == 8
+    assert GenerationJob.objects.filter(owner__username="alice").count() == 6
 
 
 def test_team_lora_is_usable_by_everyone(api, bob, tmp_path):
-    shared = upload(api, tmp_path, 42, name="team-a", relative_path="team_a/shared.safetensors")
+    shared = upload(api, tmp_path, 42, name="team-a")
     assert shared["visibility"] == "team"
     for ref in refs(shared):
         assert submit(bob, [{"lora": ref}])["loras"][0]["lora"] == shared["id"]
         submit_v1(bob, [ref])
-    assert GenerationJob.objects.filter(owner__username="bob").count() == 8
+    assert GenerationJob.objects.filter(owner__username="bob").count() == 6
 
 
 def test_rerun_of_a_job_with_someone_elses_private_lora_is_lora_missing(api, bob, secret, tmp_path):

@@ -9,7 +9,9 @@ from webapp.loras.models import Lora
 from webapp.prompts.models import PromptSet
 
 from .models import GenerationJob, JobLora, JobOutput, Scheduler
-from .serializers import HIGH, LOW
+from workers.pipeline.params import PromptError, resolve_prompt
+
+from .serializers import HIGH, LOW, MAX_LORAS
 from .services import job_cancel, job_rerun, job_retry, job_submit
 
 
@@ -23,6 +25,22 @@ class JobSubmitForm(forms.ModelForm):
     class Meta:
         model = GenerationJob
         fields = ["prompt_set", "loras", "multiplier", "scheduler", "prompt_semantics", "webp", "priority"]
+
+    def clean(self):
+        data = super().clean()
+        if len(data.get("loras") or []) > MAX_LORAS:
+            raise forms.ValidationError(f"At most {MAX_LORAS} LoRAs can be stacked.")
+        prompt_set = data.get("prompt_set")
+        if prompt_set is not None:
+            items = [item.as_request_item() for item in prompt_set.items.all()]
+            if not items:
+                raise forms.ValidationError("This prompt set has no prompts.")
+            for index, item in enumerate(items):
+                try:
+                    resolve_prompt(item, index=index, semantics=data.get("prompt_semantics") or "reference")
+                except PromptError as exc:
+                    raise forms.ValidationError(f"Prompt {index + 1}: {exc.message}") from None
+        return data
 
 
 class JobLoraInline(admin.TabularInline):
@@ -93,7 +111,7 @@ class GenerationJobAdmin(admin.ModelAdmin):
                              trigger_word=prompt_set.trigger_word, priority=data["priority"],
                              scheduler=data["scheduler"], prompt_semantics=data["prompt_semantics"],
                              webp=data["webp"], prompt_set=prompt_set)
-        except ApiError as exc:
+        except ApiError as exc:  # what the form cannot check: the queued-job cap
             messages.error(request, f"{exc.code}: {exc.message}")
             raise
         obj.pk = job.pk

@@ -106,4 +106,8 @@ class OutputFileView(APIView):
         if not storage_is_local():  # S3 and the like: a (presigned) URL of the object itself
             return HttpResponseRedirect(default_storage.url(field.name))
         name = field.name.rsplit("/", 1)[-1]
-        return FileResponse(default_storage.open(field.name, "rb"), filename=name, content_type=CONTENT_TYPES[kind])
+        try:
+            handle = default_storage.open(field.name, "rb")
+        except FileNotFoundError:  # deleted by a retry or delete meanwhile
+            raise NotFound("OUTPUT_FILE_NOT_FOUND", "This output's file is gone.") from None
+        return FileResponse(handle, filename=name, content_type=CONTENT_TYPES[kind])

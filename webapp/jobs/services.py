@@ -39,7 +39,8 @@ def job_enqueue(*, job: GenerationJob) -> None:
         celery_app.send_task(RENDER_TASK, args=[job_id], queue="gpu", priority=9 - priority,
                              task_id=f"{job_id}.{uuid.uuid4().hex[:12]}")
 
-    transaction.on_commit(send)
+    # robust: a broker outage must not turn a created job into a 500; the reconciler re-sends it.
+    transaction.on_commit(send, robust=True)
 
 
 @transaction.atomic
@@ -122,7 +123,9 @@ def job_start(*, job_id: str | uuid.UUID, worker: str) -> GenerationJob | None:
 
 
 def _running(job: GenerationJob):
-    return GenerationJob.objects.filter(pk=job.pk, status=JobStatus.RUNNING, worker=job.worker)
+    """The job row while it is still this attempt's: running, on this worker, not retried since."""
+    return GenerationJob.objects.filter(pk=job.pk, status=JobStatus.RUNNING, worker=job.worker,
+                                        attempts=job.attempts)
 
 
 def job_is_active(*, job: GenerationJob) -> bool:
@@ -196,10 +199,14 @@ def job_add_output(*, job: GenerationJob, index: int, video: str, poster: str, w
     return output
 
 
-def _finish(job_id, status: str, *, from_states, **fields) -> GenerationJob | None:
+def _finish(job_id, status: str, *, from_states, attempt: GenerationJob | None = None,
+            **fields) -> GenerationJob | None:
+    """Move a job to a final state; with `attempt`, only if that attempt still owns the job."""
     with transaction.atomic():
         job = _locked(job_id)
         if job is None or job.status not in from_states:
+            return job
+        if attempt is not None and (job.worker, job.attempts) != (attempt.worker, attempt.attempts):
             return job
         job.status = status
         job.finished_at = timezone.now()
@@ -211,13 +218,13 @@ def _finish(job_id, status: str, *, from_states, **fields) -> GenerationJob | No
 
 def job_succeed(*, job: GenerationJob, timings: dict) -> GenerationJob | None:
     progress = {**job.progress, "fraction": 1.0}
-    return _finish(job.pk, JobStatus.SUCCEEDED, from_states=[JobStatus.RUNNING], timings=timings,
+    return _finish(job.pk, JobStatus.SUCCEEDED, from_states=[JobStatus.RUNNING], attempt=job, timings=timings,
                    progress=progress)
 
 
 def job_fail(*, job: GenerationJob, code: str, message: str, timings: dict | None = None) -> GenerationJob | None:
     log.warning("job %s failed: %s %s", job.pk, code, message)
-    return _finish(job.pk, JobStatus.FAILED, from_states=[JobStatus.QUEUED, JobStatus.RUNNING],
+    return _finish(job.pk, JobStatus.FAILED, from_states=[JobStatus.RUNNING], attempt=job,
                    error_code=code, error_message=message[:2000], timings=timings or job.timings)
 
 
@@ -243,9 +250,9 @@ def job_retry(*, job: GenerationJob, actor=None) -> GenerationJob:
     for output in job.outputs.all():
         job_output_delete_files(output=output)
     job.outputs.all().delete()
-    job.status = JobStatus.QUEUED
+    job.status, job.attempts, job.worker, job.timings = JobStatus.QUEUED, 0, "", {}
     job.error_code = job.error_message = ""
-    job.started_at = job.finished_at = None
+    job.started_at = job.finished_at = job.heartbeat_at = None
     job.progress = {**job.progress, "prompt": 0, "step": 0, "fraction": 0.0}
     job.save()
     job_enqueue(job=job)

@@ -5,6 +5,6 @@ from django.shortcuts import render
 from .selectors import job_list
 
 
-@login_required(login_url="/admin/login/")
+@login_required
 def queue_page(request):
     return render(request, "queue.html", {"jobs": job_list()[:50]})

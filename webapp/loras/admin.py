@@ -4,22 +4,24 @@ from django.contrib import admin, messages
 from webapp.core.errors import ApiError
 
 from .models import Lora
-from .services import lora_register
+from .services import lora_register, validate_upload_name
 
 
 class LoraUploadForm(forms.ModelForm):
     class Meta:
         model = Lora
-        fields = ["file", "name", "relative_path", "trigger_word", "default_multiplier", "visibility"]
+        fields = ["file", "name", "trigger_word", "default_multiplier", "visibility"]
 
     def clean(self):
         data = super().clean()
         upload = data.get("file")
+        if data.get("name"):
+            validate_upload_name(data["name"])
         if upload:
             try:
                 self.instance = lora_register(
                     fh=upload, filename=upload.name, owner=self.current_user,
-                    name=data.get("name") or None, relative_path=data.get("relative_path") or None,
+                    name=data.get("name") or None,
                     trigger_word=data.get("trigger_word") or "",
                     default_multiplier=data.get("default_multiplier") or 1.0,
                     visibility=data.get("visibility") or "team")

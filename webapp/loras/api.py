@@ -6,7 +6,7 @@ from rest_framework.response import Response
 
 from .models import Lora, Visibility
 from .selectors import lora_list
-from .services import lora_delete, lora_register
+from .services import lora_delete, lora_register, validate_upload_name
 
 
 class LoraSerializer(serializers.ModelSerializer):
@@ -21,8 +21,7 @@ class LoraSerializer(serializers.ModelSerializer):
 
 class LoraUploadSerializer(serializers.Serializer):
     file = serializers.FileField(allow_empty_file=True)  # empty files get LORA_FILE_TRUNCATED
-    name = serializers.CharField(max_length=200, required=False)
-    relative_path = serializers.CharField(max_length=500, required=False)
+    name = serializers.CharField(max_length=200, required=False, validators=[validate_upload_name])
     trigger_word = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
     default_multiplier = serializers.FloatField(min_value=-2.0, max_value=2.0, default=1.0)
     base_model = serializers.ChoiceField(choices=["wan21_14b"], default="wan21_14b")

@@ -15,8 +15,13 @@ def lora_list(*, user=None) -> QuerySet[Lora]:
 
 
 def lora_find(*, ref: str, user=None) -> Lora | None:
-    """A LoRA visible to `user` by relative path, name, id or sha256."""
-    query = Q(relative_path=ref) | Q(name=ref) | Q(sha256=ref)
-    if ref.isdigit():
-        query |= Q(pk=int(ref))
-    return lora_list(user=user).filter(query).first()
+    """A LoRA visible to `user` by id, sha256, relative path or name, in that order (uploaded names
+    can never look like the others, so no upload can shadow another LoRA's reference)."""
+    visible = lora_list(user=user)
+    lookups = [Q(pk=int(ref))] if ref.isdigit() else []
+    lookups += [Q(sha256=ref), Q(relative_path=ref), Q(name=ref)]
+    for lookup in lookups:
+        lora = visible.filter(lookup).first()
+        if lora:
+            return lora
+    return None

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import BinaryIO
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.files import File
 from django.db import transaction
 
@@ -38,6 +40,12 @@ def _file_size(fh: BinaryIO) -> int:
 
 NAME_MAX = Lora._meta.get_field("name").max_length
 PATH_MAX = Lora._meta.get_field("relative_path").max_length
+
+
+def validate_upload_name(name: str) -> None:
+    """Names given at upload must not look like an id, a sha256 or a LORA_ROOT path."""
+    if name.isdigit() or re.fullmatch(r"[0-9a-f]{64}", name) or "/" in name or name.endswith(".safetensors"):
+        raise ValidationError("A LoRA name may not be a number, a sha256, or a path.", code="invalid_name")
 
 
 def lora_register(*, fh: BinaryIO, filename: str, owner=None, name: str | None = None,

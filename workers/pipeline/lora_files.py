@@ -94,10 +94,14 @@ def read_header(fh: BinaryIO, size: int) -> tuple[dict, dict]:
     if not isinstance(header, dict):
         raise LoraFileError("LORA_NOT_SAFETENSORS", "The safetensors header is not a JSON object.")
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise LoraFileError("LORA_NOT_SAFETENSORS", "The safetensors metadata must map strings to strings.")
     data_size = size - 8 - header_len
     for name, spec in header.items():
         try:
             dtype, shape, (start, end) = spec["dtype"], spec["shape"], spec["data_offsets"]
+            if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+                raise TypeError("shape")
             numel = 1
             for dim in shape:
                 numel *= int(dim)
@@ -149,6 +153,8 @@ def describe(header: dict, metadata: dict) -> LoraInfo:
         else:
             continue
         key_format = key_format or fmt
+        if len(spec["shape"]) != 2:
+            raise LoraFileError("LORA_NOT_SAFETENSORS", f"LoRA weight {name!r} is not a matrix.")
         block, module, side = int(match.group(1)), match.group(2), match.group(3)
         blocks.add(block)
         modules.add(module)

@@ -21,7 +21,7 @@ LIMITS = {
     "height": (64, 4096),
     "sample_steps": (1, 150),
     "guidance_scale": (0.0, 20.0),
-    "seed": (-1, None),
+    "seed": (-1, 2**63 - 1),
     "num_frames": (1, 1000),
     "fps": (1, 120),
     "network_multiplier": (-2.0, 2.0),

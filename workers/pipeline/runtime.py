@@ -27,7 +27,6 @@ from .video import to_uint8
 
 log = logging.getLogger(__name__)
 
-SCHEDULERS = ("auto", "euler", "unipc")
 EULER_FROM_VERSION = (0, 9, 4)  # ai-toolkit samples Wan 2.1 previews with flow-match Euler from here on
 UNIPC_UNTIL_VERSION = (0, 9, 2)
 TEXT_TOKENS = 512  # WanPipeline.__call__ pads prompts to 512 tokens; encode_prompt alone defaults to 226
@@ -128,16 +127,6 @@ class WanRuntime:
         log.info("loaded %s on %s in %.1fs", self.model_path, self.device, self.load_seconds)
         return self
 
-    def unload(self) -> None:
-        self.pipe = self.replica = None
-        self._adapters.clear()
-        if self.device.startswith("cuda"):
-            torch.cuda.empty_cache()
-
-    @property
-    def transformer_config(self) -> dict:
-        return dict(self.load().pipe.transformer.config)
-
     # -- LoRAs --------------------------------------------------------------
     @staticmethod
     def adapter_name(sha256: str) -> str:
@@ -158,10 +147,14 @@ class WanRuntime:
                 path = Path(lora.path)
                 pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name)
                 if self.replica is not None:
-                    state, metadata = pipe.lora_state_dict(str(path.parent), weight_name=path.name,
-                                                           return_lora_metadata=True)
-                    pipe.load_lora_into_transformer(state, transformer=self.replica, adapter_name=name,
-                                                    metadata=metadata)
+                    try:
+                        state, metadata = pipe.lora_state_dict(str(path.parent), weight_name=path.name,
+                                                               return_lora_metadata=True)
+                        pipe.load_lora_into_transformer(state, transformer=self.replica, adapter_name=name,
+                                                        metadata=metadata)
+                    except Exception:
+                        pipe.delete_adapters(name)  # keep both copies in step
+                        raise
                 self._adapters[name] = path.stat().st_size
             self._adapters.move_to_end(name)
             names.append(name)
@@ -241,6 +234,8 @@ class WanRuntime:
         finally:
             if step_cache:
                 pipe.transformer.disable_cache()
+            if self.low_memory:
+                pipe.maybe_free_model_hooks()  # a canceled call must not leave the transformer on the GPU
         return self._result(output.frames[0], scheduler_name, timings, marks, params)
 
     def _result(self, frames, scheduler_name, timings, marks, params) -> RenderResult:
