@@ -27,6 +27,7 @@ demo: migrate
 
 services:
 	scripts/services.sh
+	scripts/browser.sh
 
 test: setup services
 	DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/renderqueue} \

@@ -66,8 +66,8 @@ class JobOutputInline(admin.StackedInline):
 
     @admin.display(description="video")
     def player(self, output):
-        return format_html('<video controls width="480" poster="{}" src="{}"></video>',
-                           reverse("output-file", args=[output.pk, "poster"]),
+        poster = reverse("output-file", args=[output.pk, "poster"]) if output.poster else ""
+        return format_html('<video controls width="480" poster="{}" src="{}"></video>', poster,
                            reverse("output-file", args=[output.pk, "video"]))
 
 
