@@ -7,6 +7,7 @@ are kept, so a redelivered job resumes where it stopped.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import platform
 import tempfile
@@ -47,6 +48,7 @@ def save_with_retry(name: str, content, *, attempts: int = 3, backoff_s: float =
             time.sleep(backoff_s * attempt)
 
 
+@functools.cache
 def software_versions() -> dict:
     versions = {"python": platform.python_version()}
     for name in SOFTWARE:
@@ -54,9 +56,9 @@ def software_versions() -> dict:
     return versions
 
 
-def job_lora_specs(job: GenerationJob) -> list[LoraSpec]:
+def job_lora_specs(job_loras) -> list[LoraSpec]:
     specs = []
-    for job_lora in job.job_loras.select_related("lora"):
+    for job_lora in job_loras:
         if job_lora.lora is None:
             raise LoraMissing(f"LoRA {job_lora.name} ({job_lora.sha256[:12]}) was deleted after submission.")
         path = lora_local_path(job_lora.lora.file, job_lora.sha256)
@@ -149,8 +151,8 @@ def render_job(*, job: GenerationJob, runtime: WanRuntime, deadline: Deadline,
                finish: Callable[[BaseException | None, dict], None]) -> Future:
     """Render every prompt not stored yet; storing runs on the finisher thread, which calls
     `finish(error, timings)` once all outputs are stored (error None) or one of them failed."""
-    loras = job_lora_specs(job)
-    names = [jl.name for jl in job.job_loras.all()]
+    job_loras = list(job.job_loras.select_related("lora"))
+    loras, names = job_lora_specs(job_loras), [jl.name for jl in job_loras]
     done = set(job.outputs.values_list("index", flat=True))
     pending = []
     for index, values in enumerate(job.prompts):

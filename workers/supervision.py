@@ -98,7 +98,8 @@ class Deadline:
 
 
 class Heartbeat:
-    """Calls `beat()` every `interval_s` from a thread while a job runs, whatever phase it is in."""
+    """Calls `beat()` every `interval_s` from a thread while a job runs, whatever phase it is in
+    (rendering on the task, then storing on the finisher thread, which stops it)."""
 
     def __init__(self, beat: Callable[[], None], interval_s: float):
         self.beat, self.interval_s = beat, interval_s
@@ -117,11 +118,11 @@ class Heartbeat:
         finally:
             connection.close()
 
-    def __enter__(self):
+    def start(self) -> "Heartbeat":
         self.beat()
         self._thread.start()
         return self
 
-    def __exit__(self, *exc):
+    def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)

@@ -69,10 +69,10 @@ def render_job(self, job_id: str) -> str:
     if job is None:
         return "skipped"  # canceled, finished, or a duplicate delivery
     on_cuda = runtime.device.startswith("cuda")
-    heartbeat = Heartbeat(lambda: services.job_heartbeat(job=job), settings.JOB_HEARTBEAT_S).__enter__()
+    heartbeat = Heartbeat(lambda: services.job_heartbeat(job=job), settings.JOB_HEARTBEAT_S).start()
 
     def finish(error, timings):  # on the finisher thread, once every output is stored
-        heartbeat.__exit__(None, None, None)
+        heartbeat.stop()
         if error is None:
             services.job_succeed(job=job, timings=timings)
         else:
@@ -86,5 +86,5 @@ def render_job(self, job_id: str) -> str:
             render.render_job(job=job, runtime=runtime, deadline=deadline, finish=finish)
         return "rendered"
     except Exception as exc:
-        heartbeat.__exit__(None, None, None)
+        heartbeat.stop()
         return settle_failure(job, exc, on_cuda=on_cuda) or "canceled"

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanPipeline
+from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
 
 from tests.conftest import SMALL
 from workers.pipeline.params import resolve_prompt

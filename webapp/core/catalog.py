@@ -13,6 +13,7 @@ from workers.pipeline.params import MODEL_IDS
 from .errors import ApiError
 
 DEFAULT_MODEL = "wan21_14b"
+MAX_LORAS = 4  # LoRAs stacked in one job
 MODEL_DESCRIPTIONS = {"wan21_14b": "Wan 2.1 T2V 14B (text to video)"}
 
 
@@ -38,4 +39,4 @@ def model_shape(model_id: str) -> WanShape:
 
 
 def model_list() -> list[dict]:
-    return [{"id": m, "name": MODEL_DESCRIPTIONS.get(m, m), "type": "video", "max_loras": 4} for m in MODEL_IDS]
+    return [{"id": m, "name": MODEL_DESCRIPTIONS.get(m, m), "type": "video", "max_loras": MAX_LORAS} for m in MODEL_IDS]

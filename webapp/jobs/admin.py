@@ -4,15 +4,14 @@ from django.contrib import admin, messages
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
+from webapp.core.catalog import MAX_LORAS
 from webapp.core.errors import ApiError
 from webapp.loras.models import Lora
 from webapp.prompts.models import PromptSet
 
 from .models import GenerationJob, JobLora, JobOutput, Scheduler
-from workers.pipeline.params import PromptError, resolve_prompt
-
-from .serializers import HIGH, LOW, MAX_LORAS
-from .services import job_cancel, job_rerun, job_retry, job_submit
+from .serializers import HIGH, LOW
+from .services import job_cancel, job_prompts_resolve, job_rerun, job_retry, job_submit
 
 
 class JobSubmitForm(forms.ModelForm):
@@ -32,14 +31,13 @@ class JobSubmitForm(forms.ModelForm):
             raise forms.ValidationError(f"At most {MAX_LORAS} LoRAs can be stacked.")
         prompt_set = data.get("prompt_set")
         if prompt_set is not None:
-            items = [item.as_request_item() for item in prompt_set.items.all()]
+            items = prompt_set.request_items()
             if not items:
                 raise forms.ValidationError("This prompt set has no prompts.")
-            for index, item in enumerate(items):
-                try:
-                    resolve_prompt(item, index=index, semantics=data.get("prompt_semantics") or "reference")
-                except PromptError as exc:
-                    raise forms.ValidationError(f"Prompt {index + 1}: {exc.message}") from None
+            try:
+                job_prompts_resolve(items, semantics=data.get("prompt_semantics") or "reference")
+            except ApiError as exc:
+                raise forms.ValidationError(exc.message) from None
         return data
 
 
@@ -107,7 +105,7 @@ class GenerationJobAdmin(admin.ModelAdmin):
         try:
             job = job_submit(owner=request.user, model="wan21_14b",
                              loras=[(lora, data["multiplier"]) for lora in data["loras"]],
-                             prompts=[item.as_request_item() for item in prompt_set.items.all()],
+                             prompts=prompt_set.request_items(),
                              trigger_word=prompt_set.trigger_word, priority=data["priority"],
                              scheduler=data["scheduler"], prompt_semantics=data["prompt_semantics"],
                              webp=data["webp"], prompt_set=prompt_set)

@@ -56,7 +56,7 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Destro
             prompt_set = PromptSet.objects.prefetch_related("items").filter(pk=data["prompt_set"]).first()
             if prompt_set is None:
                 raise NotFound("PROMPT_SET_NOT_FOUND", f"No prompt set with id {data['prompt_set']}.")
-            prompts = [item.as_request_item() for item in prompt_set.items.all()]
+            prompts = prompt_set.request_items()
             trigger_word = trigger_word or prompt_set.trigger_word
         loras = []
         for item in data["loras"]:

@@ -12,12 +12,12 @@ from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
-from webapp.core.catalog import model_check, model_list
+from webapp.core.catalog import MAX_LORAS, model_check, model_list
 from webapp.loras.services import lora_resolve
 
 from .models import GenerationJob, JobStatus
 from .selectors import job_get
-from .serializers import HIGH, LOW, MAX_LORAS, JobOptionsSerializer, output_urls, prompts_field
+from .serializers import HIGH, LOW, JobOptionsSerializer, output_urls, prompts_field
 from .services import job_cancel, job_submit
 
 STATUS_NAMES = {JobStatus.QUEUED: "in_queue", JobStatus.RUNNING: "in_progress"}

@@ -3,12 +3,12 @@ from django.conf import settings
 from django.urls import reverse
 from rest_framework import serializers
 
+from webapp.core.catalog import MAX_LORAS
 from webapp.prompts.serializers import PromptFieldsSerializer
 from workers.pipeline.params import LIMITS, PROMPT_SEMANTICS
 
 from .models import GenerationJob, JobLora, JobOutput, Scheduler
 
-MAX_LORAS = 4
 LOW, HIGH = LIMITS["network_multiplier"]
 
 

@@ -55,7 +55,7 @@ def job_submit(*, owner, model: str, loras: list[tuple], prompts: list[dict], tr
     shas = [lora.sha256 for lora, _ in loras]
     if len(set(shas)) != len(shas):
         raise ApiError("LORA_DUPLICATE", "The same LoRA appears twice in the stack; give it one multiplier.")
-    resolved = _resolve_prompts(prompts, trigger_word=trigger_word, semantics=prompt_semantics,
+    resolved = job_prompts_resolve(prompts, trigger_word=trigger_word, semantics=prompt_semantics,
                                 name=loras[0][0].info.get("output_name") or loras[0][0].name if loras else None)
     job = GenerationJob.objects.create(
         owner=owner, model=model, priority=priority, scheduler=scheduler, prompt_semantics=prompt_semantics,
@@ -80,7 +80,8 @@ def _check_queue_cap(owner) -> None:
                        status_code=status.HTTP_429_TOO_MANY_REQUESTS)
 
 
-def _resolve_prompts(prompts: list[dict], **options) -> list[dict]:
+def job_prompts_resolve(prompts: list[dict], **options) -> list[dict]:
+    """Prompts as they will render (see resolve_prompt); a bad inline flag is INVALID_PROMPT_FLAG."""
     resolved = []
     for index, item in enumerate(prompts):
         try:
@@ -233,7 +234,7 @@ def job_cancel(*, job: GenerationJob, actor=None) -> GenerationJob:
     require_manage(actor, job, what="job")
     updated = _finish(job.pk, JobStatus.CANCELED, from_states=[JobStatus.QUEUED, JobStatus.RUNNING],
                       error_code="CANCELED", error_message="Canceled by request.")
-    if updated.status not in (JobStatus.CANCELED,):
+    if updated.status != JobStatus.CANCELED:
         raise Conflict("JOB_NOT_CANCELABLE", f"The job already {updated.status}.", details={"status": updated.status})
     return updated
 
@@ -247,9 +248,7 @@ def job_retry(*, job: GenerationJob, actor=None) -> GenerationJob:
     if job.status not in (JobStatus.FAILED, JobStatus.CANCELED):
         raise Conflict("JOB_NOT_RETRYABLE", f"Only failed or canceled jobs can be retried; this one is {job.status}.",
                        details={"status": job.status})
-    for output in job.outputs.all():
-        job_output_delete_files(output=output)
-    job.outputs.all().delete()
+    _delete_outputs(job)
     job.status, job.attempts, job.worker, job.timings = JobStatus.QUEUED, 0, "", {}
     job.error_code = job.error_message = ""
     job.started_at = job.finished_at = job.heartbeat_at = None
@@ -264,12 +263,14 @@ def job_delete(*, job: GenerationJob, actor=None) -> None:
     require_manage(actor, job, what="job")
     if not job.is_finished:
         raise Conflict("JOB_ACTIVE", "Cancel the job before deleting it.", details={"status": job.status})
-    for output in job.outputs.all():
-        job_output_delete_files(output=output)
+    _delete_outputs(job)
     job.delete()
 
 
-def job_output_delete_files(*, output: JobOutput) -> None:
-    for field in (output.video, output.poster, output.webp):
-        if field:
-            field.delete(save=False)
+def _delete_outputs(job: GenerationJob) -> None:
+    """Remove a job's output files from storage, then their rows."""
+    for output in job.outputs.all():
+        for field in (output.video, output.poster, output.webp):
+            if field:
+                field.delete(save=False)
+    job.outputs.all().delete()

@@ -21,6 +21,10 @@ class PromptSet(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def request_items(self) -> list[dict]:
+        """The prompts in the shape of a request's `prompts`, in order."""
+        return [item.as_request_item() for item in self.items.all()]
+
 
 class PromptItem(models.Model):
     prompt_set = models.ForeignKey(PromptSet, on_delete=models.CASCADE, related_name="items")

@@ -95,7 +95,7 @@ def parse_aitoolkit_prompt(text: str) -> tuple[str, dict]:
             value = float(content) if field in _FLOAT_FIELDS else int(content)
         except ValueError:
             raise PromptError(field, f"--{flag} needs a number, got {content!r}") from None
-        low, high = LIMITS.get(field, LIMITS["network_multiplier"] if field == "lora_scale" else (None, None))
+        low, high = LIMITS["network_multiplier" if field == "lora_scale" else field]
         if (low is not None and value < low) or (high is not None and value > high):
             raise PromptError(field, f"--{flag} {content} is outside {low}..{high}")
         values[field] = value
