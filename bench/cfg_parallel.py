@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import sys
@@ -16,10 +15,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from workers.pipeline.checkpoints import write_aitoolkit_lora, write_random_wan  # noqa: E402
+from bench.common import ensure_wan14b  # noqa: E402
+from workers.pipeline.checkpoints import write_aitoolkit_lora  # noqa: E402
 from workers.pipeline.params import resolve_prompt  # noqa: E402
 from workers.pipeline.runtime import LoraSpec, WanRuntime  # noqa: E402
-from workers.pipeline.shapes import UMT5_XXL, WAN_14B_TRANSFORMER, WanShape  # noqa: E402
+from workers.pipeline.shapes import WAN_14B_TRANSFORMER, WanShape  # noqa: E402
 
 WORK = Path("/tmp/wan14b")
 
@@ -28,15 +28,11 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=3)
     args = parser.parse_args()
-    if not (WORK / "model" / "model_index.json").exists():
-        write_random_wan(WORK / "model", transformer_config=WAN_14B_TRANSFORMER, text_encoder_config=UMT5_XXL,
-                         vae_config={}, dtype=torch.bfloat16, device="cuda:0")
-        gc.collect()
-        torch.cuda.empty_cache()
+    model = ensure_wan14b(WORK / "model", device="cuda:0")
     lora = write_aitoolkit_lora(WORK / "loras/a/a.safetensors", shape=WanShape.of(WAN_14B_TRANSFORMER), rank=32)
     spec = LoraSpec(str(lora), sha256="a" * 64, multiplier=0.8, software_version="0.9.4")
     start = time.perf_counter()
-    runtime = WanRuntime(str(WORK / "model"), device="cuda:0", cfg_device="cuda:1").load()
+    runtime = WanRuntime(model, device="cuda:0", cfg_device="cuda:1").load()
     out = {"devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
            "load_with_replica_s": round(time.perf_counter() - start, 1), "steps": args.steps, "jobs": []}
     replica = runtime.replica

@@ -21,14 +21,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from workers.pipeline.checkpoints import write_aitoolkit_lora, write_random_wan  # noqa: E402
+from bench.common import ensure_wan14b, psnr  # noqa: E402
+from workers.pipeline.checkpoints import write_aitoolkit_lora  # noqa: E402
 from workers.pipeline.params import resolve_prompt  # noqa: E402
 from workers.pipeline.runtime import LoraSpec, WanRuntime  # noqa: E402
-from workers.pipeline.shapes import UMT5_XXL, WAN_14B_TRANSFORMER, WanShape  # noqa: E402
+from workers.pipeline.shapes import WAN_14B_TRANSFORMER, WanShape  # noqa: E402
 from workers.pipeline.video import png_bytes, to_uint8, webp_bytes, write_mp4  # noqa: E402
 
 QUEUE = [("1024x1024x41", "A", 1.0), ("832x480x81", "B", 0.7), ("1024x1024x41", "A", 0.5), ("832x480x81", "B", 1.0)]
@@ -128,11 +128,6 @@ def service_arm(model, loras, steps):
     return cold, rows
 
 
-def psnr(a, b):
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
-
-
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=2)
@@ -147,15 +142,10 @@ def main():
         x @ x
     peak = 10 * 2 * 8192**3 / (clock() - start) / 1e12
     del x
-    if not (work / "model" / "model_index.json").exists():
-        write_random_wan(work / "model", transformer_config=WAN_14B_TRANSFORMER, text_encoder_config=UMT5_XXL,
-                         vae_config={}, dtype=torch.bfloat16, device="cuda")
-        gc.collect()
-        torch.cuda.empty_cache()
+    model = ensure_wan14b(work / "model")
     shape = WanShape.of(WAN_14B_TRANSFORMER)
     loras = {n: write_aitoolkit_lora(work / f"loras/{n}/{n}.safetensors", shape=shape, rank=32, seed=i)
              for i, n in enumerate("AB")}
-    model = str(work / "model")
     cold, service = service_arm(model, loras, args.steps)
     torch.cuda.empty_cache()
     reference = reference_arm(model, loras, args.steps)

@@ -15,22 +15,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from workers.pipeline.checkpoints import write_random_wan  # noqa: E402
+from bench.common import ensure_wan14b, psnr  # noqa: E402
 from workers.pipeline.params import resolve_prompt  # noqa: E402
 from workers.pipeline.runtime import WanRuntime  # noqa: E402
-from workers.pipeline.shapes import UMT5_XXL, WAN_14B_TRANSFORMER  # noqa: E402
 
 WORK = Path("/tmp/wan14b")
 OUT = Path(os.environ.get("OUT", "."))
-
-
-def psnr(a, b):
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else round(10 * np.log10(255**2 / mse), 2)
 
 
 def timed_render(runtime, params, **options):
@@ -43,12 +36,7 @@ def timed_render(runtime, params, **options):
 
 
 def main():
-    if not (WORK / "model" / "model_index.json").exists():
-        write_random_wan(WORK / "model", transformer_config=WAN_14B_TRANSFORMER, text_encoder_config=UMT5_XXL,
-                         vae_config={}, dtype=torch.bfloat16, device="cuda")
-        gc.collect()
-        torch.cuda.empty_cache()
-    model = str(WORK / "model")
+    model = ensure_wan14b(WORK / "model")
     out = {"device": torch.cuda.get_device_name(), "caching": [], "memory": []}
 
     runtime = WanRuntime(model, device="cuda").load()
@@ -60,7 +48,7 @@ def main():
         cached, seconds, _ = timed_render(runtime, params, step_cache=threshold)
         out["caching"].append({"mode": f"first-block cache {threshold}", "shape": "832x480x41", "steps": 25,
                                "s": round(seconds, 1), "speedup": round(exact_s / seconds, 2),
-                               "psnr_vs_exact_db": psnr(cached.frames, exact.frames)})
+                               "psnr_vs_exact_db": round(psnr(cached.frames, exact.frames), 2)})
         print(json.dumps(out["caching"][-1]), flush=True)
 
     default = resolve_prompt({"prompt": "a person", "sample_steps": 2}, index=0)  # 1024x1024x41

@@ -1,0 +1,26 @@
+"""Shared by the GPU benchmarks: the random-weight 14B checkpoint they all render, and frame PSNR."""
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from workers.pipeline.checkpoints import write_random_wan
+from workers.pipeline.shapes import UMT5_XXL, WAN_14B_TRANSFORMER
+
+
+def ensure_wan14b(folder: Path, *, device: str = "cuda") -> str:
+    """A full-size random-weight Wan 2.1 14B diffusers folder, written once per machine."""
+    if not (folder / "model_index.json").exists():
+        write_random_wan(folder, transformer_config=WAN_14B_TRANSFORMER, text_encoder_config=UMT5_XXL,
+                         vae_config={}, dtype=torch.bfloat16, device=device)
+        gc.collect()
+        torch.cuda.empty_cache()
+    return str(folder)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255**2 / mse))
