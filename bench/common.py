@@ -1,4 +1,4 @@
-"""Shared by the GPU benchmarks: the random-weight 14B checkpoint they all render, and frame PSNR."""
+"""Shared by the GPU benchmarks: the random-weight 14B checkpoint they all render, FLOP counts, frame PSNR."""
 from __future__ import annotations
 
 import gc
@@ -9,6 +9,18 @@ import torch
 
 from workers.pipeline.checkpoints import write_random_wan
 from workers.pipeline.shapes import UMT5_XXL, WAN_14B_TRANSFORMER
+
+D, FFN, L, TEXT = 5120, 13824, 40, 512
+
+
+def forward_flops(tokens: int) -> float:
+    """FLOPs of one 14B transformer forward over `tokens` video tokens (REFERENCE section 6, plus text)."""
+    linear = 2 * tokens * L * (6 * D * D + 2 * D * FFN) + 2 * TEXT * L * 2 * D * D
+    return linear + 4 * tokens * tokens * D * L + 4 * tokens * TEXT * D * L
+
+
+def tokens_of(width: int, height: int, frames: int) -> int:
+    return ((frames - 1) // 4 + 1) * (height // 16) * (width // 16)
 
 
 def ensure_wan14b(folder: Path, *, device: str = "cuda") -> str:

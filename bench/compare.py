@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import ensure_wan14b, psnr  # noqa: E402
+from bench.common import ensure_wan14b, forward_flops, psnr, tokens_of  # noqa: E402
 from workers.pipeline.checkpoints import write_aitoolkit_lora  # noqa: E402
 from workers.pipeline.params import resolve_prompt  # noqa: E402
 from workers.pipeline.runtime import LoraSpec, WanRuntime  # noqa: E402
@@ -32,17 +32,7 @@ from workers.pipeline.shapes import WAN_14B_TRANSFORMER, WanShape  # noqa: E402
 from workers.pipeline.video import png_bytes, to_uint8, webp_bytes, write_mp4  # noqa: E402
 
 QUEUE = [("1024x1024x41", "A", 1.0), ("832x480x81", "B", 0.7), ("1024x1024x41", "A", 0.5), ("832x480x81", "B", 1.0)]
-D, FFN, L, TEXT = 5120, 13824, 40, 512
 OUT = Path(os.environ.get("OUT", "."))
-
-
-def forward_flops(tokens: int) -> float:
-    linear = 2 * tokens * L * (6 * D * D + 2 * D * FFN) + 2 * TEXT * L * 2 * D * D
-    return linear + 4 * tokens * tokens * D * L + 4 * tokens * TEXT * D * L
-
-
-def tokens_of(width, height, frames):
-    return ((frames - 1) // 4 + 1) * (height // 16) * (width // 16)
 
 
 def sync():

@@ -156,9 +156,13 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # --- rendering ----------------------------------------------------------------
 WAN_MODEL_PATH = env("WAN_MODEL_PATH", str(VAR_DIR / "models" / "wan21-tiny"))
 WAN_DEVICE = env("WAN_DEVICE")  # default: cuda when available
-WAN_LOW_MEMORY = env_bool("WAN_LOW_MEMORY")
+WAN_LOW_MEMORY = env_bool("WAN_LOW_MEMORY")  # smaller cards: models visit the GPU in turn, tiled VAE decode
 # Latency mode for a worker that owns two GPUs: each step's unconditional pass runs here in parallel.
-WAN_CFG_DEVICE = env("WAN_CFG_DEVICE")  # smaller cards: models visit the GPU in turn, tiled VAE decode
+WAN_CFG_DEVICE = env("WAN_CFG_DEVICE")
+# Jobs with speed "fast" use an fp8 copy of the transformer (~15 GB more on the card; off in low-memory
+# mode). Off: they render exactly. Its blocks compile on CUDA on first use unless WAN_FAST_COMPILE=0.
+WAN_FAST_MODE = env_bool("WAN_FAST_MODE", True)
+WAN_FAST_COMPILE = env_bool("WAN_FAST_COMPILE", True)
 LORA_ROOT = Path(env("LORA_ROOT", VAR_DIR / "loras"))
 LORA_CACHE_DIR = Path(env("LORA_CACHE_DIR", VAR_DIR / "lora-cache"))
 LORA_MAX_UPLOAD_BYTES = int(env("LORA_MAX_UPLOAD_BYTES", 2 * 2**30))

@@ -26,7 +26,7 @@ from django.db import connection
 from webapp.jobs import services
 from webapp.jobs.models import GenerationJob
 from workers.pipeline.params import PromptParams
-from workers.pipeline.runtime import LoraSpec, RenderCanceled, WanRuntime
+from workers.pipeline.runtime import LoraSpec, RenderCanceled, RenderResult, WanRuntime
 from workers.pipeline.video import png_bytes, webp_bytes, write_mp4
 from workers.runtime import lora_local_path
 from workers.supervision import Deadline, LoraMissing, StorageFailed
@@ -87,11 +87,11 @@ class StepCallback:
             raise RenderCanceled()
 
 
-def output_record(job: GenerationJob, params: PromptParams, loras: list[LoraSpec], scheduler: str,
+def output_record(job: GenerationJob, params: PromptParams, loras: list[LoraSpec], result: RenderResult,
                   names: list[str]) -> dict:
     return {
         "job_id": str(job.id), "model": job.model, "checkpoint": settings.WAN_MODEL_PATH,
-        **params.as_dict(), "scheduler": scheduler, "step_cache": job.step_cache,
+        **params.as_dict(), "scheduler": result.scheduler, "speed": result.speed, "step_cache": job.step_cache,
         "loras": [{"name": n, "sha256": s.sha256, "multiplier": s.multiplier} for n, s in zip(names, loras)],
         "software": software_versions(),
     }
@@ -160,8 +160,8 @@ def render_job(*, job: GenerationJob, runtime: WanRuntime, deadline: Deadline,
             continue
         params = PromptParams(**values)
         result = runtime.render(params, loras=loras, scheduler=job.scheduler, step_cache=job.step_cache,
-                                on_step=StepCallback(job, index, deadline))
-        record = output_record(job, params, loras, result.scheduler, names)
+                                speed=job.speed, on_step=StepCallback(job, index, deadline))
+        record = output_record(job, params, loras, result, names)
         pending.append(_finisher.submit(store_output, job, index, values, result, record))
 
     def complete():

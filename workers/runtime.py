@@ -19,7 +19,8 @@ def get_runtime() -> WanRuntime:
     if _runtime is None:
         _runtime = WanRuntime(settings.WAN_MODEL_PATH, device=settings.WAN_DEVICE,
                               lora_budget_bytes=settings.LORA_GPU_BUDGET_BYTES, low_memory=settings.WAN_LOW_MEMORY,
-                              cfg_device=settings.WAN_CFG_DEVICE)
+                              cfg_device=settings.WAN_CFG_DEVICE, fast_mode=settings.WAN_FAST_MODE,
+                              fast_compile=None if settings.WAN_FAST_COMPILE else False)
     return _runtime.load()
 
 

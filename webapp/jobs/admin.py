@@ -23,7 +23,7 @@ class JobSubmitForm(forms.ModelForm):
 
     class Meta:
         model = GenerationJob
-        fields = ["prompt_set", "loras", "multiplier", "scheduler", "prompt_semantics", "webp", "priority"]
+        fields = ["prompt_set", "loras", "multiplier", "scheduler", "speed", "prompt_semantics", "webp", "priority"]
 
     def clean(self):
         data = super().clean()
@@ -73,10 +73,10 @@ class JobOutputInline(admin.StackedInline):
 class GenerationJobAdmin(admin.ModelAdmin):
     list_display = ["id", "owner", "status", "progress_percent", "priority", "lora_stack", "attempts", "worker",
                     "created_at", "finished_at"]
-    list_filter = ["status", "model", "owner", "scheduler"]
+    list_filter = ["status", "model", "owner", "scheduler", "speed"]
     search_fields = ["id", "prompts", "job_loras__name"]
     actions = ["cancel_jobs", "retry_jobs", "rerun_jobs"]
-    readonly_fields = ["id", "owner", "model", "status", "priority", "scheduler", "prompt_semantics", "webp",
+    readonly_fields = ["id", "owner", "model", "status", "priority", "scheduler", "speed", "prompt_semantics", "webp",
                        "prompt_set", "effective_prompts",
                        "progress", "error_code", "error_message", "attempts", "worker", "timings", "created_at",
                        "started_at", "finished_at"]
@@ -108,7 +108,7 @@ class GenerationJobAdmin(admin.ModelAdmin):
                              prompts=prompt_set.request_items(),
                              trigger_word=prompt_set.trigger_word, priority=data["priority"],
                              scheduler=data["scheduler"], prompt_semantics=data["prompt_semantics"],
-                             webp=data["webp"], prompt_set=prompt_set)
+                             webp=data["webp"], speed=data["speed"], prompt_set=prompt_set)
         except ApiError as exc:  # what the form cannot check: the queued-job cap
             messages.error(request, f"{exc.code}: {exc.message}")
             raise

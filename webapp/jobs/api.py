@@ -66,8 +66,7 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Destro
         job = job_submit(owner=request.user, model=data["model"], loras=loras, prompts=prompts,
                          trigger_word=trigger_word, priority=data["priority"], scheduler=data["scheduler"],
                          prompt_semantics=data["prompt_semantics"], webp=data["webp"], step_cache=data["step_cache"],
-                         prompt_set=prompt_set,
-                         request=request.data)
+                         speed=data["speed"], prompt_set=prompt_set, request=request.data)
         return self._job_response(job, status.HTTP_201_CREATED)
 
     def _job_response(self, job, status_code=status.HTTP_200_OK):

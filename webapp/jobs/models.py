@@ -25,6 +25,11 @@ class Scheduler(models.TextChoices):
     UNIPC = "unipc", "UniPC flow, shift 3"
 
 
+class Speed(models.TextChoices):
+    EXACT = "exact", "exact (bf16, same math as diffusers)"
+    FAST = "fast", "fast (fp8 transformer, LoRAs merged; lossy)"
+
+
 class GenerationJob(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
@@ -39,6 +44,7 @@ class GenerationJob(models.Model):
     webp = models.BooleanField(default=False, help_text="Also write the animated WebP of training previews.")
     step_cache = models.FloatField(null=True, blank=True,
                                    help_text="Opt-in FirstBlockCache threshold (faster, lossy); empty: exact.")
+    speed = models.CharField(max_length=10, choices=Speed.choices, default=Speed.EXACT)
     prompt_set = models.ForeignKey("prompts.PromptSet", null=True, blank=True, on_delete=models.SET_NULL,
                                    related_name="jobs", help_text="Where the prompts were copied from.")
     prompts = models.JSONField(help_text="Resolved prompts as they render (defaults, seed, snapping applied).")

@@ -4,10 +4,11 @@ from django.urls import reverse
 from rest_framework import serializers
 
 from webapp.core.catalog import MAX_LORAS
+from webapp.core.errors import ApiError
 from webapp.prompts.serializers import PromptFieldsSerializer
 from workers.pipeline.params import LIMITS, PROMPT_SEMANTICS
 
-from .models import GenerationJob, JobLora, JobOutput, Scheduler
+from .models import GenerationJob, JobLora, JobOutput, Scheduler, Speed
 
 LOW, HIGH = LIMITS["network_multiplier"]
 
@@ -36,6 +37,15 @@ class JobOptionsSerializer(serializers.Serializer):
     step_cache = serializers.FloatField(min_value=0.01, max_value=1.0, required=False, allow_null=True, default=None,
                                         help_text="Opt into step caching (FirstBlockCache) at this threshold: faster, "
                                                   "not exact. Leave empty for exact rendering.")
+    speed = serializers.ChoiceField(choices=Speed.choices, default=Speed.EXACT,
+                                    help_text="fast: fp8 transformer with the LoRAs merged into it, about 1.4x "
+                                              "faster per step, not exact. Not combinable with step_cache.")
+
+    def validate(self, attrs):
+        if attrs.get("speed") == Speed.FAST and attrs.get("step_cache"):
+            raise ApiError("OPTIONS_CONFLICT", "speed 'fast' and step_cache cannot be combined; choose one.",
+                           details={"speed": [{"code": "conflict", "message": "not combinable with step_cache"}]})
+        return super().validate(attrs)
 
 
 class JobOutputSerializer(serializers.ModelSerializer):
@@ -63,7 +73,7 @@ class JobSerializer(serializers.ModelSerializer):
     class Meta:
         model = GenerationJob
         fields = ["id", "owner", "model", "status", "priority", "scheduler", "prompt_semantics", "webp", "step_cache",
-                  "prompt_set", "prompts", "loras",
+                  "speed", "prompt_set", "prompts", "loras",
                   "progress", "stale", "error_code", "error_message", "attempts", "worker", "timings", "outputs",
                   "created_at", "started_at", "heartbeat_at", "finished_at"]
 

@@ -46,7 +46,8 @@ def job_enqueue(*, job: GenerationJob) -> None:
 @transaction.atomic
 def job_submit(*, owner, model: str, loras: list[tuple], prompts: list[dict], trigger_word: str | None = None,
                priority: int = 0, scheduler: str = "auto", prompt_semantics: str = "reference", webp: bool = False,
-               step_cache: float | None = None, prompt_set=None, request: dict | None = None) -> GenerationJob:
+               step_cache: float | None = None, speed: str = "exact", prompt_set=None,
+               request: dict | None = None) -> GenerationJob:
     """Create a queued job from validated prompts and (Lora, multiplier) pairs, then enqueue it."""
     model_check(model)
     _check_queue_cap(owner)
@@ -59,7 +60,7 @@ def job_submit(*, owner, model: str, loras: list[tuple], prompts: list[dict], tr
                                 name=loras[0][0].info.get("output_name") or loras[0][0].name if loras else None)
     job = GenerationJob.objects.create(
         owner=owner, model=model, priority=priority, scheduler=scheduler, prompt_semantics=prompt_semantics,
-        webp=webp, step_cache=step_cache, prompt_set=prompt_set, prompts=resolved, request=request or {},
+        webp=webp, step_cache=step_cache, speed=speed, prompt_set=prompt_set, prompts=resolved, request=request or {},
         progress={"prompt": 0, "prompts": len(resolved), "step": 0,
                   "steps": resolved[0]["sample_steps"], "fraction": 0.0},
     )
@@ -101,7 +102,8 @@ def job_rerun(*, job: GenerationJob, owner) -> GenerationJob:
             raise Conflict("LORA_MISSING", f"LoRA {job_lora.name} is gone or not yours to use; cannot re-run.")
         loras.append((job_lora.lora, job_lora.multiplier))
     return job_submit(owner=owner, model=job.model, loras=loras, prompts=job.prompts, priority=job.priority,
-                      scheduler=job.scheduler, webp=job.webp, step_cache=job.step_cache, prompt_set=job.prompt_set,
+                      scheduler=job.scheduler, webp=job.webp, step_cache=job.step_cache, speed=job.speed,
+                      prompt_set=job.prompt_set,
                       request={"rerun_of": str(job.id)})
 
 

@@ -6,6 +6,10 @@ sha256: a job activates its stack with `set_adapters` at exactly the requested
 multipliers, so switching LoRAs never reloads the base model and no scale
 leaks from one job into the next. Adapters unused for longest are unloaded
 when the resident set passes its memory budget.
+
+Jobs choose a speed: "exact" (the default) runs the pipeline's bf16 transformer with the
+adapters beside its weights, the same math as diffusers; "fast" swaps in an fp8 copy with the
+stack merged into its weights (see `fast.py`), built on the first fast job and kept warm.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import torch
 from diffusers import (FirstBlockCacheConfig, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanPipeline,
                        WanTransformer3DModel)
 
+from .fast import FastTransformer
 from .params import PromptParams
 from .video import to_uint8
 
@@ -30,6 +35,7 @@ log = logging.getLogger(__name__)
 EULER_FROM_VERSION = (0, 9, 4)  # ai-toolkit samples Wan 2.1 previews with flow-match Euler from here on
 UNIPC_UNTIL_VERSION = (0, 9, 2)
 TEXT_TOKENS = 512  # WanPipeline.__call__ pads prompts to 512 tokens; encode_prompt alone defaults to 226
+SPEEDS = ("exact", "fast")
 
 
 class RenderCanceled(Exception):
@@ -48,6 +54,7 @@ class LoraSpec:
 class RenderResult:
     frames: np.ndarray  # (F, H, W, 3) uint8
     scheduler: str
+    speed: str = "exact"  # what actually ran (a worker without fast mode renders fast jobs exactly)
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -78,14 +85,18 @@ def default_device() -> str:
 
 class WanRuntime:
     def __init__(self, model_path: str, *, device: str | None = None, dtype: torch.dtype | None = None,
-                 lora_budget_bytes: int = 8 * 2**30, low_memory: bool = False, cfg_device: str | None = None):
+                 lora_budget_bytes: int = 8 * 2**30, low_memory: bool = False, cfg_device: str | None = None,
+                 fast_mode: bool = True, fast_compile: bool | None = None):
         self.model_path = model_path
         self.low_memory = low_memory
+        self.fast_mode = fast_mode and not low_memory  # the fp8 copy needs ~15 GB more on the card
+        self.fast: FastTransformer | None = None
         self.cfg_device = cfg_device  # a second device for the unconditional pass (CFG in parallel)
         self.replica = None  # the transformer copy on cfg_device
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cfg") if cfg_device else None
         self.device = device or default_device()
         self.dtype = dtype or (torch.bfloat16 if self.device.startswith("cuda") else torch.float32)
+        self.fast_compile = self.device.startswith("cuda") if fast_compile is None else fast_compile
         self.lora_budget_bytes = lora_budget_bytes
         self.pipe = None
         self._adapters: OrderedDict[str, int] = OrderedDict()  # adapter name -> bytes, least recent first
@@ -183,16 +194,30 @@ class WanRuntime:
             log.info("unloaded adapter %s (LoRA memory budget)", victim)
 
     # -- rendering ----------------------------------------------------------
+    def fast_transformer(self) -> FastTransformer:
+        if self.fast is None:
+            self.fast = FastTransformer(self.model_path, device=self.device, dtype=self.dtype,
+                                        compile=self.fast_compile)
+        return self.fast
+
     def render(self, params: PromptParams, *, loras: list[LoraSpec] = (), scheduler: str = "auto",
-               step_cache: float | None = None, on_step: Callable[[int, int], None] | None = None) -> RenderResult:
+               step_cache: float | None = None, speed: str = "exact",
+               on_step: Callable[[int, int], None] | None = None) -> RenderResult:
         """Render one prompt. `on_step(done, total)` runs after every denoising step and may
         raise `RenderCanceled` to stop. `step_cache` opts into diffusers' FirstBlockCache at that
-        threshold: steps whose first block barely changes reuse the rest (faster, lossy)."""
+        threshold: steps whose first block barely changes reuse the rest (faster, lossy).
+        `speed="fast"` renders with the fp8 transformer (lossy, see fast.py) where this runtime
+        allows it, exactly otherwise; the result says which ran."""
         pipe = self.load().pipe
         loras = list(loras)
         if params.lora_scale is not None:
             loras = [replace(lora, multiplier=params.lora_scale) for lora in loras]
         timings = {"lora_switch": self.activate_loras(loras)}
+        fast = None
+        if speed == "fast" and self.fast_mode and not step_cache:
+            fast = self.fast_transformer()
+            timings["fast_merge"] = fast.merge(pipe.transformer, [(self.adapter_name(lora.sha256), lora.multiplier)
+                                                                  for lora in loras])
         scheduler_name = pick_scheduler(scheduler, loras)
         pipe.scheduler = self._schedulers[scheduler_name]
 
@@ -218,11 +243,14 @@ class WanRuntime:
                 on_step(index + 1, params.sample_steps)
             return {}
 
-        if self.replica is not None and params.guidance_scale > 1.0 and not step_cache:
+        if self.replica is not None and params.guidance_scale > 1.0 and not step_cache and fast is None:
             frames = self._denoise_cfg_parallel(params, prompt_embeds, negative_embeds, step_end)
             return self._result(frames, scheduler_name, timings, marks, params)
         if step_cache:
             pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=step_cache))
+        exact = pipe.transformer
+        if fast is not None:
+            pipe.transformer = fast.model
         try:
             output = pipe(
                 prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds,
@@ -232,18 +260,20 @@ class WanRuntime:
                 callback_on_step_end=step_end,
             )
         finally:
+            pipe.transformer = exact
             if step_cache:
                 pipe.transformer.disable_cache()
             if self.low_memory:
                 pipe.maybe_free_model_hooks()  # a canceled call must not leave the transformer on the GPU
-        return self._result(output.frames[0], scheduler_name, timings, marks, params)
+        return self._result(output.frames[0], scheduler_name, timings, marks, params,
+                            speed="exact" if fast is None else "fast")
 
-    def _result(self, frames, scheduler_name, timings, marks, params) -> RenderResult:
+    def _result(self, frames, scheduler_name, timings, marks, params, speed="exact") -> RenderResult:
         done = time.perf_counter()
         timings["denoise"] = marks["denoised"] - marks["start"]
         timings["denoise_per_step"] = timings["denoise"] / params.sample_steps
         timings["vae_decode"] = done - marks["denoised"]
-        return RenderResult(frames=to_uint8(frames), scheduler=scheduler_name, timings=timings)
+        return RenderResult(frames=to_uint8(frames), scheduler=scheduler_name, speed=speed, timings=timings)
 
     @torch.inference_mode()
     def _denoise_cfg_parallel(self, params: PromptParams, prompt_embeds, negative_embeds, step_end) -> np.ndarray:

@@ -1,0 +1,51 @@
+"""Fast mode: an fp8 copy of the transformer with the job's LoRA stack merged into its weights.
+
+On the CPU the weights take the same rowwise fp8 rounding (torchao's fp8 kernels need CUDA); the
+GPU benchmark measures the real kernels. These tests pin what a user would notice: fast frames
+stay close to exact ones, every job gets exactly its own stack and multipliers, and fast jobs
+leave exact rendering untouched."""
+import numpy as np
+import pytest
+
+from bench.common import psnr
+from tests.pipeline.test_runtime import PARAMS, plain_diffusers, spec
+from workers.pipeline.runtime import WanRuntime
+
+CLOSE_DB = 25  # fast vs exact on the tiny random model; identical frames would be infinite
+
+
+@pytest.fixture(scope="module")
+def runtime(tiny_model):
+    return WanRuntime(str(tiny_model), device="cpu")
+
+
+def test_fast_frames_are_close_to_exact_but_not_equal(runtime, lora_files):
+    stack = [spec(lora_files["a"], 0.8)]
+    exact = runtime.render(PARAMS, loras=stack)
+    fast = runtime.render(PARAMS, loras=stack, speed="fast")
+    assert (exact.speed, fast.speed) == ("exact", "fast")
+    assert not np.array_equal(exact.frames, fast.frames)
+    assert psnr(exact.frames, fast.frames) > CLOSE_DB
+    assert fast.timings["fast_merge"] > 0
+
+
+def test_each_fast_job_gets_its_own_stack(runtime, tiny_model, lora_files):
+    a, b = spec(lora_files["a"], 1.0), spec(lora_files["b"], -0.5, version="0.9.2")
+    sequence = [[a], [a, b], [], [spec(lora_files["a"], 0.3)], [b]]
+    rendered = [runtime.render(PARAMS, loras=stack, scheduler="euler", speed="fast").frames for stack in sequence]
+    for stack, frames in zip(sequence, rendered):
+        fresh = WanRuntime(str(tiny_model), device="cpu").render(PARAMS, loras=stack, scheduler="euler", speed="fast")
+        assert np.array_equal(frames, fresh.frames), [lora.multiplier for lora in stack]
+
+
+def test_fast_jobs_leave_exact_rendering_untouched(runtime, tiny_model, lora_files):
+    runtime.render(PARAMS, loras=[spec(lora_files["a"], 1.0), spec(lora_files["b"], 0.5)], speed="fast")
+    frames = runtime.render(PARAMS, loras=[spec(lora_files["a"], 0.5)]).frames
+    assert np.array_equal(frames, plain_diffusers(tiny_model, [(lora_files["a"], 0.5)]))
+
+
+def test_worker_without_fast_mode_renders_exactly_and_says_so(tiny_model, lora_files):
+    runtime = WanRuntime(str(tiny_model), device="cpu", fast_mode=False)  # WAN_FAST_MODE=0, or low-memory mode
+    result = runtime.render(PARAMS, loras=[spec(lora_files["a"], 1.0)], speed="fast")
+    assert result.speed == "exact" and runtime.fast is None
+    assert np.array_equal(result.frames, plain_diffusers(tiny_model, [(lora_files["a"], 1.0)]))

@@ -1,0 +1,108 @@
+"""Fast mode: an fp8 copy of the transformer with the job's LoRA stack merged in.
+
+Opt-in per job (`"speed": "fast"`). The copy holds every linear of the transformer blocks in fp8
+(torchao's rowwise `Float8DynamicActivationFloat8WeightConfig`: fp8 weights, activations cast
+to fp8 per row on the fly, `torch._scaled_mm` on Hopper), runs cuDNN attention and, where asked,
+compiles its repeated blocks once. LoRAs are merged rather than run beside the weights: when a
+job's stack differs from the last one, each affected weight is rebuilt from the exact model's
+bf16 base plus the multiplied `B @ A` deltas and re-quantized in place, so the compiled blocks
+never recompile when the LoRA or its multiplier changes.
+
+This is lossy (fp8 rounding of weights and activations); `bench/fast_mode.py` measures how far
+it lands from exact mode. On the CPU the same rowwise fp8 rounding is applied to the weights
+(computed in the runtime's dtype), since torchao's fp8 kernels need a CUDA card.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+from diffusers import WanTransformer3DModel
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+FP8 = torch.float8_e4m3fn
+ATTENTION = "_native_cudnn"  # diffusers' name for torch's cuDNN SDPA kernel
+
+
+def _is_block_linear(module: nn.Module, name: str) -> bool:
+    return isinstance(module, nn.Linear) and name.startswith("blocks.")
+
+
+def fp8_rowwise_round(weight: torch.Tensor) -> torch.Tensor:
+    """The weight after a round trip through fp8 with one scale per output row (CPU emulation)."""
+    scale = weight.float().abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / torch.finfo(FP8).max
+    return ((weight.float() / scale).to(FP8).float() * scale).to(weight.dtype)
+
+
+class FastTransformer:
+    """The fp8 transformer a pipeline swaps in for fast jobs."""
+
+    def __init__(self, model_path: str, *, device: str, dtype: torch.dtype, compile: bool = True):
+        start = time.perf_counter()
+        self.cuda = device.startswith("cuda")
+        kwargs = {"device_map": "cuda"} if self.cuda else {}
+        model = WanTransformer3DModel.from_pretrained(model_path, subfolder="transformer", dtype=dtype, **kwargs)
+        self.model = model.to(device).eval().requires_grad_(False)
+        if self.cuda:
+            from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+            self._config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+            self._quantize_ = quantize_
+            quantize_(self.model, self._config, filter_fn=_is_block_linear)
+            self.model.set_attention_backend(ATTENTION)
+            if compile:
+                self.model.compile_repeated_blocks(fullgraph=True)
+        else:
+            with torch.no_grad():
+                for _, linear in self._linears():
+                    linear.weight.copy_(fp8_rowwise_round(linear.weight))
+        self.stack: tuple = ()  # the (adapter, multiplier) pairs merged in now
+        self._touched: set[str] = set()  # linears whose weight carries a LoRA delta now
+        self.build_seconds = time.perf_counter() - start
+        log.info("fast-mode transformer ready in %.1fs", self.build_seconds)
+
+    def _linears(self):
+        return ((name, module) for name, module in self.model.named_modules() if _is_block_linear(module, name))
+
+    @torch.no_grad()
+    def merge(self, exact: nn.Module, stack: list[tuple[str, float]]) -> float:
+        """Make the fp8 weights equal base + the stack's deltas, reading base weights and LoRA
+        factors from `exact` (the pipeline's transformer with its peft adapters loaded).
+        Returns the seconds it took; nothing happens when the stack is the one merged already."""
+        stack = tuple(stack)
+        if stack == self.stack:
+            return 0.0
+        start = time.perf_counter()
+        names = [name for name, _ in stack]
+        touched = set()
+        for name, linear in self._linears():
+            source = exact.get_submodule(name)
+            lora_names = [n for n in names if n in getattr(source, "lora_A", {})]
+            if not lora_names and name not in self._touched:
+                continue  # no LoRA before or now: its fp8 weight is already the base
+            base = source.get_base_layer() if hasattr(source, "get_base_layer") else source
+            weight = base.weight.detach().to(torch.float32, copy=True)
+            for lora_name, multiplier in stack:
+                if lora_name in lora_names:
+                    scale = multiplier * source.lora_alpha[lora_name] / source.r[lora_name]
+                    weight += scale * (source.lora_B[lora_name].weight.float() @ source.lora_A[lora_name].weight.float())
+                    touched.add(name)
+            self._store(linear, weight.to(base.weight.dtype))
+        self.stack, self._touched = stack, touched
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    def _store(self, linear: nn.Linear, weight: torch.Tensor) -> None:
+        """Re-quantize one linear in place (same tensors, so compiled code stays valid)."""
+        if not self.cuda:
+            linear.weight.copy_(fp8_rowwise_round(weight))
+            return
+        fresh = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+        fresh.weight = nn.Parameter(weight, requires_grad=False)
+        self._quantize_(fresh, self._config)
+        linear.weight.qdata.copy_(fresh.weight.qdata)
+        linear.weight.scale.copy_(fresh.weight.scale)
