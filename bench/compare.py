@@ -2,13 +2,16 @@
 
 Arm "reference" does what ai-toolkit-inference does per job: plain `WanPipeline` in bf16 with the
 checkpoint's scheduler and default attention, the LoRA via `load_lora_weights` + `set_adapters`, a
-full pipeline reload from disk whenever the LoRA changes, and an animated WebP as output.
-Arm "service" is `WanRuntime` as the worker runs it: loaded once, LoRAs resident and switched with
-`set_adapters`, MP4 + poster. Both render the same queue of jobs, alternating two rank-32
-ai-toolkit LoRAs. Steps are cut to fit the command limit; per-step and fixed per-job costs are
-reported separately and 25-step jobs are extrapolated from them.
+full pipeline reload from disk whenever the LoRA changes, and an animated WebP written in line.
+Arms "exact" and "fast" are `WanRuntime` as the worker runs it at that speed: loaded once, LoRAs
+resident and switched with `set_adapters` (fast: merged into the fp8 copy), MP4 + poster written
+on a finisher thread while the next job renders. All arms render the same queue, alternating two
+rank-32 ai-toolkit LoRAs. Steps are cut to fit the command limit; per-step and fixed per-job
+costs are reported separately and 25-step jobs are extrapolated from them. With both exact and
+fast, fast mode's guided flow is compared with exact mode's on exact mode's own inputs.
 
-    python bench/compare.py --steps 2
+    python bench/compare.py --steps 2 --arms reference,exact
+    python bench/compare.py --steps 2 --arms exact,fast
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import os
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -90,87 +94,156 @@ def reference_arm(model, loras, steps):
     return rows
 
 
-def service_arm(model, loras, steps):
+class FlowCapture:
+    """Keeps every (inputs, output) of a transformer's forwards, on the host, to replay them elsewhere."""
+
+    def __init__(self, module):
+        self.calls = []
+        self.handle = module.register_forward_hook(self.hook, with_kwargs=True)
+
+    def hook(self, _module, _args, kwargs, output):
+        inputs = {k: kwargs[k].cpu() for k in ("hidden_states", "timestep", "encoder_hidden_states")}
+        self.calls.append((inputs, output[0].float().cpu()))
+
+
+def guided(cond, uncond, scale=4.0):
+    return uncond + scale * (cond - uncond)
+
+
+def service_arm(model, loras, steps, speed, capture=False):
+    """The worker's loop: render, hand frames to a finisher thread for MP4 + poster, take the next job."""
     start = clock()
     runtime = WanRuntime(model, device="cuda").load()
     cold = clock() - start
-    rows = []
+    finisher = ThreadPoolExecutor(max_workers=1)
+
+    def save(frames):
+        begin = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            write_mp4(frames, Path(tmp) / "v.mp4", fps=16)
+            (Path(tmp) / "p.png").write_bytes(png_bytes(frames[0]))
+        return time.perf_counter() - begin
+
+    if speed == "fast":  # build the fp8 copy and compile it for both shapes before the queue (a warm worker)
+        start = clock()
+        for size in dict.fromkeys(s for s, _, _ in QUEUE):
+            runtime.render(params_for(size, 1), loras=[], speed="fast")
+        cold += clock() - start
+    rows, captures, last_end = [], [], None
     for size, name, weight in QUEUE:
         p = params_for(size, steps)
         spec = LoraSpec(str(loras[name]), sha256=name * 64, multiplier=weight,
                         software_version="0.9.2")  # UniPC, the checkpoint's scheduler: same math as the reference
         marks = []
+        flows = FlowCapture(runtime.pipe.transformer) if capture else None
         start = clock()
-        result = runtime.render(p, loras=[spec], on_step=lambda done, total: marks.append(clock()))
-        rendered = clock()
-        with tempfile.TemporaryDirectory() as tmp:
-            write_mp4(result.frames, Path(tmp) / "v.mp4", fps=16)
-            (Path(tmp) / "p.png").write_bytes(png_bytes(result.frames[0]))
-        saved = time.perf_counter()
+        result = runtime.render(p, loras=[spec], speed=speed, on_step=lambda done, total: marks.append(clock()))
+        end = clock()
+        if flows is not None:
+            flows.handle.remove()
+            captures.append(((runtime.adapter_name(spec.sha256), weight), flows.calls))
         t = result.timings
-        rows.append({"arm": "service", "shape": size, "lora": f"{name}@{weight}", "lora_switch_s": t["lora_switch"],
-                     "text_encode_s": t["text_encode"], "denoise_per_step_s": (marks[-1] - marks[0]) / (steps - 1),
-                     "first_step_s": marks[0] - start - t["lora_switch"] - t["text_encode"],
-                     "decode_s": t["vae_decode"], "save_s": saved - rendered, "job_s": saved - start,
+        rows.append({"arm": speed, "shape": size, "lora": f"{name}@{weight}", "lora_switch_s": t["lora_switch"],
+                     "fast_merge_s": t.get("fast_merge", 0.0), "text_encode_s": t["text_encode"],
+                     "denoise_per_step_s": (marks[-1] - marks[0]) / (steps - 1),
+                     "first_step_s": marks[0] - start - t["lora_switch"] - t.get("fast_merge", 0.0) - t["text_encode"],
+                     "decode_s": t["vae_decode"], "idle_before_s": None if last_end is None else start - last_end,
                      "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "frames": result.frames})
+        rows[-1]["save"] = finisher.submit(save, result.frames)
+        last_end = end
         torch.cuda.reset_peak_memory_stats()
-        print(json.dumps({k: v for k, v in rows[-1].items() if k != "frames"}), flush=True)
-    return cold, rows
+    for row in rows:  # the finisher overlapped these with the next job; a job ends when its files are written
+        row["save_s"] = row.pop("save").result()
+        row["job_s"] = (row["lora_switch_s"] + row["fast_merge_s"] + row["text_encode_s"] + row["first_step_s"]
+                        + row["denoise_per_step_s"] * (steps - 1) + row["decode_s"])
+        print(json.dumps({k: v for k, v in row.items() if k != "frames"}), flush=True)
+    return cold, rows, runtime, captures
+
+
+def flow_deviation(runtime, captures):
+    """Relative L2 of fast mode's guided flow against exact mode's, replaying exact mode's inputs."""
+    fast = runtime.fast_transformer()
+    out = []
+    for (adapter, weight), calls in captures:
+        runtime.activate_loras([])  # adapters stay resident; merge reads them by name
+        fast.merge(runtime.pipe.transformer, [(adapter, weight)])
+        predicted = []
+        with torch.inference_mode():
+            for inputs, _ in calls:
+                predicted.append(fast.model(**{k: v.cuda() for k, v in inputs.items()}, return_dict=False)[0].float().cpu())
+        per_step = []
+        for i in range(0, len(calls), 2):  # WanPipeline: conditional pass, then unconditional, per step
+            exact = guided(calls[i][1], calls[i + 1][1])
+            approx = guided(predicted[i], predicted[i + 1])
+            per_step.append(round(((approx - exact).norm() / exact.norm()).item(), 4))
+        out.append(per_step)
+    return out
+
+
+def summarize(arm_rows, steps):
+    """Per-job table values and 25-step extrapolation (fixed costs + 25 x the per-step cost)."""
+    for row in arm_rows:
+        tokens = tokens_of(*(int(v) for v in row["shape"].split("x")))
+        row["tflops_per_step"] = round(2 * forward_flops(tokens) / row["denoise_per_step_s"] / 1e12)
+        fixed = row["job_s"] - row["denoise_per_step_s"] * steps
+        row["job_25_steps_s"] = round(fixed + 25 * row["denoise_per_step_s"], 1)
+    return round(sum(r["job_25_steps_s"] for r in arm_rows), 1)
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--arms", default="reference,exact", help="any of reference, exact, fast")
     parser.add_argument("--work", default="/tmp/wan14b")
     args = parser.parse_args()
+    arms = args.arms.split(",")
     work = Path(args.work)
-    x = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    for _ in range(3):  # warm up cuBLAS before timing the card's bf16 matmul peak
-        x @ x
-    start = clock()
-    for _ in range(10):
-        x @ x
-    peak = 10 * 2 * 8192**3 / (clock() - start) / 1e12
-    del x
     model = ensure_wan14b(work / "model")
     shape = WanShape.of(WAN_14B_TRANSFORMER)
     loras = {n: write_aitoolkit_lora(work / f"loras/{n}/{n}.safetensors", shape=shape, rank=32, seed=i)
              for i, n in enumerate("AB")}
-    cold, service = service_arm(model, loras, args.steps)
-    torch.cuda.empty_cache()
-    reference = reference_arm(model, loras, args.steps)
-
     summary = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "steps_run": args.steps,
-               "matmul_peak_tflops": round(peak), "service_cold_start_s": round(cold, 1), "jobs": []}
-    for s, r in zip(service, reference):
-        tokens = tokens_of(*(int(v) for v in s["shape"].split("x")))
-        step_flops = 2 * forward_flops(tokens)
-        row = {"shape": s["shape"], "lora": s["lora"]}
-        for arm in (s, r):
-            fixed = arm["job_s"] - arm["denoise_per_step_s"] * args.steps
-            row[arm["arm"]] = {k: round(v, 3) for k, v in arm.items() if isinstance(v, float)}
-            row[arm["arm"]]["tflops_per_step"] = round(step_flops / arm["denoise_per_step_s"] / 1e12)
-            row[arm["arm"]]["job_25_steps_s"] = round(fixed + 25 * arm["denoise_per_step_s"], 1)
-        row["psnr_service_vs_reference_db"] = round(psnr(s["frames"], r["frames"]), 1)
-        summary["jobs"].append(row)
-    totals = {arm: sum(j[arm]["job_25_steps_s"] for j in summary["jobs"]) for arm in ("service", "reference")}
-    summary["queue_25_steps_s"] = totals
-    summary["videos_per_hour"] = {arm: round(3600 * len(QUEUE) / t, 1) for arm, t in totals.items()}
-    summary["speedup"] = round(totals["reference"] / totals["service"], 3)
+               "cold_start_s": {}, "queue_25_steps_s": {}, "jobs": {}}
+    frames = {}
+    captures = []
+    for arm in arms:
+        if arm == "reference":
+            rows = reference_arm(model, loras, args.steps)
+        else:
+            cold, rows, runtime, captured = service_arm(model, loras, args.steps, arm,
+                                                        capture=arm == "exact" and "fast" in arms)
+            summary["cold_start_s"][arm] = round(cold, 1)
+            captures = captures or captured
+            if arm == "fast" and captures:
+                summary["fast_flow_rel_l2_per_step"] = flow_deviation(runtime, captures)
+            del runtime
+            gc.collect()
+            torch.cuda.empty_cache()
+        frames[arm] = [row.pop("frames") for row in rows]
+        summary["queue_25_steps_s"][arm] = summarize(rows, args.steps)
+        summary["jobs"][arm] = [{k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
+                                for row in rows]
+    base = "reference" if "reference" in arms else "exact"
+    summary["videos_per_hour"] = {arm: round(3600 * len(QUEUE) / t, 1) for arm, t in summary["queue_25_steps_s"].items()}
+    summary["speedup_vs_" + base] = {arm: round(summary["queue_25_steps_s"][base] / t, 3)
+                                     for arm, t in summary["queue_25_steps_s"].items()}
+    summary["psnr_vs_" + base] = {arm: [round(psnr(a, b), 1) for a, b in zip(frames[arm], frames[base])]
+                                  for arm in arms if arm != base}
     (OUT / "compare.json").write_text(json.dumps(summary, indent=1))
 
-    print(f"\n{summary['device']}, matmul peak {summary['matmul_peak_tflops']} TFLOP/s, {args.steps} steps run, "
-          f"service cold start {summary['service_cold_start_s']} s")
-    print("shape | lora | arm | reload/switch s | step s | TFLOP/s | decode s | save s | job@25 s | peak GiB")
-    for j in summary["jobs"]:
-        for arm in ("reference", "service"):
-            a = j[arm]
+    print(f"\n{summary['device']}, {args.steps} steps run, cold start {summary['cold_start_s']} s")
+    print("shape | lora | arm | reload/switch s | merge s | step s | TFLOP/s | decode s | save s | idle before s "
+          "| job@25 s | peak GiB")
+    for i, (size, name, weight) in enumerate(QUEUE):
+        for arm in arms:
+            a = summary["jobs"][arm][i]
             switch = a.get("reload_and_lora_s", a.get("lora_switch_s"))
-            print(f"{j['shape']} | {j['lora']} | {arm} | {switch} | {a['denoise_per_step_s']} | {a['tflops_per_step']} |"
-                  f" {a['decode_s']} | {a['save_s']} | {a['job_25_steps_s']} | {round(a['peak_gib'], 1)}")
-        print(f"  PSNR service vs reference: {j['psnr_service_vs_reference_db']} dB")
-    print(f"queue of {len(QUEUE)} at 25 steps: {totals}; videos/hour {summary['videos_per_hour']}; "
-          f"speed-up {summary['speedup']}x")
+            print(f"{size} | {name}@{weight} | {arm} | {switch} | {a.get('fast_merge_s', '-')} | "
+                  f"{a['denoise_per_step_s']} | {a['tflops_per_step']} | {a['decode_s']} | {a['save_s']} | "
+                  f"{a.get('idle_before_s', '-')} | {a['job_25_steps_s']} | {round(a['peak_gib'], 1)}")
+    for key in ("queue_25_steps_s", "videos_per_hour", "speedup_vs_" + base, "psnr_vs_" + base,
+                "fast_flow_rel_l2_per_step"):
+        print(key, json.dumps(summary.get(key)))
 
 
 if __name__ == "__main__":

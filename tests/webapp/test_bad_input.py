@@ -262,3 +262,23 @@ def test_seed_minus_one_and_multiplier_edges_are_accepted(api, which):
                    loras=[("job_a/job_a.safetensors", -2.0), ("job_b/job_b.safetensors", 2.0)])
     assert 0 <= job.prompts[0]["seed"] <= 2**31 - 1
     assert [jl.multiplier for jl in job.job_loras.all()] == [-2.0, 2.0]
+
+
+# --- speed ----------------------------------------------------------------------------------------------------
+
+@BOTH
+def test_speed_is_exact_unless_asked_and_fast_is_stored(api, which):
+    assert accepted(api, which).speed == "exact"
+    assert accepted(api, which, speed="fast").speed == "fast"
+
+
+@BOTH
+@pytest.mark.parametrize("value", ["turbo", "", None, 1, ["fast"]])
+def test_unknown_speed_is_refused(api, which, value):
+    refused(api, which, 400, "VALIDATION_ERROR", speed=value)
+
+
+@BOTH
+def test_fast_and_step_cache_together_are_refused(api, which):
+    error = refused(api, which, 400, "OPTIONS_CONFLICT", speed="fast", step_cache=0.1)
+    assert "speed" in error["details"]

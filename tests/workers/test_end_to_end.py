@@ -53,8 +53,9 @@ def test_reference_request_renders_on_postgres_and_redis(api, celery_worker, tmp
     assert meta["fps"] == 16
 
     job = api.get(f"/api/v1/jobs/{request_id}/").json()
-    assert job["attempts"] == 1 and job["progress"]["fraction"] == 1.0
+    assert job["attempts"] == 1 and job["progress"]["fraction"] == 1.0 and job["speed"] == "exact"
     assert job["outputs"][0]["record"]["loras"][0]["multiplier"] == 1.0
+    assert job["outputs"][0]["record"]["speed"] == "exact"
     assert job["outputs"][0]["record"]["prompt"] == "sks a photo of a person"
 
 
@@ -87,6 +88,25 @@ def test_stacked_loras_webp_record_and_rerun(api, celery_worker, tmp_path):
     assert again["seed"] == output["seed"]
     frames_again, _ = download(api, again["url"], tmp_path, "again.mp4")
     assert np.array_equal(frames, frames_again)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_fast_job_renders_fast_and_its_rerun_stays_fast(api, celery_worker, tmp_path):
+    body = {"loras": [{"lora": "job_a/job_a.safetensors", "multiplier": 0.8}],
+            "prompts": [{"prompt": "sks walking", **SMALL}], "speed": "fast"}
+    response = api.post("/api/v1/jobs/", body, format="json")
+    assert response.status_code == 201, response.json()
+    job = finished_job(api, response.json()["id"])
+    assert job["speed"] == "fast"
+    record = job["outputs"][0]["record"]
+    assert record["speed"] == "fast" and record["timings"]["fast_merge"] >= 0
+    frames, _ = download(api, job["outputs"][0]["url"], tmp_path, "fast.mp4")
+    assert read_mp4_record(tmp_path / "fast.mp4")["speed"] == "fast"
+
+    rerun = finished_job(api, api.post(f"/api/v1/jobs/{job['id']}/rerun/").json()["id"])
+    assert rerun["speed"] == "fast" and rerun["outputs"][0]["record"]["speed"] == "fast"
+    again, _ = download(api, rerun["outputs"][0]["url"], tmp_path, "again.mp4")
+    assert np.array_equal(frames, again)
 
 
 def test_demo_on_embedded_defaults(tmp_path):
