@@ -53,8 +53,8 @@ class FastTransformer:
             self._quantize_ = quantize_
             quantize_(self.model, self._config, filter_fn=_is_block_linear)
             self.model.set_attention_backend(ATTENTION)
-            if compile:
-                self.model.compile_repeated_blocks(fullgraph=True)
+            if compile:  # one graph per video size, compiled on first use (about 100 s on an H200)
+                self.model.compile_repeated_blocks(fullgraph=True, dynamic=False)
         else:
             with torch.no_grad():
                 for _, linear in self._linears():
