@@ -3,14 +3,22 @@ import pytest
 import torch
 
 from workers.pipeline.params import resolve_prompt
-from workers.pipeline.runtime import WanRuntime
+from workers.pipeline.runtime import LoraSpec, WanRuntime
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
+PARAMS = resolve_prompt({"prompt": "a cat", "width": 128, "height": 128, "num_frames": 9, "sample_steps": 2},
+                        index=0)
+
+
 def test_tiny_pipeline_renders_on_cuda(tiny_model):
-    runtime = WanRuntime(str(tiny_model), device="cuda")
-    params = resolve_prompt({"prompt": "a cat", "width": 128, "height": 128, "num_frames": 9, "sample_steps": 2},
-                            index=0)
-    result = runtime.render(params)
+    result = WanRuntime(str(tiny_model), device="cuda").render(PARAMS)
     assert result.frames.shape == (9, 128, 128, 3)
+
+
+def test_fast_mode_renders_on_cuda(tiny_model, lora_files):
+    runtime = WanRuntime(str(tiny_model), device="cuda", fast_compile=False)
+    lora = LoraSpec(str(lora_files["a"]), sha256="a" * 64, multiplier=0.8)
+    result = runtime.render(PARAMS, loras=[lora], speed="fast")
+    assert result.speed == "fast" and result.frames.shape == (9, 128, 128, 3)

@@ -6,6 +6,8 @@ stay close to exact ones, every job gets exactly its own stack and multipliers, 
 leave exact rendering untouched."""
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
 
 from bench.common import psnr
 from tests.pipeline.test_runtime import PARAMS, plain_diffusers, spec
@@ -49,3 +51,31 @@ def test_worker_without_fast_mode_renders_exactly_and_says_so(tiny_model, lora_f
     result = runtime.render(PARAMS, loras=[spec(lora_files["a"], 1.0)], speed="fast")
     assert result.speed == "exact" and runtime.fast is None
     assert np.array_equal(result.frames, plain_diffusers(tiny_model, [(lora_files["a"], 1.0)]))
+
+
+def test_lora_bias_deltas_are_merged_too(runtime, lora_files, tmp_path):
+    """`diff_b` keys (a bias delta per layer, as musubi and kohya write) land in the fp8 copy as well."""
+    text_dim = runtime.load().pipe.transformer.config.text_dim
+    tensors = load_file(str(lora_files["a"]))
+    for key in [k for k in tensors if k.endswith(".lora_B.weight")]:
+        tensors[key.replace(".lora_B.weight", ".diff_b")] = torch.full((tensors[key].shape[0],), 0.5)
+    path = tmp_path / "with_bias" / "with_bias.safetensors"
+    path.parent.mkdir()
+    save_file(tensors, str(path))
+    gen = torch.Generator().manual_seed(0)
+    inputs = {"hidden_states": torch.randn(1, 16, 3, 16, 16, generator=gen), "timestep": torch.tensor([500.0]),
+              "encoder_hidden_states": torch.randn(1, 512, text_dim, generator=gen)}
+
+    def forward(model):
+        with torch.inference_mode():
+            return model(**inputs, return_dict=False)[0]
+
+    outputs = {}
+    for lora in (spec(lora_files["a"], 1.0), spec(path, 1.0)):
+        runtime.activate_loras([lora])
+        fast = runtime.fast_transformer()
+        fast.merge(runtime.pipe.transformer, [(runtime.adapter_name(lora.sha256), 1.0)])
+        outputs[lora.path] = forward(runtime.pipe.transformer), forward(fast.model)
+    (exact_plain, _), (exact_bias, fast_bias) = outputs.values()
+    assert (exact_bias - exact_plain).norm() > 0.2 * exact_plain.norm()  # the bias delta matters
+    assert (fast_bias - exact_bias).norm() < 0.05 * exact_bias.norm()

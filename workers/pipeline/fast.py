@@ -85,12 +85,18 @@ class FastTransformer:
                 continue  # no LoRA before or now: its fp8 weight is already the base
             base = source.get_base_layer() if hasattr(source, "get_base_layer") else source
             weight = base.weight.detach().to(torch.float32, copy=True)
+            bias = None if base.bias is None else base.bias.detach().to(torch.float32, copy=True)
             for lora_name, multiplier in stack:
                 if lora_name in lora_names:
                     scale = multiplier * source.lora_alpha[lora_name] / source.r[lora_name]
-                    weight += scale * (source.lora_B[lora_name].weight.float() @ source.lora_A[lora_name].weight.float())
+                    up, down = source.lora_B[lora_name], source.lora_A[lora_name]
+                    weight += scale * (up.weight.float() @ down.weight.float())
+                    if up.bias is not None and bias is not None:  # `diff_b` keys: peft's lora bias
+                        bias += scale * up.bias.float()
                     touched.add(name)
             self._store(linear, weight.to(base.weight.dtype))
+            if bias is not None:
+                linear.bias.copy_(bias.to(linear.bias.dtype))
         self.stack, self._touched = stack, touched
         if self.cuda:
             torch.cuda.synchronize()
@@ -104,5 +110,8 @@ class FastTransformer:
         fresh = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
         fresh.weight = nn.Parameter(weight, requires_grad=False)
         self._quantize_(fresh, self._config)
-        linear.weight.qdata.copy_(fresh.weight.qdata)
-        linear.weight.scale.copy_(fresh.weight.scale)
+        if hasattr(linear.weight, "qdata"):
+            linear.weight.qdata.copy_(fresh.weight.qdata)
+            linear.weight.scale.copy_(fresh.weight.scale)
+        else:  # torchao leaves shapes its fp8 kernels cannot take in bf16
+            linear.weight.copy_(fresh.weight)
