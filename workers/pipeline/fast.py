@@ -27,6 +27,13 @@ FP8 = torch.float8_e4m3fn
 ATTENTION = "_native_cudnn"  # diffusers' name for torch's cuDNN SDPA kernel
 
 
+def fp8_available(device: str) -> bool:
+    """fp8 matmuls need an Ada or Hopper card (compute capability 8.9+); the CPU emulates them (tests)."""
+    if not device.startswith("cuda"):
+        return True
+    return torch.cuda.get_device_capability(torch.device(device)) >= (8, 9)
+
+
 def _is_block_linear(module: nn.Module, name: str) -> bool:
     return isinstance(module, nn.Linear) and name.startswith("blocks.")
 

@@ -26,7 +26,7 @@ import torch
 from diffusers import (FirstBlockCacheConfig, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanPipeline,
                        WanTransformer3DModel)
 
-from .fast import FastTransformer
+from .fast import FastTransformer, fp8_available
 from .params import PromptParams
 from .video import to_uint8
 
@@ -89,13 +89,14 @@ class WanRuntime:
                  fast_mode: bool = True, fast_compile: bool | None = None):
         self.model_path = model_path
         self.low_memory = low_memory
-        self.fast_mode = fast_mode and not low_memory  # the fp8 copy needs ~15 GB more on the card
         self.fast: FastTransformer | None = None
         self.cfg_device = cfg_device  # a second device for the unconditional pass (CFG in parallel)
         self.replica = None  # the transformer copy on cfg_device
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cfg") if cfg_device else None
         self.device = device or default_device()
         self.dtype = dtype or (torch.bfloat16 if self.device.startswith("cuda") else torch.float32)
+        # The fp8 copy needs ~15 GB more on the card and an fp8-capable one; without it fast jobs render exactly.
+        self.fast_mode = fast_mode and not low_memory and fp8_available(self.device)
         self.fast_compile = self.device.startswith("cuda") if fast_compile is None else fast_compile
         self.lora_budget_bytes = lora_budget_bytes
         self.pipe = None
