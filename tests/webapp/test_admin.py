@@ -36,11 +36,12 @@ def test_submit_job_from_admin(staff_client, prompt_set):
     lora = lora_resolve(ref="job_a/job_a.safetensors")
     response = staff_client.post("/admin/jobs/generationjob/add/", {
         "prompt_set": prompt_set.pk, "loras": [lora.pk], "multiplier": "0.5", "scheduler": "auto", "priority": "3",
-        "prompt_semantics": "reference"})
+        "speed": "fast", "prompt_semantics": "reference"})
     assert response.status_code == 302, response.content[:2000]
     job = GenerationJob.objects.get()
     assert job.prompts[0]["prompt"] == "sks on a beach"
     assert [(jl.lora_id, jl.multiplier) for jl in job.job_loras.all()] == [(lora.pk, 0.5)]
+    assert job.speed == "fast"
     page = staff_client.get(f"/admin/jobs/generationjob/{job.pk}/change/")
     assert page.status_code == 200 and b"sks on a beach" in page.content
     staff_client.post("/admin/jobs/generationjob/", {"action": "cancel_jobs", "_selected_action": [job.pk]})

@@ -98,4 +98,4 @@ class JobCreateSerializer(JobOptionsSerializer):
     def validate(self, data):
         if bool(data.get("prompt_set")) == bool(data.get("prompts")):
             raise serializers.ValidationError("Give either prompt_set or prompts.", code="prompts_or_prompt_set")
-        return data
+        return super().validate(data)
