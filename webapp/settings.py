@@ -163,6 +163,7 @@ WAN_CFG_DEVICE = env("WAN_CFG_DEVICE")
 # mode). Off: they render exactly. Its blocks compile on CUDA on first use unless WAN_FAST_COMPILE=0.
 WAN_FAST_MODE = env_bool("WAN_FAST_MODE", True)
 WAN_FAST_COMPILE = env_bool("WAN_FAST_COMPILE", True)
+WAN_FAST_WARMUP = env_list("WAN_FAST_WARMUP")  # sizes "WxHxF" to compile fast mode for at worker start
 LORA_ROOT = Path(env("LORA_ROOT", VAR_DIR / "loras"))
 LORA_CACHE_DIR = Path(env("LORA_CACHE_DIR", VAR_DIR / "lora-cache"))
 LORA_MAX_UPLOAD_BYTES = int(env("LORA_MAX_UPLOAD_BYTES", 2 * 2**30))

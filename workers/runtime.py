@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -11,6 +12,7 @@ from django.conf import settings
 
 from workers.pipeline.runtime import WanRuntime
 
+log = logging.getLogger(__name__)
 _runtime: WanRuntime | None = None
 
 
@@ -22,6 +24,13 @@ def get_runtime() -> WanRuntime:
                               cfg_device=settings.WAN_CFG_DEVICE, fast_mode=settings.WAN_FAST_MODE,
                               fast_compile=None if settings.WAN_FAST_COMPILE else False)
     return _runtime.load()
+
+
+def warm_up_fast_mode() -> None:
+    """Compile fast mode for the sizes in WAN_FAST_WARMUP ("1024x1024x41,832x480x81") at worker start."""
+    sizes = [tuple(int(v) for v in size.lower().split("x")) for size in settings.WAN_FAST_WARMUP]
+    if sizes:
+        log.info("fast mode warmed up for %s in %.1fs", sizes, get_runtime().warm_up_fast(sizes))
 
 
 def lora_local_path(lora_file, sha256: str) -> Path:

@@ -79,3 +79,10 @@ def test_lora_bias_deltas_are_merged_too(runtime, lora_files, tmp_path):
     (exact_plain, _), (exact_bias, fast_bias) = outputs.values()
     assert (exact_bias - exact_plain).norm() > 0.2 * exact_plain.norm()  # the bias delta matters
     assert (fast_bias - exact_bias).norm() < 0.05 * exact_bias.norm()
+
+
+def test_warm_up_builds_fast_mode_before_any_job(tiny_model):
+    runtime = WanRuntime(str(tiny_model), device="cpu")
+    assert runtime.warm_up_fast([(64, 64, 5), (96, 64, 5)]) > 0 and runtime.fast is not None
+    assert runtime.fast.stack == ()  # no LoRA merged in by the warm-up
+    assert WanRuntime(str(tiny_model), device="cpu", fast_mode=False).warm_up_fast([(64, 64, 5)]) == 0.0
