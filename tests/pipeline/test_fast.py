@@ -86,3 +86,25 @@ def test_warm_up_builds_fast_mode_before_any_job(tiny_model):
     assert runtime.warm_up_fast([(64, 64, 5), (96, 64, 5)]) > 0 and runtime.fast is not None
     assert runtime.fast.stack == ()  # no LoRA merged in by the warm-up
     assert WanRuntime(str(tiny_model), device="cpu", fast_mode=False).warm_up_fast([(64, 64, 5)]) == 0.0
+
+
+def test_a_merge_cut_short_is_redone_whole(tiny_model, lora_files, monkeypatch):
+    """A failure half-way through merging (out of memory, say) must not leave stale weights behind."""
+    a, b = spec(lora_files["a"], 1.0), spec(lora_files["b"], 0.6, version="0.9.2")
+    runtime = WanRuntime(str(tiny_model), device="cpu")
+    runtime.render(PARAMS, loras=[a], speed="fast")
+    fast, store, calls = runtime.fast, runtime.fast._store, []
+
+    def failing_store(linear, weight):
+        calls.append(linear)
+        if len(calls) == 3:
+            raise RuntimeError("CUDA out of memory (injected)")
+        store(linear, weight)
+
+    monkeypatch.setattr(fast, "_store", failing_store)
+    with pytest.raises(RuntimeError):
+        runtime.render(PARAMS, loras=[b], speed="fast")
+    monkeypatch.setattr(fast, "_store", store)
+    frames = runtime.render(PARAMS, loras=[a], speed="fast").frames
+    fresh = WanRuntime(str(tiny_model), device="cpu").render(PARAMS, loras=[a], speed="fast").frames
+    assert np.array_equal(frames, fresh)

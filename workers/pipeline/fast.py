@@ -66,8 +66,8 @@ class FastTransformer:
             with torch.no_grad():
                 for _, linear in self._linears():
                     linear.weight.copy_(fp8_rowwise_round(linear.weight))
-        self.stack: tuple = ()  # the (adapter, multiplier) pairs merged in now
-        self._touched: set[str] = set()  # linears whose weight carries a LoRA delta now
+        self.stack: tuple | None = ()  # the (adapter, multiplier) pairs merged in now; None: unknown
+        self._touched: set[str] | None = set()  # linears whose weight carries a LoRA delta; None: unknown
         self.build_seconds = time.perf_counter() - start
         log.info("fast-mode transformer ready in %.1fs", self.build_seconds)
 
@@ -83,12 +83,24 @@ class FastTransformer:
         if stack == self.stack:
             return 0.0
         start = time.perf_counter()
+        previous, self.stack = self._touched, None  # unknown until this merge completes
+        try:
+            self._touched = self._merge_layers(exact, stack, previous)
+        except BaseException:
+            self._touched = None  # some layers half-way: the next merge rewrites every one
+            raise
+        self.stack = stack
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    def _merge_layers(self, exact: nn.Module, stack: tuple, previous: set[str] | None) -> set[str]:
         names = [name for name, _ in stack]
         touched = set()
         for name, linear in self._linears():
             source = exact.get_submodule(name)
             lora_names = [n for n in names if n in getattr(source, "lora_A", {})]
-            if not lora_names and name not in self._touched:
+            if not lora_names and previous is not None and name not in previous:
                 continue  # no LoRA before or now: its fp8 weight is already the base
             base = source.get_base_layer() if hasattr(source, "get_base_layer") else source
             weight = base.weight.detach().to(torch.float32, copy=True)
@@ -104,10 +116,7 @@ class FastTransformer:
             self._store(linear, weight.to(base.weight.dtype))
             if bias is not None:
                 linear.bias.copy_(bias.to(linear.bias.dtype))
-        self.stack, self._touched = stack, touched
-        if self.cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
+        return touched
 
     def _store(self, linear: nn.Linear, weight: torch.Tensor) -> None:
         """Re-quantize one linear in place (same tensors, so compiled code stays valid)."""
