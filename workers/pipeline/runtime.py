@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 EULER_FROM_VERSION = (0, 9, 4)  # ai-toolkit samples Wan 2.1 previews with flow-match Euler from here on
 UNIPC_UNTIL_VERSION = (0, 9, 2)
 TEXT_TOKENS = 512  # WanPipeline.__call__ pads prompts to 512 tokens; encode_prompt alone defaults to 226
-SPEEDS = ("exact", "fast")
 
 
 class RenderCanceled(Exception):
