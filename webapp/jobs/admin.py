@@ -1,16 +1,15 @@
 """Admin: submit jobs from a prompt set and LoRAs, watch progress, play outputs, cancel and retry."""
 from django import forms
 from django.contrib import admin, messages
-from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from webapp.core.catalog import MAX_LORAS
+from webapp.core.catalog import DEFAULT_MODEL, MAX_LORAS
 from webapp.core.errors import ApiError
 from webapp.loras.models import Lora
 from webapp.prompts.models import PromptSet
 
 from .models import GenerationJob, JobLora, JobOutput, Scheduler
-from .serializers import HIGH, LOW
+from .serializers import HIGH, LOW, output_urls
 from .services import job_cancel, job_prompts_resolve, job_rerun, job_retry, job_submit
 
 
@@ -38,6 +37,7 @@ class JobSubmitForm(forms.ModelForm):
                 job_prompts_resolve(items, semantics=data.get("prompt_semantics") or "reference")
             except ApiError as exc:
                 raise forms.ValidationError(exc.message) from None
+            data["prompts"] = items
         return data
 
 
@@ -64,9 +64,9 @@ class JobOutputInline(admin.StackedInline):
 
     @admin.display(description="video")
     def player(self, output):
-        poster = reverse("output-file", args=[output.pk, "poster"]) if output.poster else ""
-        return format_html('<video controls width="480" poster="{}" src="{}"></video>', poster,
-                           reverse("output-file", args=[output.pk, "video"]))
+        urls = output_urls(output, None)
+        return format_html('<video controls width="480" poster="{}" src="{}"></video>', urls["poster_url"] or "",
+                           urls["url"])
 
 
 @admin.register(GenerationJob)
@@ -103,9 +103,9 @@ class GenerationJobAdmin(admin.ModelAdmin):
         data = form.cleaned_data
         prompt_set = data["prompt_set"]
         try:
-            job = job_submit(owner=request.user, model="wan21_14b",
+            job = job_submit(owner=request.user, model=DEFAULT_MODEL,
                              loras=[(lora, data["multiplier"]) for lora in data["loras"]],
-                             prompts=prompt_set.request_items(),
+                             prompts=data["prompts"],
                              trigger_word=prompt_set.trigger_word, priority=data["priority"],
                              scheduler=data["scheduler"], prompt_semantics=data["prompt_semantics"],
                              webp=data["webp"], speed=data["speed"], prompt_set=prompt_set)
@@ -121,6 +121,9 @@ class GenerationJobAdmin(admin.ModelAdmin):
     @admin.display(description="progress")
     def progress_percent(self, job):
         return f"{job.percent}%"
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("job_loras")  # the LoRAs column
 
     @admin.display(description="LoRAs")
     def lora_stack(self, job):

@@ -75,8 +75,7 @@ def inference_submit(*, body: dict, user) -> GenerationJob:
     return job_submit(owner=user, model=data["model"], loras=loras, prompts=data["prompts"],
                       trigger_word=data.get("trigger_word"), priority=data["priority"], scheduler=data["scheduler"],
                       prompt_semantics=data["prompt_semantics"], webp=data["webp"], step_cache=data["step_cache"],
-                      speed=data["speed"],
-                      request=stored)
+                      speed=data["speed"], request=stored)
 
 
 class InferenceView(APIView):

@@ -3,7 +3,7 @@ from django.conf import settings
 from django.urls import reverse
 from rest_framework import serializers
 
-from webapp.core.catalog import MAX_LORAS
+from webapp.core.catalog import DEFAULT_MODEL, MAX_LORAS
 from webapp.core.errors import ApiError
 from webapp.prompts.serializers import PromptFieldsSerializer
 from workers.pipeline.params import LIMITS, PROMPT_SEMANTICS
@@ -85,7 +85,7 @@ class JobLoraInputSerializer(serializers.Serializer):
 
 
 class JobCreateSerializer(JobOptionsSerializer):
-    model = serializers.CharField(default="wan21_14b")
+    model = serializers.CharField(default=DEFAULT_MODEL)
     loras = JobLoraInputSerializer(many=True, required=False, max_length=MAX_LORAS, default=list)
     prompt_set = serializers.IntegerField(required=False, allow_null=True)
     prompts = prompts_field()

@@ -20,6 +20,7 @@ from webapp.core.catalog import model_check
 from webapp.core.errors import ApiError, Conflict
 from webapp.core.permissions import require_manage
 from webapp.loras.selectors import lora_list
+from workers.broker import GPU_QUEUE
 from workers.celery_app import app as celery_app
 from workers.pipeline.params import PromptError, resolve_prompt
 
@@ -36,7 +37,7 @@ def job_enqueue(*, job: GenerationJob) -> None:
     def send():
         # kombu's Redis priorities run 0 (first) to 9 (last); jobs use 9 as the most urgent.
         # The task id starts with the job id so the reconciler can find the message (workers/broker.py).
-        celery_app.send_task(RENDER_TASK, args=[job_id], queue="gpu", priority=9 - priority,
+        celery_app.send_task(RENDER_TASK, args=[job_id], queue=GPU_QUEUE, priority=9 - priority,
                              task_id=f"{job_id}.{uuid.uuid4().hex[:12]}")
 
     # robust: a broker outage must not turn a created job into a 500; the reconciler re-sends it.
@@ -103,8 +104,7 @@ def job_rerun(*, job: GenerationJob, owner) -> GenerationJob:
         loras.append((job_lora.lora, job_lora.multiplier))
     return job_submit(owner=owner, model=job.model, loras=loras, prompts=job.prompts, priority=job.priority,
                       scheduler=job.scheduler, webp=job.webp, step_cache=job.step_cache, speed=job.speed,
-                      prompt_set=job.prompt_set,
-                      request={"rerun_of": str(job.id)})
+                      prompt_set=job.prompt_set, request={"rerun_of": str(job.id)})
 
 
 def _locked(job_id) -> GenerationJob | None:

@@ -23,7 +23,7 @@ class LoraUploadForm(forms.ModelForm):
                     fh=upload, filename=upload.name, owner=self.current_user,
                     name=data.get("name") or None,
                     trigger_word=data.get("trigger_word") or "",
-                    default_multiplier=data.get("default_multiplier") or 1.0,
+                    default_multiplier=1.0 if data.get("default_multiplier") is None else data["default_multiplier"],
                     visibility=data.get("visibility") or "team")
             except ApiError as exc:
                 raise forms.ValidationError(f"{exc.code}: {exc.message}") from None

@@ -119,9 +119,14 @@ def lora_resolve(*, ref: str, owner=None) -> Lora:
     if path is None:
         raise NotFound("LORA_NOT_FOUND", f"No LoRA is registered or found under the LoRA root as {ref!r}.",
                        details={"path": ref})
+    return _register_root_file(path, relative=ref, owner=owner)
+
+
+def _register_root_file(path: Path, *, relative: str, owner) -> Lora:
+    """A file of an ai-toolkit output folder, registered under its job/file.safetensors path."""
     with path.open("rb") as fh:
-        return lora_register(fh=fh, filename=path.name, owner=owner, relative_path=ref,
-                             name=ref.removesuffix(".safetensors"))
+        return lora_register(fh=fh, filename=path.name, owner=owner, relative_path=relative,
+                             name=relative.removesuffix(".safetensors"))
 
 
 def lora_import_dir(*, directory: Path, owner=None) -> list[tuple[str, Lora | None, str | None]]:
@@ -130,10 +135,7 @@ def lora_import_dir(*, directory: Path, owner=None) -> list[tuple[str, Lora | No
     for path in sorted(Path(directory).rglob("*.safetensors")):
         relative = path.relative_to(directory).as_posix()
         try:
-            with path.open("rb") as fh:
-                lora = lora_register(fh=fh, filename=path.name, owner=owner, relative_path=relative,
-                                     name=relative.removesuffix(".safetensors"))
-            results.append((relative, lora, None))
+            results.append((relative, _register_root_file(path, relative=relative, owner=owner), None))
         except ApiError as exc:
             results.append((relative, None, f"{exc.code}: {exc.message}"))
     return results
