@@ -8,9 +8,11 @@ import numpy as np
 import torch
 
 from workers.pipeline.checkpoints import write_random_wan
-from workers.pipeline.shapes import UMT5_XXL, WAN_14B_TRANSFORMER
+from workers.pipeline.runtime import TEXT_TOKENS
+from workers.pipeline.shapes import UMT5_XXL, WAN_14B_TRANSFORMER, WanShape
 
-D, FFN, L, TEXT = 5120, 13824, 40, 512
+_SHAPE = WanShape.of(WAN_14B_TRANSFORMER)
+D, FFN, L, TEXT = _SHAPE.dim, _SHAPE.ffn_dim, _SHAPE.num_layers, TEXT_TOKENS
 
 
 def forward_flops(tokens: int) -> float:

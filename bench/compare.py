@@ -124,11 +124,9 @@ def service_arm(model, loras, steps, speed, capture=False):
             (Path(tmp) / "p.png").write_bytes(png_bytes(frames[0]))
         return time.perf_counter() - begin
 
-    if speed == "fast":  # build the fp8 copy and compile it for both shapes before the queue (a warm worker)
-        start = clock()
-        for size in dict.fromkeys(s for s, _, _ in QUEUE):
-            runtime.render(params_for(size, 1), loras=[], speed="fast")
-        cold += clock() - start
+    if speed == "fast":  # build the fp8 copy and compile it for both sizes first, as WAN_FAST_WARMUP does
+        sizes = [tuple(int(v) for v in size.split("x")) for size in dict.fromkeys(s for s, _, _ in QUEUE)]
+        cold += runtime.warm_up_fast(sizes)
         print(json.dumps({"fast_build_and_compile_s": cold}), flush=True)
     rows, captures, last_end = [], [], None
     for size, name, weight in QUEUE:
@@ -148,15 +146,13 @@ def service_arm(model, loras, steps, speed, capture=False):
                      "fast_merge_s": t.get("fast_merge", 0.0), "text_encode_s": t["text_encode"],
                      "denoise_per_step_s": (marks[-1] - marks[0]) / (steps - 1),
                      "first_step_s": marks[0] - start - t["lora_switch"] - t.get("fast_merge", 0.0) - t["text_encode"],
-                     "decode_s": t["vae_decode"], "idle_before_s": None if last_end is None else start - last_end,
+                     "decode_s": t["vae_decode"], "job_s": marks[-1] - start + t["vae_decode"], "idle_before_s": None if last_end is None else start - last_end,
                      "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "frames": result.frames})
         rows[-1]["save"] = finisher.submit(save, result.frames)
         last_end = end
         torch.cuda.reset_peak_memory_stats()
-    for row in rows:  # the finisher overlapped these with the next job; a job ends when its files are written
+    for row in rows:  # saving overlapped the next job's render, so it is not part of a job's time
         row["save_s"] = row.pop("save").result()
-        row["job_s"] = (row["lora_switch_s"] + row["fast_merge_s"] + row["text_encode_s"] + row["first_step_s"]
-                        + row["denoise_per_step_s"] * (steps - 1) + row["decode_s"])
         print(json.dumps({k: v for k, v in row.items() if k != "frames"}), flush=True)
     return cold, rows, runtime, captures
 
@@ -165,8 +161,8 @@ def flow_deviation(runtime, captures):
     """Relative L2 of fast mode's guided flow against exact mode's, replaying exact mode's inputs."""
     fast = runtime.fast_transformer()
     out = []
+    runtime.activate_loras([])  # adapters stay resident; merge reads them by name
     for (adapter, weight), calls in captures:
-        runtime.activate_loras([])  # adapters stay resident; merge reads them by name
         fast.merge(runtime.pipe.transformer, [(adapter, weight)])
         predicted = []
         with torch.inference_mode():

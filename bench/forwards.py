@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import ensure_wan14b, forward_flops  # noqa: E402
+from bench.common import ensure_wan14b, forward_flops, tokens_of  # noqa: E402
 from workers.pipeline.checkpoints import write_aitoolkit_lora  # noqa: E402
 from workers.pipeline.fast import FastTransformer  # noqa: E402
 from workers.pipeline.runtime import LoraSpec, WanRuntime  # noqa: E402
@@ -75,7 +75,7 @@ def main():
                           dtype=torch.bfloat16)
     text = torch.randn(1, 512, 4096, device="cuda", generator=gen, dtype=torch.bfloat16)
     timestep = torch.tensor([500.0], device="cuda")
-    flops = forward_flops(latents.shape[2] * (HEIGHT // 16) * (WIDTH // 16))
+    flops = forward_flops(tokens_of(WIDTH, HEIGHT, FRAMES))
 
     def forward(transformer):
         with torch.inference_mode():

@@ -99,18 +99,18 @@ def output_record(job: GenerationJob, params: PromptParams, loras: list[LoraSpec
 
 def store_output(job: GenerationJob, index: int, values: dict, result, record: dict) -> dict:
     """Encode one prompt's frames, store the files whole, then write its output row."""
-    params = PromptParams(**values)
+    fps = values["fps"]
     step_timings = result.timings
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        mp4 = write_mp4(result.frames, Path(tmp) / "video.mp4", fps=params.fps, metadata=record)
+        mp4 = write_mp4(result.frames, Path(tmp) / "video.mp4", fps=fps, metadata=record)
         step_timings["mp4_encode"] = time.perf_counter() - start
         start = time.perf_counter()
-        stem = f"outputs/{job.id}/{index:03d}_seed{params.seed}"
+        stem = f"outputs/{job.id}/{index:03d}_seed{values['seed']}"
         with mp4.open("rb") as fh:
             video = save_with_retry(f"{stem}.mp4", File(fh))
         poster = save_with_retry(f"{stem}.png", ContentFile(png_bytes(result.frames[0])))
-        webp = save_with_retry(f"{stem}.webp", ContentFile(webp_bytes(result.frames, fps=params.fps))) \
+        webp = save_with_retry(f"{stem}.webp", ContentFile(webp_bytes(result.frames, fps=fps))) \
             if job.webp else ""
         step_timings["save"] = time.perf_counter() - start
     record["timings"] = step_timings

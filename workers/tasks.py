@@ -21,7 +21,7 @@ def on_worker_ready(sender=None, **kwargs):
     messages, and load the model (GPU workers run one solo process per GPU)."""
     hostname = getattr(sender, "hostname", None) or socket.gethostname()
     reconcile_jobs(dead_worker=hostname)
-    if "gpu" in {q.name for q in sender.task_consumer.queues}:
+    if broker.GPU_QUEUE in {q.name for q in sender.task_consumer.queues}:
         try:
             get_runtime()
         except Exception:  # a worker without a model would fail every job it takes

@@ -85,7 +85,7 @@ def default_device() -> str:
 class WanRuntime:
     def __init__(self, model_path: str, *, device: str | None = None, dtype: torch.dtype | None = None,
                  lora_budget_bytes: int = 8 * 2**30, low_memory: bool = False, cfg_device: str | None = None,
-                 fast_mode: bool = True, fast_compile: bool | None = None):
+                 fast_mode: bool = True, fast_compile: bool = True):
         self.model_path = model_path
         self.low_memory = low_memory
         self.fast: FastTransformer | None = None
@@ -96,7 +96,7 @@ class WanRuntime:
         self.dtype = dtype or (torch.bfloat16 if self.device.startswith("cuda") else torch.float32)
         # The fp8 copy needs ~15 GB more on the card and an fp8-capable one; without it fast jobs render exactly.
         self.fast_mode = fast_mode and not low_memory and fp8_available(self.device)
-        self.fast_compile = self.device.startswith("cuda") if fast_compile is None else fast_compile
+        self.fast_compile = fast_compile  # CUDA only: the CPU's fast mode is an uncompiled emulation
         self.lora_budget_bytes = lora_budget_bytes
         self.pipe = None
         self._adapters: OrderedDict[str, int] = OrderedDict()  # adapter name -> bytes, least recent first
