@@ -75,6 +75,24 @@ def test_nul_byte_in_a_path_is_a_validation_error(api, which):
 
 
 @BOTH
+@pytest.mark.parametrize("raw,where,code", [
+    ('{"prompts": [{"prompt": "a\\u0000b"}]}', "prompts[0].prompt", "null_characters_not_allowed"),
+    ('{"prompts": [{"prompt": "a\\ud83db"}]}', "prompts[0].prompt", "surrogate_characters_not_allowed"),
+    ('{"x\\u0000": 1, "prompts": [{"prompt": "x"}]}', "request", "null_characters_not_allowed"),
+    ('{"prompts": [{"prompt": "x", "extra": {"k": ["\\u0000"]}}]}', "prompts[0].extra.k[0]",
+     "null_characters_not_allowed"),
+])
+def test_text_the_database_cannot_store_is_refused_even_in_ignored_fields(api, which, raw, where, code):
+    # The request is kept verbatim with its job, so an ignored key counts as much as a prompt.
+    response = api.generic("POST", URL[which], raw, content_type="application/json")
+    assert response.status_code == 400, response.content
+    error = response.json()["error"]
+    assert error["code"] == "VALIDATION_ERROR"
+    assert [p["code"] for p in error["details"][where]] == [code]
+    assert counts() == (0, 0)
+
+
+@BOTH
 def test_symlinks_leaving_the_root_are_not_found(api, which, root_dir, tmp_path):
     folder, rel = root_dir
     outside = write_aitoolkit_lora(tmp_path / "outside" / "real.safetensors", shape=TINY_SHAPE, seed=71)
