@@ -22,15 +22,15 @@ def get_runtime() -> WanRuntime:
         _runtime = WanRuntime(settings.WAN_MODEL_PATH, device=settings.WAN_DEVICE,
                               lora_budget_bytes=settings.LORA_GPU_BUDGET_BYTES, low_memory=settings.WAN_LOW_MEMORY,
                               cfg_device=settings.WAN_CFG_DEVICE, fast_mode=settings.WAN_FAST_MODE,
-                              fast_compile=settings.WAN_FAST_COMPILE)
+                              compile=settings.WAN_COMPILE)
     return _runtime.load()
 
 
-def warm_up_fast_mode() -> None:
-    """Compile fast mode for the sizes in WAN_FAST_WARMUP ("1024x1024x41,832x480x81") at worker start."""
-    sizes = [tuple(int(v) for v in size.lower().split("x")) for size in settings.WAN_FAST_WARMUP]
+def warm_up() -> None:
+    """Compile both speeds for the sizes in WAN_WARMUP ("1024x1024x41,832x480x81") at worker start."""
+    sizes = [tuple(int(v) for v in size.lower().split("x")) for size in settings.WAN_WARMUP]
     if sizes:
-        log.info("fast mode warmed up for %s in %.1fs", sizes, get_runtime().warm_up_fast(sizes))
+        log.info("warmed up for %s in %.1fs", sizes, get_runtime().warm_up(sizes))
 
 
 def lora_local_path(lora_file, sha256: str) -> Path:

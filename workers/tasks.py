@@ -9,7 +9,7 @@ from django.conf import settings
 
 from webapp.jobs import services
 from workers import broker, render
-from workers.runtime import get_runtime, warm_up_fast_mode
+from workers.runtime import get_runtime, warm_up
 from workers.supervision import EXIT_CODE_REPLACE_ME, Deadline, Heartbeat, failure_decision
 
 log = logging.getLogger(__name__)
@@ -28,9 +28,9 @@ def on_worker_ready(sender=None, **kwargs):
             log.exception("could not load the model; exiting")
             os._exit(EXIT_CODE_REPLACE_ME)
         try:
-            warm_up_fast_mode()
-        except Exception:  # fast jobs then compile on first use, as without a warm-up
-            log.exception("fast-mode warm-up failed")
+            warm_up()
+        except Exception:  # jobs then compile on first use, as without a warm-up
+            log.exception("warm-up failed")
 
 
 @shared_task(name="workers.reconcile_jobs")

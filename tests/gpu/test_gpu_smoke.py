@@ -18,7 +18,7 @@ def test_tiny_pipeline_renders_on_cuda(tiny_model):
 
 
 def test_fast_mode_renders_on_cuda(tiny_model, lora_files):
-    runtime = WanRuntime(str(tiny_model), device="cuda", fast_compile=False)
+    runtime = WanRuntime(str(tiny_model), device="cuda", compile=False)
     lora = LoraSpec(str(lora_files["a"]), sha256="a" * 64, multiplier=0.8)
     result = runtime.render(PARAMS, loras=[lora], speed="fast")
     assert result.speed == "fast" and result.frames.shape == (9, 128, 128, 3)

@@ -1,10 +1,12 @@
-"""The warm runtime renders exactly what a plain diffusers WanPipeline call renders (tiny model, CPU, float32)."""
+"""The warm runtime renders what a plain diffusers WanPipeline call renders (tiny model, CPU, float32): bit for bit
+with WAN_COMPILE=0 (peft's adapters), within rounding with the stack adapter compiled workers run."""
 import numpy as np
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
 
-from tests.conftest import SMALL
+from tests.conftest import SMALL, TINY_SHAPE
+from workers.pipeline.checkpoints import write_aitoolkit_lora
 from workers.pipeline.params import resolve_prompt
 from workers.pipeline.runtime import LoraSpec, RenderCanceled, WanRuntime, pick_scheduler
 from workers.pipeline.video import to_uint8
@@ -37,7 +39,37 @@ def plain_diffusers(model, loras, scheduler="euler"):
 
 @pytest.fixture(scope="module")
 def runtime(tiny_model):
-    return WanRuntime(str(tiny_model), device="cpu")
+    return WanRuntime(str(tiny_model), device="cpu", compile=False)
+
+
+@pytest.fixture(scope="module")
+def stacked(tiny_model):
+    return WanRuntime(str(tiny_model), device="cpu")  # the default: what a compiled CUDA worker runs, uncompiled
+
+
+@pytest.mark.parametrize("stack", [[("a", 1.0)], [("a", -1.0)], [("a", 0.5), ("b", 0.7)], []])
+def test_stack_adapter_matches_plain_diffusers_within_rounding(stacked, tiny_model, lora_files, stack):
+    loras = [(lora_files[name], weight) for name, weight in stack]
+    frames = stacked.render(PARAMS, loras=[spec(path, weight) for path, weight in loras], scheduler="euler").frames
+    difference = np.abs(frames.astype(int) - plain_diffusers(tiny_model, loras))
+    assert difference.max() <= 1 and (difference > 0).mean() < 1e-4
+
+
+def test_stack_adapter_is_filled_in_place_and_grows_only(stacked, lora_files, tmp_path):
+    """Compiled blocks stay valid while the stack adapter keeps its tensors: new LoRAs, multipliers and
+    stacks only copy values; a stack of more total rank than the bucket rebuilds it once, larger."""
+    stacked.render(PARAMS, loras=[spec(lora_files["a"], 1.0)])
+    layer = stacked.pipe.transformer.blocks[0].attn1.to_q
+    tensors = (layer.lora_A["stack"].weight, layer.lora_B["stack"].weight)
+    for loras in ([spec(lora_files["b"], 0.7)], [], [spec(lora_files["a"], 0.3), spec(lora_files["b"], 1.0)]):
+        stacked.render(PARAMS, loras=loras)
+        assert (layer.lora_A["stack"].weight, layer.lora_B["stack"].weight) == tensors
+        assert layer.active_adapters == ["stack"]
+    wide = write_aitoolkit_lora(tmp_path / "wide.safetensors", shape=TINY_SHAPE, rank=40, seed=7)
+    stacked.render(PARAMS, loras=[spec(wide, 1.0)])
+    assert layer.lora_A["stack"].weight.shape[0] == 64
+    stacked.render(PARAMS, loras=[spec(lora_files["a"], 1.0)])
+    assert layer.lora_A["stack"].weight.shape[0] == 64
 
 
 @pytest.mark.parametrize("multiplier", [1.0, 0.5, -1.0])
@@ -76,7 +108,7 @@ def test_switching_never_leaks_a_scale_or_reloads_the_base(tiny_model, lora_file
 
 def test_least_recently_used_adapter_is_unloaded_over_budget(tiny_model, lora_files):
     a, b = lora_files["a"], lora_files["b"]
-    runtime = WanRuntime(str(tiny_model), device="cpu", lora_budget_bytes=a.stat().st_size)
+    runtime = WanRuntime(str(tiny_model), device="cpu", compile=False, lora_budget_bytes=a.stat().st_size)
     runtime.render(PARAMS, loras=[spec(a, 1.0)])
     runtime.render(PARAMS, loras=[spec(b, 1.0)])
     assert runtime.resident_adapters == [WanRuntime.adapter_name(spec(b, 1).sha256)]

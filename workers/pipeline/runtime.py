@@ -10,6 +10,11 @@ when the resident set passes its memory budget.
 Jobs choose a speed: "exact" (the default) runs the pipeline's bf16 transformer with the
 adapters beside its weights, the same math as diffusers; "fast" swaps in an fp8 copy with the
 stack merged into its weights (see `fast.py`), built on the first fast job and kept warm.
+
+With `compile` (the default) the transformer blocks are compiled on CUDA, once per video size,
+and exact jobs take their LoRAs through one fixed "stack" adapter (see `lora_stack.py`) so that
+no LoRA or multiplier recompiles them; without it they run peft's adapters one by one, bit for
+bit what diffusers computes.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from diffusers import (FirstBlockCacheConfig, FlowMatchEulerDiscreteScheduler, U
                        WanTransformer3DModel)
 
 from .fast import FastTransformer, fp8_available
+from .lora_stack import LoraStack
 from .params import PromptParams
 from .video import to_uint8
 
@@ -85,7 +91,7 @@ def default_device() -> str:
 class WanRuntime:
     def __init__(self, model_path: str, *, device: str | None = None, dtype: torch.dtype | None = None,
                  lora_budget_bytes: int = 8 * 2**30, low_memory: bool = False, cfg_device: str | None = None,
-                 fast_mode: bool = True, fast_compile: bool = True):
+                 fast_mode: bool = True, compile: bool = True):
         self.model_path = model_path
         self.low_memory = low_memory
         self.fast: FastTransformer | None = None
@@ -96,7 +102,9 @@ class WanRuntime:
         self.dtype = dtype or (torch.bfloat16 if self.device.startswith("cuda") else torch.float32)
         # The fp8 copy needs ~15 GB more on the card and an fp8-capable one; without it fast jobs render exactly.
         self.fast_mode = fast_mode and not low_memory and fp8_available(self.device)
-        self.fast_compile = fast_compile  # CUDA only: the CPU's fast mode is an uncompiled emulation
+        # torch.compile runs on CUDA only; the CPU takes the same LoRA path (stack adapter) uncompiled.
+        self.compile = compile and not low_memory
+        self._stacks: list[LoraStack] = []  # exact mode's stack adapter, one per transformer copy
         self.lora_budget_bytes = lora_budget_bytes
         self.pipe = None
         self._adapters: OrderedDict[str, int] = OrderedDict()  # adapter name -> bytes, least recent first
@@ -133,6 +141,13 @@ class WanRuntime:
         if self.cfg_device:
             self.replica = WanTransformer3DModel.from_pretrained(
                 self.model_path, subfolder="transformer", dtype=self.dtype).to(self.cfg_device).eval()
+        if self.compile:
+            self._stacks = [LoraStack(model) for model in self._transformers(pipe)]
+            if self.device.startswith("cuda"):
+                # One graph per (video size, stack rank bucket): allow more than dynamo's default 8.
+                torch._dynamo.config.recompile_limit = 64
+                for model in self._transformers(pipe):
+                    model.compile_repeated_blocks(fullgraph=True, dynamic=False)
         self.pipe = pipe
         self.load_seconds = time.perf_counter() - start
         log.info("loaded %s on %s in %.1fs", self.model_path, self.device, self.load_seconds)
@@ -170,14 +185,21 @@ class WanRuntime:
             self._adapters.move_to_end(name)
             names.append(name)
         weights = [lora.multiplier for lora in loras]
-        for model in self._lora_models():
-            if names:
-                model.enable_lora()
-                model.set_adapters(names, weights)
-            elif self._adapters:
-                model.disable_lora()
+        if self._stacks and self._stacks[0].stackable(names):
+            for stack in self._stacks:
+                stack.activate(list(zip(names, weights)))
+        else:
+            for model in self._lora_models():
+                if names:
+                    model.enable_lora()
+                    model.set_adapters(names, weights)
+                elif self._adapters or self._stacks:
+                    model.disable_lora()
         self._evict(keep=set(names))
         return time.perf_counter() - start
+
+    def _transformers(self, pipe):
+        return [pipe.transformer] + ([self.replica] if self.replica is not None else [])
 
     def _lora_models(self):
         # The pipeline's adapter API covers its transformer; the replica is a bare model with the same API.
@@ -197,18 +219,21 @@ class WanRuntime:
     def fast_transformer(self) -> FastTransformer:
         if self.fast is None:
             self.fast = FastTransformer(self.model_path, device=self.device, dtype=self.dtype,
-                                        compile=self.fast_compile)
+                                        compile=self.compile)
         return self.fast
 
-    def warm_up_fast(self, sizes: list[tuple[int, int, int]]) -> float:
-        """Build fast mode's fp8 copy and compile it for these (width, height, frames) before a job
-        waits for it: one 1-step render each. Returns the seconds it took (0 without fast mode)."""
-        if not self.fast_mode:
+    def warm_up(self, sizes: list[tuple[int, int, int]]) -> float:
+        """Compile exact mode and build and compile fast mode for these (width, height, frames)
+        before a job waits for it: a 1-step render per size and mode. Returns the seconds it took."""
+        speeds = (["exact"] if self.compile and self.device.startswith("cuda") else []) + \
+            (["fast"] if self.fast_mode else [])
+        if not speeds:
             return 0.0
         start = time.perf_counter()
-        for width, height, frames in sizes:
-            self.render(PromptParams(prompt="warm-up", neg="", width=width, height=height, num_frames=frames,
-                                     sample_steps=1, guidance_scale=1.0, seed=0, fps=16), speed="fast")
+        for speed in speeds:
+            for width, height, frames in sizes:
+                self.render(PromptParams(prompt="warm-up", neg="", width=width, height=height, num_frames=frames,
+                                         sample_steps=1, guidance_scale=1.0, seed=0, fps=16), speed=speed)
         return time.perf_counter() - start
 
     def render(self, params: PromptParams, *, loras: list[LoraSpec] = (), scheduler: str = "auto",
