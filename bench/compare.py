@@ -5,13 +5,16 @@ checkpoint's scheduler and default attention, the LoRA via `load_lora_weights` +
 full pipeline reload from disk whenever the LoRA changes, and an animated WebP written in line.
 Arms "exact" and "fast" are `WanRuntime` as the worker runs it at that speed: loaded once, LoRAs
 resident and switched with `set_adapters` (fast: merged into the fp8 copy), MP4 + poster written
-on a finisher thread while the next job renders. All arms render the same queue, alternating two
+on a finisher thread while the next job renders. Arm "exact-compiled" is exact mode with
+`WAN_EXACT_COMPILE`: compiled blocks, the job's LoRAs copied into the stack adapter; each row
+counts the graphs compiled so far, so a LoRA switch that recompiled would show. All arms render the same queue, alternating two
 rank-32 ai-toolkit LoRAs. Steps are cut to fit the command limit; per-step and fixed per-job
 costs are reported separately and 25-step jobs are extrapolated from them. With both exact and
 fast, fast mode's guided flow is compared with exact mode's on exact mode's own inputs.
 
     python bench/compare.py --steps 2 --arms reference,exact
     python bench/compare.py --steps 2 --arms exact,fast
+    python bench/compare.py --steps 2 --arms reference,exact-compiled
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+from torch._dynamo.utils import counters
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import ensure_wan14b, forward_flops, psnr, tokens_of  # noqa: E402
@@ -110,10 +114,11 @@ def guided(cond, uncond, scale=4.0):
     return uncond + scale * (cond - uncond)
 
 
-def service_arm(model, loras, steps, speed, capture=False):
+def service_arm(model, loras, steps, arm, capture=False):
     """The worker's loop: render, hand frames to a finisher thread for MP4 + poster, take the next job."""
+    speed = "fast" if arm == "fast" else "exact"
     start = clock()
-    runtime = WanRuntime(model, device="cuda").load()
+    runtime = WanRuntime(model, device="cuda", fast_mode=arm == "fast", exact_compile=arm == "exact-compiled").load()
     cold = clock() - start
     finisher = ThreadPoolExecutor(max_workers=1)
 
@@ -124,10 +129,10 @@ def service_arm(model, loras, steps, speed, capture=False):
             (Path(tmp) / "p.png").write_bytes(png_bytes(frames[0]))
         return time.perf_counter() - begin
 
-    if speed == "fast":  # build the fp8 copy and compile it for both sizes first, as WAN_FAST_WARMUP does
+    if arm != "exact":  # compile for both sizes first (fast: build the fp8 copy too), as WAN_WARMUP does
         sizes = [tuple(int(v) for v in size.split("x")) for size in dict.fromkeys(s for s, _, _ in QUEUE)]
-        cold += runtime.warm_up_fast(sizes)
-        print(json.dumps({"fast_build_and_compile_s": cold}), flush=True)
+        cold += runtime.warm_up(sizes)
+        print(json.dumps({"cold_start_with_warm_up_s": cold}), flush=True)
     rows, captures, last_end = [], [], None
     for size, name, weight in QUEUE:
         p = params_for(size, steps)
@@ -142,11 +147,13 @@ def service_arm(model, loras, steps, speed, capture=False):
             flows.handle.remove()
             captures.append(((runtime.adapter_name(spec.sha256), weight), flows.calls))
         t = result.timings
-        rows.append({"arm": speed, "shape": size, "lora": f"{name}@{weight}", "lora_switch_s": t["lora_switch"],
+        rows.append({"arm": arm, "shape": size, "lora": f"{name}@{weight}", "lora_switch_s": t["lora_switch"],
                      "fast_merge_s": t.get("fast_merge", 0.0), "text_encode_s": t["text_encode"],
                      "denoise_per_step_s": (marks[-1] - marks[0]) / (steps - 1),
                      "first_step_s": marks[0] - start - t["lora_switch"] - t.get("fast_merge", 0.0) - t["text_encode"],
-                     "decode_s": t["vae_decode"], "job_s": marks[-1] - start + t["vae_decode"], "idle_before_s": None if last_end is None else start - last_end,
+                     "decode_s": t["vae_decode"], "job_s": marks[-1] - start + t["vae_decode"],
+                     "idle_before_s": None if last_end is None else start - last_end,
+                     "graphs_compiled": counters["stats"]["unique_graphs"],
                      "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "frames": result.frames})
         rows[-1]["save"] = finisher.submit(save, result.frames)
         last_end = end
@@ -190,7 +197,7 @@ def summarize(arm_rows, steps):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--arms", default="reference,exact", help="any of reference, exact, fast")
+    parser.add_argument("--arms", default="reference,exact", help="any of reference, exact, exact-compiled, fast")
     parser.add_argument("--work", default="/tmp/wan14b")
     args = parser.parse_args()
     arms = args.arms.split(",")

@@ -159,11 +159,12 @@ WAN_LOW_MEMORY = env_bool("WAN_LOW_MEMORY")  # smaller cards: models visit the G
 # Latency mode for a worker that owns two GPUs: each step's unconditional pass runs here in parallel.
 WAN_CFG_DEVICE = env("WAN_CFG_DEVICE")
 # Jobs with speed "fast" use an fp8 copy of the transformer (~15 GB more on the card; off in low-memory
-# mode). Off: they render exactly.
+# mode). Off: they render exactly. Its blocks compile on CUDA on first use unless WAN_FAST_COMPILE=0.
 WAN_FAST_MODE = env_bool("WAN_FAST_MODE", True)
-# Compile the transformer blocks on CUDA (both speeds, once per video size, on first use); exact jobs
-# then take their LoRAs through one stack adapter, equal to peft's within bf16 rounding. Off: peft as is.
-WAN_COMPILE = env_bool("WAN_COMPILE", True)
+WAN_FAST_COMPILE = env_bool("WAN_FAST_COMPILE", True)
+# Opt-in: compile exact mode's blocks on CUDA too (once per video size); exact jobs then take their LoRAs
+# through one stack adapter, equal to peft's adapters within rounding. Off: peft's adapters, bit for bit.
+WAN_EXACT_COMPILE = env_bool("WAN_EXACT_COMPILE", False)
 WAN_WARMUP = env_list("WAN_WARMUP")  # sizes "WxHxF" to compile both speeds for at worker start
 LORA_ROOT = Path(env("LORA_ROOT", VAR_DIR / "loras"))
 LORA_CACHE_DIR = Path(env("LORA_CACHE_DIR", VAR_DIR / "lora-cache"))

@@ -18,7 +18,19 @@ def test_tiny_pipeline_renders_on_cuda(tiny_model):
 
 
 def test_fast_mode_renders_on_cuda(tiny_model, lora_files):
-    runtime = WanRuntime(str(tiny_model), device="cuda", compile=False)
+    runtime = WanRuntime(str(tiny_model), device="cuda", fast_compile=False)
     lora = LoraSpec(str(lora_files["a"]), sha256="a" * 64, multiplier=0.8)
     result = runtime.render(PARAMS, loras=[lora], speed="fast")
     assert result.speed == "fast" and result.frames.shape == (9, 128, 128, 3)
+
+
+def test_compiled_exact_mode_switches_loras_without_recompiling(tiny_model, lora_files):
+    from torch._dynamo.utils import counters
+
+    runtime = WanRuntime(str(tiny_model), device="cuda", fast_mode=False, exact_compile=True)
+    a, b = (LoraSpec(str(lora_files[n]), sha256=n * 64, multiplier=m) for n, m in (("a", 1.0), ("b", 0.7)))
+    runtime.render(PARAMS, loras=[a])
+    graphs = counters["stats"]["unique_graphs"]
+    for loras in ([b], [], [a, b]):
+        assert runtime.render(PARAMS, loras=loras).frames.shape == (9, 128, 128, 3)
+    assert counters["stats"]["unique_graphs"] == graphs

@@ -1,5 +1,5 @@
 """The warm runtime renders what a plain diffusers WanPipeline call renders (tiny model, CPU, float32): bit for bit
-with WAN_COMPILE=0 (peft's adapters), within rounding with the stack adapter compiled workers run."""
+with peft's adapters (the default), within rounding with the stack adapter of WAN_EXACT_COMPILE."""
 import numpy as np
 import pytest
 import torch
@@ -39,12 +39,12 @@ def plain_diffusers(model, loras, scheduler="euler"):
 
 @pytest.fixture(scope="module")
 def runtime(tiny_model):
-    return WanRuntime(str(tiny_model), device="cpu", compile=False)
+    return WanRuntime(str(tiny_model), device="cpu")
 
 
 @pytest.fixture(scope="module")
 def stacked(tiny_model):
-    return WanRuntime(str(tiny_model), device="cpu")  # the default: what a compiled CUDA worker runs, uncompiled
+    return WanRuntime(str(tiny_model), device="cpu", exact_compile=True)  # what a compiled CUDA worker runs
 
 
 @pytest.mark.parametrize("stack", [[("a", 1.0)], [("a", -1.0)], [("a", 0.5), ("b", 0.7)], []])
@@ -108,7 +108,7 @@ def test_switching_never_leaks_a_scale_or_reloads_the_base(tiny_model, lora_file
 
 def test_least_recently_used_adapter_is_unloaded_over_budget(tiny_model, lora_files):
     a, b = lora_files["a"], lora_files["b"]
-    runtime = WanRuntime(str(tiny_model), device="cpu", compile=False, lora_budget_bytes=a.stat().st_size)
+    runtime = WanRuntime(str(tiny_model), device="cpu", lora_budget_bytes=a.stat().st_size)
     runtime.render(PARAMS, loras=[spec(a, 1.0)])
     runtime.render(PARAMS, loras=[spec(b, 1.0)])
     assert runtime.resident_adapters == [WanRuntime.adapter_name(spec(b, 1).sha256)]
@@ -168,10 +168,12 @@ def test_step_cache_is_opt_in_per_render_and_leaves_exact_renders_exact(tiny_mod
     assert np.array_equal(runtime.render(params).frames, exact)
 
 
-def test_cfg_on_a_second_device_gives_the_same_frames(tiny_model, lora_files):
-    """The CFG-parallel loop (here with both "devices" on the CPU) is WanPipeline's math exactly."""
-    single = WanRuntime(str(tiny_model), device="cpu")
-    split = WanRuntime(str(tiny_model), device="cpu", cfg_device="cpu")
+@pytest.mark.parametrize("exact_compile", [False, True])
+def test_cfg_on_a_second_device_gives_the_same_frames(tiny_model, lora_files, exact_compile):
+    """The CFG-parallel loop (here with both "devices" on the CPU) is WanPipeline's math exactly;
+    with the stack adapter, the replica carries its own."""
+    single = WanRuntime(str(tiny_model), device="cpu", exact_compile=exact_compile)
+    split = WanRuntime(str(tiny_model), device="cpu", cfg_device="cpu", exact_compile=exact_compile)
     stack = [spec(lora_files["a"], 0.7), spec(lora_files["b"], -0.4, version="0.9.2")]
     for loras in (stack, [spec(lora_files["b"], 1.0, version="0.9.2")], []):
         steps = []

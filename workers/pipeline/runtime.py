@@ -11,10 +11,10 @@ Jobs choose a speed: "exact" (the default) runs the pipeline's bf16 transformer 
 adapters beside its weights, the same math as diffusers; "fast" swaps in an fp8 copy with the
 stack merged into its weights (see `fast.py`), built on the first fast job and kept warm.
 
-With `compile` (the default) the transformer blocks are compiled on CUDA, once per video size,
-and exact jobs take their LoRAs through one fixed "stack" adapter (see `lora_stack.py`) so that
-no LoRA or multiplier recompiles them; without it they run peft's adapters one by one, bit for
-bit what diffusers computes.
+With `exact_compile` (opt-in) exact mode's transformer blocks are compiled on CUDA, once per
+video size, and its jobs take their LoRAs through one fixed "stack" adapter (see `lora_stack.py`)
+so that no LoRA or multiplier recompiles them: equal to peft's sum within rounding. Without it
+exact jobs run peft's adapters one by one, bit for bit what diffusers computes.
 """
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def default_device() -> str:
 class WanRuntime:
     def __init__(self, model_path: str, *, device: str | None = None, dtype: torch.dtype | None = None,
                  lora_budget_bytes: int = 8 * 2**30, low_memory: bool = False, cfg_device: str | None = None,
-                 fast_mode: bool = True, compile: bool = True):
+                 fast_mode: bool = True, fast_compile: bool = True, exact_compile: bool = False):
         self.model_path = model_path
         self.low_memory = low_memory
         self.fast: FastTransformer | None = None
@@ -102,8 +102,9 @@ class WanRuntime:
         self.dtype = dtype or (torch.bfloat16 if self.device.startswith("cuda") else torch.float32)
         # The fp8 copy needs ~15 GB more on the card and an fp8-capable one; without it fast jobs render exactly.
         self.fast_mode = fast_mode and not low_memory and fp8_available(self.device)
+        self.fast_compile = fast_compile  # CUDA only: the CPU's fast mode is an uncompiled emulation
         # torch.compile runs on CUDA only; the CPU takes the same LoRA path (stack adapter) uncompiled.
-        self.compile = compile and not low_memory
+        self.exact_compile = exact_compile and not low_memory
         self._stacks: list[LoraStack] = []  # exact mode's stack adapter, one per transformer copy
         self.lora_budget_bytes = lora_budget_bytes
         self.pipe = None
@@ -141,7 +142,7 @@ class WanRuntime:
         if self.cfg_device:
             self.replica = WanTransformer3DModel.from_pretrained(
                 self.model_path, subfolder="transformer", dtype=self.dtype).to(self.cfg_device).eval()
-        if self.compile:
+        if self.exact_compile:
             self._stacks = [LoraStack(model) for model in self._transformers(pipe)]
             if self.device.startswith("cuda"):
                 # One graph per (video size, stack rank bucket): allow more than dynamo's default 8.
@@ -219,13 +220,13 @@ class WanRuntime:
     def fast_transformer(self) -> FastTransformer:
         if self.fast is None:
             self.fast = FastTransformer(self.model_path, device=self.device, dtype=self.dtype,
-                                        compile=self.compile)
+                                        compile=self.fast_compile)
         return self.fast
 
     def warm_up(self, sizes: list[tuple[int, int, int]]) -> float:
-        """Compile exact mode and build and compile fast mode for these (width, height, frames)
+        """Compile exact mode (with `exact_compile`) and build and compile fast mode for these (width, height, frames)
         before a job waits for it: a 1-step render per size and mode. Returns the seconds it took."""
-        speeds = (["exact"] if self.compile and self.device.startswith("cuda") else []) + \
+        speeds = (["exact"] if self.exact_compile and self.device.startswith("cuda") else []) + \
             (["fast"] if self.fast_mode else [])
         if not speeds:
             return 0.0
