@@ -59,12 +59,11 @@ class LoraStack:
         with warnings.catch_warnings():  # "multiple adapters in the model": as intended
             warnings.filterwarnings("ignore", message="Already found a `peft_config`")
             self.model.add_adapter(config, adapter_name=STACK)
-        dtype = next(self.model.parameters()).dtype
         with torch.no_grad():
             for name in self.targets:
                 layer = self.model.get_submodule(name)
-                for part in (layer.lora_A[STACK], layer.lora_B[STACK]):
-                    part.to(dtype).requires_grad_(False)
+                for part in (layer.lora_A[STACK], layer.lora_B[STACK]):  # in the dtype peft gives adapters
+                    part.to(_base(layer).weight.dtype).requires_grad_(False)
                     for tensor in part.parameters():
                         tensor.zero_()
         self.rank, self._filled, self.stack = rank, set(), ()
