@@ -158,6 +158,9 @@ WAN_DEVICE = env("WAN_DEVICE")  # default: cuda when available
 WAN_LOW_MEMORY = env_bool("WAN_LOW_MEMORY")  # smaller cards: models visit the GPU in turn, tiled VAE decode
 # Latency mode for a worker that owns two GPUs: each step's unconditional pass runs here in parallel.
 WAN_CFG_DEVICE = env("WAN_CFG_DEVICE")
+# Run each job across these GPUs ("cuda:0,cuda:1,cuda:2,cuda:3": one follower process per extra GPU,
+# diffusers' Ulysses context parallelism); excludes WAN_CFG_DEVICE, fast mode, WAN_EXACT_COMPILE, step caching.
+WAN_CP_DEVICES = env_list("WAN_CP_DEVICES")
 # Jobs with speed "fast" use an fp8 copy of the transformer (~15 GB more on the card; off in low-memory
 # mode). Off: they render exactly. Its blocks compile on CUDA on first use unless WAN_FAST_COMPILE=0.
 WAN_FAST_MODE = env_bool("WAN_FAST_MODE", True)

@@ -91,7 +91,8 @@ def output_record(job: GenerationJob, params: PromptParams, loras: list[LoraSpec
                   names: list[str]) -> dict:
     return {
         "job_id": str(job.id), "model": job.model, "checkpoint": settings.WAN_MODEL_PATH,
-        **params.as_dict(), "scheduler": result.scheduler, "speed": result.speed, "step_cache": job.step_cache,
+        **params.as_dict(), "scheduler": result.scheduler, "speed": result.speed, "lora_math": result.lora_math,
+        "step_cache": result.step_cache,
         "loras": [{"name": n, "sha256": s.sha256, "multiplier": s.multiplier} for n, s in zip(names, loras)],
         "software": software_versions(),
     }

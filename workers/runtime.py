@@ -22,7 +22,8 @@ def get_runtime() -> WanRuntime:
         _runtime = WanRuntime(settings.WAN_MODEL_PATH, device=settings.WAN_DEVICE,
                               lora_budget_bytes=settings.LORA_GPU_BUDGET_BYTES, low_memory=settings.WAN_LOW_MEMORY,
                               cfg_device=settings.WAN_CFG_DEVICE, fast_mode=settings.WAN_FAST_MODE,
-                              fast_compile=settings.WAN_FAST_COMPILE, exact_compile=settings.WAN_EXACT_COMPILE)
+                              fast_compile=settings.WAN_FAST_COMPILE, exact_compile=settings.WAN_EXACT_COMPILE,
+                              cp_devices=settings.WAN_CP_DEVICES)
     return _runtime.load()
 
 

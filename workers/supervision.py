@@ -15,6 +15,7 @@ from typing import Callable
 
 import torch
 
+from workers.pipeline.parallel import ParallelFailed
 from workers.pipeline.runtime import RenderCanceled
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ def failure_decision(exc: BaseException, *, on_cuda: bool,
         return Decision("TIMEOUT")
     if isinstance(exc, LoraMissing):
         return Decision("LORA_MISSING")
+    if isinstance(exc, ParallelFailed):  # the GPUs of a split job are out of step: a fresh worker retries it
+        return Decision("PARALLEL_FAILED", retry=True, exit_worker=True)
     if isinstance(exc, StorageFailed):
         return Decision("STORAGE_FAILED", retry=True)
     if isinstance(exc, torch.cuda.OutOfMemoryError):

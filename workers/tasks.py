@@ -59,7 +59,7 @@ def settle_failure(job, exc: BaseException, *, on_cuda: bool) -> str | None:
             log.error("job %s failed", job.pk, exc_info=exc)
         services.job_fail(job=job, code=decision.code, message=f"{type(exc).__name__}: {exc}".splitlines()[0])
     if decision.exit_worker:
-        log.error("CUDA context is broken; exiting so this worker is replaced")
+        log.error("%s: exiting so this worker is replaced", decision.code)
         os._exit(EXIT_CODE_REPLACE_ME)
     return decision.code
 

@@ -50,7 +50,9 @@ def stacked(tiny_model):
 @pytest.mark.parametrize("stack", [[("a", 1.0)], [("a", -1.0)], [("a", 0.5), ("b", 0.7)], []])
 def test_stack_adapter_matches_plain_diffusers_within_rounding(stacked, tiny_model, lora_files, stack):
     loras = [(lora_files[name], weight) for name, weight in stack]
-    frames = stacked.render(PARAMS, loras=[spec(path, weight) for path, weight in loras], scheduler="euler").frames
+    result = stacked.render(PARAMS, loras=[spec(path, weight) for path, weight in loras], scheduler="euler")
+    frames = result.frames
+    assert result.lora_math == "stack"  # the output record says so
     difference = np.abs(frames.astype(int) - plain_diffusers(tiny_model, loras))
     assert difference.max() <= 1 and (difference > 0).mean() < 1e-4
 

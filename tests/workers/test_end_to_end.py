@@ -55,7 +55,7 @@ def test_reference_request_renders_on_postgres_and_redis(api, celery_worker, tmp
     job = api.get(f"/api/v1/jobs/{request_id}/").json()
     assert job["attempts"] == 1 and job["progress"]["fraction"] == 1.0 and job["speed"] == "exact"
     assert job["outputs"][0]["record"]["loras"][0]["multiplier"] == 1.0
-    assert job["outputs"][0]["record"]["speed"] == "exact"
+    assert (job["outputs"][0]["record"]["speed"], job["outputs"][0]["record"]["lora_math"]) == ("exact", "peft")
     assert job["outputs"][0]["record"]["prompt"] == "sks a photo of a person"
 
 
@@ -99,7 +99,7 @@ def test_fast_job_renders_fast_and_its_rerun_stays_fast(api, celery_worker, tmp_
     job = finished_job(api, response.json()["id"])
     assert job["speed"] == "fast"
     record = job["outputs"][0]["record"]
-    assert record["speed"] == "fast" and record["timings"]["fast_merge"] >= 0
+    assert (record["speed"], record["lora_math"]) == ("fast", "merged") and record["timings"]["fast_merge"] >= 0
     frames, _ = download(api, job["outputs"][0]["url"], tmp_path, "fast.mp4")
     assert read_mp4_record(tmp_path / "fast.mp4")["speed"] == "fast"
 

@@ -11,6 +11,7 @@ from webapp.jobs import services
 from webapp.jobs.models import GenerationJob, JobStatus
 from workers import tasks
 from workers.celery_app import app as celery_app
+from workers.pipeline.parallel import ParallelFailed
 from workers.supervision import Decision, failure_decision
 
 LONG = {"prompt": "a long render", "width": 512, "height": 512, "num_frames": 17, "sample_steps": 150}  # ~25 s
@@ -145,6 +146,7 @@ def test_out_of_memory_fails_the_job_and_the_worker_carries_on(user, tiny_model,
     (RuntimeError("shape mismatch"), True, True, Decision("RENDER_FAILED")),
     (RuntimeError("shape mismatch"), False, False, Decision("RENDER_FAILED")),
     (torch.cuda.OutOfMemoryError("oom"), False, True, Decision("OUT_OF_MEMORY")),
+    (ParallelFailed("rank 2 failed"), True, True, Decision("PARALLEL_FAILED", True, True)),
 ])
 def test_failure_decisions(exc, on_cuda, healthy, expected):
     assert failure_decision(exc, on_cuda=on_cuda, cuda_healthy=lambda: healthy) == expected

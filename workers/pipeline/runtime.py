@@ -15,6 +15,9 @@ With `exact_compile` (opt-in) exact mode's transformer blocks are compiled on CU
 video size, and its jobs take their LoRAs through one fixed "stack" adapter (see `lora_stack.py`)
 so that no LoRA or multiplier recompiles them: equal to peft's sum within rounding. Without it
 exact jobs run peft's adapters one by one, bit for bit what diffusers computes.
+
+With `cp_devices` one job runs across several GPUs (see `parallel.py`): this process is rank 0 and
+hands each render call to follower processes that run it in step with it.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ from diffusers import (FirstBlockCacheConfig, FlowMatchEulerDiscreteScheduler, U
 
 from .fast import FastTransformer, fp8_available
 from .lora_stack import LoraStack
+from .parallel import Followers, ParallelFailed, agree_to_stop, all_ready, enable_ulysses, init_group
 from .params import PromptParams
 from .video import to_uint8
 
@@ -60,6 +64,8 @@ class RenderResult:
     frames: np.ndarray  # (F, H, W, 3) uint8
     scheduler: str
     speed: str = "exact"  # what actually ran (a worker without fast mode renders fast jobs exactly)
+    step_cache: float | None = None  # what actually ran (a job split across GPUs never skips steps)
+    lora_math: str = "peft"  # how LoRAs ran: "peft" adapters, one "stack" adapter, or "merged" into fp8 weights
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -91,8 +97,19 @@ def default_device() -> str:
 class WanRuntime:
     def __init__(self, model_path: str, *, device: str | None = None, dtype: torch.dtype | None = None,
                  lora_budget_bytes: int = 8 * 2**30, low_memory: bool = False, cfg_device: str | None = None,
-                 fast_mode: bool = True, fast_compile: bool = True, exact_compile: bool = False):
+                 fast_mode: bool = True, fast_compile: bool = True, exact_compile: bool = False,
+                 cp_devices: list[str] | None = None, cp_rank: int = 0, cp_port: int | None = None):
         self.model_path = model_path
+        # One job across these devices (rank 0 here; parallel.py starts the others with cp_rank and cp_port).
+        self.cp_devices = list(cp_devices or []) if len(cp_devices or []) > 1 else []
+        self.cp_rank, self._cp_port = cp_rank, cp_port
+        self.followers: Followers | None = None
+        self.agreed_stop = False  # the last render stopped where every rank agreed to (the group is in step)
+        if self.cp_devices:
+            if cfg_device or low_memory:
+                raise ValueError("a job split across GPUs (WAN_CP_DEVICES) excludes WAN_CFG_DEVICE and WAN_LOW_MEMORY")
+            device = self.cp_devices[cp_rank]
+            fast_mode = exact_compile = False  # neither is split across ranks
         self.low_memory = low_memory
         self.fast: FastTransformer | None = None
         self.cfg_device = cfg_device  # a second device for the unconditional pass (CFG in parallel)
@@ -106,6 +123,7 @@ class WanRuntime:
         # torch.compile runs on CUDA only; the CPU takes the same LoRA path (stack adapter) uncompiled.
         self.exact_compile = exact_compile and not low_memory
         self._stacks: list[LoraStack] = []  # exact mode's stack adapter, one per transformer copy
+        self._stacked = False  # whether the current job's LoRAs run through the stack adapter
         self.lora_budget_bytes = lora_budget_bytes
         self.pipe = None
         self._adapters: OrderedDict[str, int] = OrderedDict()  # adapter name -> bytes, least recent first
@@ -117,6 +135,8 @@ class WanRuntime:
         if self.pipe is not None:
             return self
         start = time.perf_counter()
+        if self.cp_devices:
+            self._join_group()
         if self.low_memory:
             # Smaller cards: each model visits the GPU only while it runs (the text encoder leaves
             # after encoding), and the VAE decodes in tiles.
@@ -149,10 +169,29 @@ class WanRuntime:
                 torch._dynamo.config.recompile_limit = 64
                 for model in self._transformers(pipe):
                     model.compile_repeated_blocks(fullgraph=True, dynamic=False)
+        if self.cp_devices:
+            enable_ulysses(pipe.transformer, len(self.cp_devices))
+            if self.followers is not None:
+                self.followers.wait_ready()
         self.pipe = pipe
         self.load_seconds = time.perf_counter() - start
         log.info("loaded %s on %s in %.1fs", self.model_path, self.device, self.load_seconds)
         return self
+
+    def _join_group(self) -> None:
+        if self.device.startswith("cuda"):
+            torch.cuda.set_device(torch.device(self.device))  # before NCCL picks a device
+        if self.cp_rank == 0:
+            self.followers = Followers(self.cp_devices, {
+                "model_path": self.model_path, "dtype": self.dtype, "lora_budget_bytes": self.lora_budget_bytes})
+        else:
+            init_group(self.cp_rank, len(self.cp_devices), self._cp_port, self.device)
+
+    def close(self) -> None:
+        """End the follower processes of a job split across GPUs (nothing to do otherwise)."""
+        if self.followers is not None:
+            self.followers.close()
+            self.followers = None
 
     # -- LoRAs --------------------------------------------------------------
     @staticmethod
@@ -186,7 +225,8 @@ class WanRuntime:
             self._adapters.move_to_end(name)
             names.append(name)
         weights = [lora.multiplier for lora in loras]
-        if self._stacks and self._stacks[0].stackable(names):
+        self._stacked = bool(self._stacks) and self._stacks[0].stackable(names)
+        if self._stacked:
             for stack in self._stacks:
                 stack.activate(list(zip(names, weights)))
         else:
@@ -241,33 +281,62 @@ class WanRuntime:
                step_cache: float | None = None, speed: str = "exact",
                on_step: Callable[[int, int], None] | None = None) -> RenderResult:
         """Render one prompt. `on_step(done, total)` runs after every denoising step and may
-        raise `RenderCanceled` to stop. `step_cache` opts into diffusers' FirstBlockCache at that
-        threshold: steps whose first block barely changes reuse the rest (faster, lossy).
-        `speed="fast"` renders with the fp8 transformer (lossy, see fast.py) where this runtime
-        allows it, exactly otherwise; the result says which ran."""
-        pipe = self.load().pipe
+        raise `RenderCanceled` (or anything) to stop. `step_cache` opts into diffusers'
+        FirstBlockCache at that threshold: steps whose first block barely changes reuse the rest
+        (faster, lossy; not with `cp_devices`, whose ranks would decide apart). `speed="fast"`
+        renders with the fp8 transformer (lossy, see fast.py) where this runtime allows it,
+        exactly otherwise; the result says what ran."""
+        self.load()
+        call = {"params": params, "loras": list(loras), "scheduler": scheduler,
+                "step_cache": None if self.cp_devices else step_cache, "speed": speed}
+        if self.followers is None:
+            return self._render(**call, on_step=on_step)
+        self.followers.dispatch(call)
+        try:
+            result = self._render(**call, on_step=on_step)
+        except BaseException as exc:
+            if not self.agreed_stop:  # a rank may be mid-collective: the group is unusable
+                raise ParallelFailed(f"rank 0 failed mid-render: {type(exc).__name__}: {exc}") from exc
+            self.followers.collect()
+            raise
+        self.followers.collect()
+        return result
+
+    def _render(self, params: PromptParams, *, loras: list[LoraSpec], scheduler: str, step_cache: float | None,
+                speed: str, on_step: Callable[[int, int], None] | None) -> RenderResult:
+        pipe = self.pipe
+        self.agreed_stop = False
         loras = list(loras)
         if params.lora_scale is not None:
             loras = [replace(lora, multiplier=params.lora_scale) for lora in loras]
-        timings = {"lora_switch": self.activate_loras(loras)}
-        fast = None
-        if speed == "fast" and self.fast_mode and not step_cache:
-            fast = self.fast_transformer()
-            timings["fast_merge"] = fast.merge(pipe.transformer, [(self.adapter_name(lora.sha256), lora.multiplier)
-                                                                  for lora in loras])
-        scheduler_name = pick_scheduler(scheduler, loras)
-        pipe.scheduler = self._schedulers[scheduler_name]
+        try:
+            timings = {"lora_switch": self.activate_loras(loras)}
+            fast = None
+            if speed == "fast" and self.fast_mode and not step_cache:
+                fast = self.fast_transformer()
+                timings["fast_merge"] = fast.merge(pipe.transformer, [(self.adapter_name(lora.sha256), lora.multiplier)
+                                                                      for lora in loras])
+            scheduler_name = pick_scheduler(scheduler, loras)
+            pipe.scheduler = self._schedulers[scheduler_name]
 
-        # 1. Text encoding
-        start = time.perf_counter()
-        with torch.inference_mode():
-            prompt_embeds, negative_embeds = pipe.encode_prompt(
-                prompt=params.prompt, negative_prompt=params.neg,
-                do_classifier_free_guidance=params.guidance_scale > 1.0, device=pipe._execution_device,
-                max_sequence_length=TEXT_TOKENS,
-            )
-        self._sync()
-        timings["text_encode"] = time.perf_counter() - start
+            # 1. Text encoding
+            start = time.perf_counter()
+            with torch.inference_mode():
+                prompt_embeds, negative_embeds = pipe.encode_prompt(
+                    prompt=params.prompt, negative_prompt=params.neg,
+                    do_classifier_free_guidance=params.guidance_scale > 1.0, device=pipe._execution_device,
+                    max_sequence_length=TEXT_TOKENS,
+                )
+            self._sync()
+            timings["text_encode"] = time.perf_counter() - start
+        except BaseException:
+            if self.cp_devices:
+                all_ready(False)
+                self.agreed_stop = True
+            raise
+        if self.cp_devices and not all_ready(True):
+            self.agreed_stop = True
+            raise RuntimeError("another GPU of this job could not prepare it (its log says why)")
 
         # 2. Denoising (per-step callback), then 3. VAE decode inside the same call
         marks = {"start": time.perf_counter()}
@@ -276,13 +345,22 @@ class WanRuntime:
             if index + 1 == params.sample_steps:
                 self._sync()
                 marks["denoised"] = time.perf_counter()
-            if on_step is not None:
-                on_step(index + 1, params.sample_steps)
+            stop = None
+            try:
+                if on_step is not None:
+                    on_step(index + 1, params.sample_steps)
+            except BaseException as exc:
+                stop = exc
+            if self.cp_devices and agree_to_stop(stop is not None) and stop is None:
+                stop = RenderCanceled()  # a follower: rank 0 stopped at this step
+            if stop is not None:
+                self.agreed_stop = True
+                raise stop
             return {}
 
         if self.replica is not None and params.guidance_scale > 1.0 and not step_cache and fast is None:
             frames = self._denoise_cfg_parallel(params, prompt_embeds, negative_embeds, step_end)
-            return self._result(frames, scheduler_name, timings, marks, params)
+            return self._result(frames, scheduler_name, timings, marks, params, step_cache=step_cache)
         if step_cache:
             pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=step_cache))
         exact = pipe.transformer
@@ -303,14 +381,16 @@ class WanRuntime:
             if self.low_memory:
                 pipe.maybe_free_model_hooks()  # a canceled call must not leave the transformer on the GPU
         return self._result(output.frames[0], scheduler_name, timings, marks, params,
-                            speed="exact" if fast is None else "fast")
+                            speed="exact" if fast is None else "fast", step_cache=step_cache)
 
-    def _result(self, frames, scheduler_name, timings, marks, params, speed="exact") -> RenderResult:
+    def _result(self, frames, scheduler_name, timings, marks, params, speed="exact", step_cache=None) -> RenderResult:
         done = time.perf_counter()
         timings["denoise"] = marks["denoised"] - marks["start"]
         timings["denoise_per_step"] = timings["denoise"] / params.sample_steps
         timings["vae_decode"] = done - marks["denoised"]
-        return RenderResult(frames=to_uint8(frames), scheduler=scheduler_name, speed=speed, timings=timings)
+        lora_math = "merged" if speed == "fast" else "stack" if self._stacked else "peft"
+        return RenderResult(frames=to_uint8(frames), scheduler=scheduler_name, speed=speed, lora_math=lora_math,
+                            step_cache=step_cache, timings=timings)
 
     @torch.inference_mode()
     def _denoise_cfg_parallel(self, params: PromptParams, prompt_embeds, negative_embeds, step_end) -> np.ndarray:

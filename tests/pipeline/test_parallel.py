@@ -1,0 +1,61 @@
+"""One job split across two ranks (here two CPU processes over gloo, as GPUs would be over NCCL):
+the frames one process renders, and every rank stops together."""
+import numpy as np
+import pytest
+
+from tests.pipeline.test_runtime import PARAMS, spec
+from workers.pipeline.runtime import LoraSpec, RenderCanceled, WanRuntime
+
+
+@pytest.fixture(scope="module")
+def split(tiny_model):
+    runtime = WanRuntime(str(tiny_model), device="cpu", cp_devices=["cpu", "cpu"]).load()
+    yield runtime
+    runtime.close()
+
+
+@pytest.fixture(scope="module")
+def single(tiny_model):
+    return WanRuntime(str(tiny_model), device="cpu")
+
+
+def test_a_split_job_renders_the_frames_of_one_process(split, single, lora_files):
+    assert split.pipe.transformer._parallel_config is not None  # diffusers splits its attention
+    a, b = lora_files["a"], lora_files["b"]
+    for loras in ([spec(a, 0.7), spec(b, -0.4)], [], [spec(b, 1.0)]):
+        frames = split.render(PARAMS, loras=loras).frames
+        difference = np.abs(frames.astype(int) - single.render(PARAMS, loras=loras).frames)
+        assert difference.max() <= 1 and (difference > 0).mean() < 1e-4
+
+
+def test_a_cancel_stops_every_rank_at_the_same_step(split):
+    steps = []
+
+    def cancel(done, total):
+        steps.append(done)
+        raise RenderCanceled()
+
+    with pytest.raises(RenderCanceled):
+        split.render(PARAMS, on_step=cancel)
+    assert steps == [1]
+    assert split.render(PARAMS).frames.shape == (PARAMS.num_frames, PARAMS.height, PARAMS.width, 3)
+
+
+def test_a_bad_lora_fails_the_job_on_every_rank_and_the_next_job_runs(split, single, lora_files, tmp_path):
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a safetensors file")
+    with pytest.raises(Exception) as failure:
+        split.render(PARAMS, loras=[LoraSpec(str(broken), sha256="f" * 64, multiplier=1.0)])
+    assert type(failure.value).__name__ != "ParallelFailed"  # the job failed, the group is fine
+    loras = [spec(lora_files["a"], 1.0)]
+    assert np.abs(split.render(PARAMS, loras=loras).frames.astype(int) - single.render(PARAMS, loras=loras).frames
+                  ).max() <= 1
+
+
+def test_a_split_job_never_skips_steps_and_says_so(split):
+    assert split.render(PARAMS, step_cache=0.5).step_cache is None
+
+
+def test_splitting_excludes_the_cfg_device(tiny_model):
+    with pytest.raises(ValueError):
+        WanRuntime(str(tiny_model), device="cpu", cp_devices=["cpu", "cpu"], cfg_device="cpu")
