@@ -3,14 +3,15 @@ the frames one process renders, and every rank stops together."""
 import pytest
 
 from tests.pipeline.test_runtime import PARAMS, assert_within_rounding, spec
+from workers.pipeline.parallel import ParallelFailed
 from workers.pipeline.runtime import LoraSpec, RenderCanceled, WanRuntime
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def split(tiny_model):
     runtime = WanRuntime(str(tiny_model), device="cpu", cp_devices=["cpu", "cpu"]).load()
     yield runtime
-    runtime.close()
+    runtime.close()  # a process holds one group at a time
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +44,21 @@ def test_a_bad_lora_fails_the_job_on_every_rank_and_the_next_job_runs(split, sin
     broken.write_bytes(b"not a safetensors file")
     with pytest.raises(Exception) as failure:
         split.render(PARAMS, loras=[LoraSpec(str(broken), sha256="f" * 64, multiplier=1.0)])
-    assert type(failure.value).__name__ != "ParallelFailed"  # the job failed, the group is fine
+    assert not isinstance(failure.value, ParallelFailed)  # the job failed, the group is fine
     loras = [spec(lora_files["a"], 1.0)]
     assert_within_rounding(split.render(PARAMS, loras=loras).frames, single.render(PARAMS, loras=loras).frames)
 
 
 def test_a_split_job_never_skips_steps_and_says_so(split):
     assert split.render(PARAMS, step_cache=0.5).step_cache is None
+
+
+def test_a_follower_that_died_fails_the_job_so_the_worker_is_replaced(split):
+    follower = split.followers._processes[0]
+    follower.kill()
+    follower.join()
+    with pytest.raises(ParallelFailed, match="rank 1 is gone"):
+        split.render(PARAMS)
 
 
 def test_splitting_excludes_the_cfg_device(tiny_model):

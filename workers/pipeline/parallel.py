@@ -93,8 +93,13 @@ class Followers:
         self._collect(READY_TIMEOUT_S, "load the model")
 
     def dispatch(self, call: dict) -> None:
-        for pipe in self._pipes:
-            pipe.send(call)
+        for rank, (pipe, process) in enumerate(zip(self._pipes, self._processes), start=1):
+            try:
+                if not process.is_alive():
+                    raise OSError(f"exit code {process.exitcode}")
+                pipe.send(call)
+            except OSError as exc:
+                raise ParallelFailed(f"rank {rank} is gone ({exc})") from exc
 
     def collect(self) -> None:
         """Wait for every follower to finish the call rank 0 just finished."""
