@@ -330,12 +330,9 @@ class WanRuntime:
             self._sync()
             timings["text_encode"] = time.perf_counter() - start
         except BaseException:
-            if self.cp_devices:
-                all_ready(False)
-                self.agreed_stop = True
+            self._agree_ready(False)
             raise
-        if self.cp_devices and not all_ready(True):
-            self.agreed_stop = True
+        if not self._agree_ready(True):
             raise RuntimeError("another GPU of this job could not prepare it (its log says why)")
 
         # 2. Denoising (per-step callback), then 3. VAE decode inside the same call
@@ -382,6 +379,13 @@ class WanRuntime:
                 pipe.maybe_free_model_hooks()  # a canceled call must not leave the transformer on the GPU
         return self._result(output.frames[0], scheduler_name, timings, marks, params,
                             speed="exact" if fast is None else "fast", step_cache=step_cache)
+
+    def _agree_ready(self, ready: bool) -> bool:
+        """A split job's ranks tell each other whether they prepared it; if one did not, all stop here."""
+        if self.cp_devices:
+            ready = all_ready(ready)
+            self.agreed_stop = not ready
+        return ready
 
     def _result(self, frames, scheduler_name, timings, marks, params, speed="exact", step_cache=None) -> RenderResult:
         done = time.perf_counter()
