@@ -170,7 +170,7 @@ def flow_deviation(runtime, captures):
     out = []
     runtime.activate_loras([])  # adapters stay resident; merge reads them by name
     for (adapter, weight), calls in captures:
-        fast.merge(runtime.pipe.transformer, [(adapter, weight)])
+        runtime.merge_fast([(adapter, weight)])
         predicted = []
         with torch.inference_mode():
             for inputs, _ in calls:

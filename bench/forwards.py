@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import ensure_wan14b, forward_flops, tokens_of  # noqa: E402
 from workers.pipeline.checkpoints import write_aitoolkit_lora  # noqa: E402
 from workers.pipeline.fast import FastTransformer  # noqa: E402
+from workers.pipeline.lora_stack import peft_layers  # noqa: E402
 from workers.pipeline.runtime import LoraSpec, WanRuntime  # noqa: E402
 from workers.pipeline.shapes import WAN_14B_TRANSFORMER, WanShape  # noqa: E402
 
@@ -101,7 +102,8 @@ def main():
         reserved_gib=torch.cuda.memory_reserved() / 2**30)
 
     fast = FastTransformer(model, device="cuda", dtype=torch.bfloat16, compile=False)
-    merge = fast.merge(exact, [(runtime.adapter_name(loras[0].sha256), 1.0)])
+    stack = [(runtime.adapter_name(loras[0].sha256), 1.0)]
+    merge = fast.merge(exact, stack, peft_layers(exact, stack))
     seconds, _, out = timed(lambda: forward(fast.model), reps=1)
     log("fast eager (fp8 rowwise, LoRA A merged)", s=seconds, speedup=base / seconds,
         rel_err=rel(out, reference), build_s=fast.build_seconds, merge_s=merge)
@@ -113,7 +115,8 @@ def main():
 
     # Another stack merged into the compiled copy: in-place weights, so no recompile
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    merge = fast.merge(exact, [(runtime.adapter_name(loras[1].sha256), 0.7)])
+    stack = [(runtime.adapter_name(loras[1].sha256), 0.7)]
+    merge = fast.merge(exact, stack, peft_layers(exact, stack))
     seconds, first, out = timed(lambda: forward(fast.model))
     log("fast compiled after merging B@0.7", s=seconds, first_call_s=first, merge_s=merge,
         rel_err_vs_exact_b=rel(out, exact_b), new_graphs=torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs)

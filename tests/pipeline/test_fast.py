@@ -82,9 +82,8 @@ def test_lora_bias_deltas_are_merged_too(runtime, lora_files, tmp_path):
     outputs = {}
     for lora in (spec(lora_files["a"], 1.0), spec(path, 1.0)):
         runtime.activate_loras([lora])
-        fast = runtime.fast_transformer()
-        fast.merge(runtime.pipe.transformer, [(runtime.adapter_name(lora.sha256), 1.0)])
-        outputs[lora.path] = forward(runtime.pipe.transformer), forward(fast.model)
+        runtime.merge_fast([(runtime.adapter_name(lora.sha256), 1.0)])
+        outputs[lora.path] = forward(runtime.pipe.transformer), forward(runtime.fast.model)
     (exact_plain, _), (exact_bias, fast_bias) = outputs.values()
     assert (exact_bias - exact_plain).norm() > 0.2 * exact_plain.norm()  # the bias delta matters
     assert (fast_bias - exact_bias).norm() < 0.05 * exact_bias.norm()

@@ -61,6 +61,23 @@ def test_stack_adapter_matches_plain_diffusers_within_rounding(stacked, tiny_mod
     assert_within_rounding(result.frames, plain_diffusers(tiny_model, loras))
 
 
+def test_compiled_blocks_never_recompile_for_a_new_lora_stack_or_multiplier(tiny_model, lora_files):
+    """What WAN_EXACT_COMPILE buys: after the first job, LoRAs never seen before, other multipliers
+    and other stacks reuse the compiled blocks (dynamo's eager backend: the same guards, no codegen)."""
+    from torch._dynamo.utils import counters
+
+    runtime = WanRuntime(str(tiny_model), device="cpu", exact_compile=True).load()
+    runtime.pipe.transformer.compile_repeated_blocks(backend="eager", fullgraph=True, dynamic=False)
+    runtime.render(PARAMS)
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs > 0
+    a, b = lora_files["a"], lora_files["b"]
+    for loras in ([spec(a, 1.0)], [spec(b, 0.7)], [spec(a, 0.3), spec(b, 1.0)], [], [spec(a, -1.0)]):
+        runtime.render(PARAMS, loras=loras)
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert runtime.resident_adapters and list(runtime.pipe.transformer.peft_config) == ["stack"]
+
+
 def test_stack_adapter_is_filled_in_place_and_grows_only(stacked, lora_files, tmp_path):
     """Compiled blocks stay valid while the stack adapter keeps its tensors: new LoRAs, multipliers and
     stacks only copy values; a stack of more total rank than the bucket rebuilds it once, larger."""
@@ -112,14 +129,20 @@ def test_switching_never_leaks_a_scale_or_reloads_the_base(tiny_model, lora_file
     assert sorted(runtime.resident_adapters) == sorted(WanRuntime.adapter_name(spec(p, 1).sha256) for p in (a, b))
 
 
-def test_least_recently_used_adapter_is_unloaded_over_budget(tiny_model, lora_files):
+@pytest.mark.parametrize("exact_compile", [False, True])
+def test_least_recently_used_adapter_is_unloaded_over_budget(tiny_model, lora_files, exact_compile):
     a, b = lora_files["a"], lora_files["b"]
-    runtime = WanRuntime(str(tiny_model), device="cpu", lora_budget_bytes=a.stat().st_size)
+    runtime = WanRuntime(str(tiny_model), device="cpu", lora_budget_bytes=a.stat().st_size,
+                         exact_compile=exact_compile)
     runtime.render(PARAMS, loras=[spec(a, 1.0)])
     runtime.render(PARAMS, loras=[spec(b, 1.0)])
     assert runtime.resident_adapters == [WanRuntime.adapter_name(spec(b, 1).sha256)]
     frames = runtime.render(PARAMS, loras=[spec(a, 0.5)], scheduler="euler").frames
-    assert np.array_equal(frames, plain_diffusers(tiny_model, [(a, 0.5)]))
+    if exact_compile:
+        assert list(runtime._stacks[0].sources) == [WanRuntime.adapter_name(spec(a, 1).sha256)]
+        assert_within_rounding(frames, plain_diffusers(tiny_model, [(a, 0.5)]))
+    else:
+        assert np.array_equal(frames, plain_diffusers(tiny_model, [(a, 0.5)]))
 
 
 def test_checkpoint_scheduler_without_lora_matches_plain_diffusers(runtime, tiny_model):

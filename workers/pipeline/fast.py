@@ -21,6 +21,8 @@ import torch
 from diffusers import WanTransformer3DModel
 from torch import nn
 
+from .lora_stack import Layers
+
 log = logging.getLogger(__name__)
 
 FP8 = torch.float8_e4m3fn
@@ -75,17 +77,17 @@ class FastTransformer:
         return ((name, module) for name, module in self.model.named_modules() if _is_block_linear(module, name))
 
     @torch.no_grad()
-    def merge(self, exact: nn.Module, stack: list[tuple[str, float]]) -> float:
-        """Make the fp8 weights equal base + the stack's deltas, reading base weights and LoRA
-        factors from `exact` (the pipeline's transformer with its peft adapters loaded).
-        Returns the seconds it took; nothing happens when the stack is the one merged already."""
+    def merge(self, exact: nn.Module, stack: list[tuple[str, float]], layers: Layers) -> float:
+        """Make the fp8 weights equal base + the stack's deltas, reading base weights from `exact`
+        (the pipeline's transformer) and the stack's factors from `layers`. Returns the seconds it
+        took; nothing happens when the stack is the one merged already."""
         stack = tuple(stack)
         if stack == self.stack:
             return 0.0
         start = time.perf_counter()
         previous, self.stack = self._touched, None  # unknown until this merge completes
         try:
-            self._touched = self._merge_layers(exact, stack, previous)
+            self._touched = self._merge_layers(exact, layers, previous)
         except BaseException:
             self._touched = None  # some layers half-way: the next merge rewrites every one
             raise
@@ -94,25 +96,22 @@ class FastTransformer:
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
-    def _merge_layers(self, exact: nn.Module, stack: tuple, previous: set[str] | None) -> set[str]:
-        names = [name for name, _ in stack]
+    def _merge_layers(self, exact: nn.Module, layers: Layers, previous: set[str] | None) -> set[str]:
         touched = set()
         for name, linear in self._linears():
-            source = exact.get_submodule(name)
-            lora_names = [n for n in names if n in getattr(source, "lora_A", {})]
-            if not lora_names and previous is not None and name not in previous:
+            parts = layers.get(name, [])
+            if not parts and previous is not None and name not in previous:
                 continue  # no LoRA before or now: its fp8 weight is already the base
+            source = exact.get_submodule(name)
             base = source.get_base_layer() if hasattr(source, "get_base_layer") else source
             weight = base.weight.detach().to(torch.float32, copy=True)
             bias = None if base.bias is None else base.bias.detach().to(torch.float32, copy=True)
-            for lora_name, multiplier in stack:
-                if lora_name in lora_names:
-                    scale = multiplier * source.lora_alpha[lora_name] / source.r[lora_name]
-                    up, down = source.lora_B[lora_name], source.lora_A[lora_name]
-                    weight += scale * (up.weight.float() @ down.weight.float())
-                    if up.bias is not None and bias is not None:  # `diff_b` keys: peft's lora bias
-                        bias += scale * up.bias.float()
-                    touched.add(name)
+            for factors, multiplier in parts:
+                scale = factors.scaling(multiplier)
+                weight += scale * (factors.up.float() @ factors.down.float())
+                if factors.bias is not None and bias is not None:
+                    bias += scale * factors.bias.float()
+                touched.add(name)
             self._store(linear, weight.to(base.weight.dtype))
             if bias is not None:
                 linear.bias.copy_(bias.to(linear.bias.dtype))

@@ -1,26 +1,65 @@
-"""Exact mode's LoRAs in a form compiled blocks keep: the job's stack as one fixed adapter.
+"""LoRA factors per layer, and exact mode's LoRAs in a form compiled blocks keep.
 
 peft runs every active adapter as its own `B(A(x)) * scaling`, and torch.compile bakes the set of
-active adapters and each scaling into the graph, so a new LoRA or multiplier would recompile the
-blocks (about 50 s on the 14B). `LoraStack` gives the transformer one more adapter, "stack", on
-every linear of its blocks: its A is the job's A matrices stacked row-wise, its B the matching B
-matrices side by side, each times its peft scaling, zero-padded to a rank bucket. Every job runs
-that same adapter at scaling 1.0, so a switch only copies tensors:
+loaded adapters, the active ones and each scaling into the graph: a new LoRA or multiplier would
+recompile the blocks (about 50 s on the 14B). `LoraStack` keeps the transformer's structure fixed
+instead. A LoRA is loaded by diffusers as usual (its key conversion, alpha and rank), then its
+factors are taken out of the model and kept here, and the model holds one adapter only, "stack",
+on every linear of its blocks: its A is the job's A matrices stacked row-wise, its B the matching
+B matrices side by side, each times its peft scaling, zero-padded to a rank bucket. Every job
+runs that same adapter at scaling 1.0, so a switch only copies tensors:
 
     W x + [s1 B1 | s2 B2 | 0] [A1; A2; 0] x  =  W x + s1 B1 A1 x + s2 B2 A2 x
 
-the sum peft computes adapter by adapter, up to bf16 rounding. A job without LoRAs runs the
-zeroed stack, which adds exactly zero.
+the sum peft computes adapter by adapter, up to rounding. A job without LoRAs runs the zeroed
+stack, which adds exactly zero.
 """
 from __future__ import annotations
 
+import math
 import warnings
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 STACK = "stack"
 BUCKETS = (32, 64, 128, 256, 512)  # stack ranks; each is one compiled graph per video size
+
+
+@dataclass(frozen=True)
+class Factors:
+    """One LoRA's factors on one linear, as peft loaded them."""
+    down: torch.Tensor  # A: (rank, in)
+    up: torch.Tensor  # B: (out, rank)
+    bias: torch.Tensor | None  # `diff_b` keys: peft's lora bias
+    alpha: float
+    rank: int
+    rslora: bool = False
+
+    def scaling(self, multiplier: float) -> float:
+        """peft's `set_scale`: the multiplier times alpha over the rank (or its root, rsLoRA)."""
+        return multiplier * self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)
+
+    @classmethod
+    def of(cls, layer: nn.Module, adapter: str) -> "Factors":
+        up = layer.lora_B[adapter]
+        return cls(layer.lora_A[adapter].weight.detach(), up.weight.detach(),
+                   None if up.bias is None else up.bias.detach(), layer.lora_alpha[adapter], layer.r[adapter],
+                   layer.use_rslora.get(adapter, False))
+
+
+Layers = dict[str, list[tuple[Factors, float]]]  # module name -> (factors, multiplier) of each LoRA of a stack
+
+
+def peft_layers(model: nn.Module, stack: list[tuple[str, float]]) -> Layers:
+    """A stack's factors on each layer, read from peft adapters loaded in `model`."""
+    layers: Layers = {}
+    for name, module in model.named_modules():
+        for adapter, multiplier in stack:
+            if adapter in getattr(module, "lora_A", {}):
+                layers.setdefault(name, []).append((Factors.of(module, adapter), multiplier))
+    return layers
 
 
 def bucket(rank: int) -> int:
@@ -39,15 +78,38 @@ def block_linears(model: nn.Module) -> set[str]:
 
 
 class LoraStack:
-    """The "stack" adapter of one transformer and what it holds now."""
+    """The LoRAs taken out of one transformer, and its "stack" adapter with what it holds now."""
 
     def __init__(self, model: nn.Module):
         self.model = model
         self.targets = block_linears(model)
         self.rank = 0
+        self.sources: dict[str, dict[str, Factors]] = {}  # adapter -> module name -> factors
         self.stack: tuple | None = None  # the (adapter, multiplier) pairs filled in; None: unknown
         self._filled: set[str] | None = set()  # layers holding non-zero values; None: unknown
         self._build(BUCKETS[0])
+
+    def take(self, adapter: str) -> None:
+        """Move a freshly loaded peft adapter's factors out of the model into `sources`."""
+        factors = {}
+        for name, module in self.model.named_modules():
+            if adapter in getattr(module, "lora_A", {}):
+                if not isinstance(_base(module), nn.Linear) or adapter in getattr(module, "lora_variant", {}):
+                    self.model.delete_adapters(adapter)
+                    raise ValueError(f"{name}: only plain LoRAs on linear layers run with WAN_EXACT_COMPILE")
+                factors[name] = Factors.of(module, adapter)
+        self.model.delete_adapters(adapter)
+        self.sources[adapter] = factors
+
+    def drop(self, adapter: str) -> None:
+        self.sources.pop(adapter, None)
+
+    def layers(self, stack: list[tuple[str, float]]) -> Layers:
+        layers: Layers = {}
+        for adapter, multiplier in stack:
+            for name, factors in self.sources[adapter].items():
+                layers.setdefault(name, []).append((factors, multiplier))
+        return layers
 
     def _build(self, rank: int) -> None:
         from peft import LoraConfig
@@ -68,55 +130,38 @@ class LoraStack:
                         tensor.zero_()
         self.rank, self._filled, self.stack = rank, set(), ()
 
-    def stackable(self, adapters: list[str]) -> bool:
-        """Whether these adapters are plain LoRAs on linears (DoRA or a conv LoRA run as peft adapters)."""
-        for module in self.model.modules():
-            for adapter in adapters:
-                if adapter in getattr(module, "lora_A", {}):
-                    if not isinstance(_base(module), nn.Linear) or adapter in getattr(module, "lora_variant", {}):
-                        return False
-        return True
-
     @torch.no_grad()
     def activate(self, stack: list[tuple[str, float]]) -> None:
-        """Fill the stack adapter with `stack` and make it the only active adapter."""
+        """Fill the stack adapter with `stack` (adapters taken before) and make it the active one."""
         stack = tuple(stack)
         if stack != self.stack:
-            self.model.set_adapters([a for a, _ in stack] or [STACK], [m for _, m in stack] or [1.0])
-            parts = self._parts([a for a, _ in stack])  # peft's scalings are now the job's
-            rank = max((sum(layer.r[a] for a in adapters) for layer, adapters in parts.values()), default=0)
-            if bucket(rank) > self.rank or not parts.keys() <= self.targets:  # grow only: fewer graphs
-                self.targets |= parts.keys()
+            layers = self.layers(list(stack))
+            rank = max((sum(factors.rank for factors, _ in parts) for parts in layers.values()), default=0)
+            if bucket(rank) > self.rank or not layers.keys() <= self.targets:  # grow only: fewer graphs
+                self.targets |= layers.keys()
                 self._build(max(bucket(rank), self.rank))
             previous, self.stack, self._filled = self._filled, None, None  # unknown until filled
             for name in self.targets:
-                if name in parts or previous is None or name in previous:
-                    self._fill(self.model.get_submodule(name), *parts.get(name, (None, [])))
-            self._filled, self.stack = set(parts), stack
+                if name in layers or previous is None or name in previous:
+                    self._fill(self.model.get_submodule(name), layers.get(name, []))
+            self._filled, self.stack = set(layers), stack
         self.model.enable_lora()
         self.model.set_adapters([STACK], [1.0])
 
-    def _parts(self, adapters: list[str]) -> dict[str, tuple[nn.Module, list[str]]]:
-        parts = {}
-        for name, module in self.model.named_modules():
-            mine = [a for a in adapters if a in getattr(module, "lora_A", {})]
-            if mine:
-                parts[name] = (module, mine)
-        return parts
-
-    def _fill(self, layer: nn.Module, source: nn.Module | None, adapters: list[str]) -> None:
+    @staticmethod
+    def _fill(layer: nn.Module, parts: list[tuple[Factors, float]]) -> None:
         down, up = layer.lora_A[STACK], layer.lora_B[STACK]
         a = torch.zeros_like(down.weight, dtype=torch.float32)
         b = torch.zeros_like(up.weight, dtype=torch.float32)
         bias = torch.zeros_like(up.bias, dtype=torch.float32)
         at = 0
-        for adapter in adapters:
-            rank, scaling = source.r[adapter], source.scaling[adapter]
-            a[at:at + rank] = source.lora_A[adapter].weight.float()
-            b[:, at:at + rank] = source.lora_B[adapter].weight.float() * scaling
-            if source.lora_B[adapter].bias is not None:  # `diff_b` keys: peft's lora bias
-                bias += source.lora_B[adapter].bias.float() * scaling
-            at += rank
+        for factors, multiplier in parts:
+            scaling = factors.scaling(multiplier)
+            a[at:at + factors.rank] = factors.down.float()
+            b[:, at:at + factors.rank] = factors.up.float() * scaling
+            if factors.bias is not None:
+                bias += factors.bias.float() * scaling
+            at += factors.rank
         down.weight.copy_(a)
         up.weight.copy_(b)
         up.bias.copy_(bias)

@@ -35,7 +35,7 @@ from diffusers import (FirstBlockCacheConfig, FlowMatchEulerDiscreteScheduler, U
                        WanTransformer3DModel)
 
 from .fast import FastTransformer, fp8_available
-from .lora_stack import LoraStack
+from .lora_stack import LoraStack, peft_layers
 from .parallel import Followers, ParallelFailed, agree_to_stop, all_ready, enable_ulysses, init_group
 from .params import PromptParams
 from .video import to_uint8
@@ -123,7 +123,6 @@ class WanRuntime:
         # torch.compile runs on CUDA only; the CPU takes the same LoRA path (stack adapter) uncompiled.
         self.exact_compile = exact_compile and not low_memory
         self._stacks: list[LoraStack] = []  # exact mode's stack adapter, one per transformer copy
-        self._stacked = False  # whether the current job's LoRAs run through the stack adapter
         self.lora_budget_bytes = lora_budget_bytes
         self.pipe = None
         self._adapters: OrderedDict[str, int] = OrderedDict()  # adapter name -> bytes, least recent first
@@ -221,23 +220,39 @@ class WanRuntime:
                     except Exception:
                         pipe.delete_adapters(name)  # keep both copies in step
                         raise
+                self._take_out(name)
                 self._adapters[name] = path.stat().st_size
             self._adapters.move_to_end(name)
             names.append(name)
         weights = [lora.multiplier for lora in loras]
-        self._stacked = bool(self._stacks) and self._stacks[0].stackable(names)
-        if self._stacked:
-            for stack in self._stacks:
-                stack.activate(list(zip(names, weights)))
-        else:
-            for model in self._lora_models():
-                if names:
-                    model.enable_lora()
-                    model.set_adapters(names, weights)
-                elif self._adapters or self._stacks:
-                    model.disable_lora()
+        for model in self._lora_models() if not self._stacks else ():
+            if names:
+                model.enable_lora()
+                model.set_adapters(names, weights)
+            elif self._adapters:
+                model.disable_lora()
+        for stack in self._stacks:
+            stack.activate(list(zip(names, weights)))
         self._evict(keep=set(names))
         return time.perf_counter() - start
+
+    def _take_out(self, name: str) -> None:
+        """With the stack adapter, a new LoRA's factors leave the model (whose structure the
+        compiled blocks depend on) as soon as diffusers has loaded them."""
+        try:
+            for stack in self._stacks:
+                stack.take(name)
+        except Exception:
+            for stack, model in zip(self._stacks, self._transformers(self.pipe)):
+                stack.drop(name)
+                if name in getattr(model, "peft_config", {}):
+                    model.delete_adapters(name)
+            raise
+
+    def merge_fast(self, stack: list[tuple[str, float]]) -> float:
+        """Merge a stack of resident LoRAs (adapter name, multiplier) into fast mode's fp8 weights."""
+        layers = self._stacks[0].layers(stack) if self._stacks else peft_layers(self.pipe.transformer, stack)
+        return self.fast_transformer().merge(self.pipe.transformer, stack, layers)
 
     def _transformers(self, pipe):
         return [pipe.transformer] + ([self.replica] if self.replica is not None else [])
@@ -251,7 +266,9 @@ class WanRuntime:
             victim = next((n for n in self._adapters if n not in keep), None)
             if victim is None:
                 return
-            for model in self._lora_models():
+            for stack in self._stacks:
+                stack.drop(victim)
+            for model in self._lora_models() if not self._stacks else ():
                 model.delete_adapters(victim)
             del self._adapters[victim]
             log.info("unloaded adapter %s (LoRA memory budget)", victim)
@@ -314,8 +331,8 @@ class WanRuntime:
             fast = None
             if speed == "fast" and self.fast_mode and not step_cache:
                 fast = self.fast_transformer()
-                timings["fast_merge"] = fast.merge(pipe.transformer, [(self.adapter_name(lora.sha256), lora.multiplier)
-                                                                      for lora in loras])
+                timings["fast_merge"] = self.merge_fast([(self.adapter_name(lora.sha256), lora.multiplier)
+                                                         for lora in loras])
             scheduler_name = pick_scheduler(scheduler, loras)
             pipe.scheduler = self._schedulers[scheduler_name]
 
@@ -392,7 +409,7 @@ class WanRuntime:
         timings["denoise"] = marks["denoised"] - marks["start"]
         timings["denoise_per_step"] = timings["denoise"] / params.sample_steps
         timings["vae_decode"] = done - marks["denoised"]
-        lora_math = "merged" if speed == "fast" else "stack" if self._stacked else "peft"
+        lora_math = "merged" if speed == "fast" else "stack" if self._stacks else "peft"
         return RenderResult(frames=to_uint8(frames), scheduler=scheduler_name, speed=speed, lora_math=lora_math,
                             step_cache=step_cache, timings=timings)
 
