@@ -21,10 +21,6 @@ def forward_flops(tokens: int) -> float:
     return linear + 4 * tokens * tokens * D * L + 4 * tokens * TEXT * D * L
 
 
-def tokens_of(width: int, height: int, frames: int) -> int:
-    return ((frames - 1) // 4 + 1) * (height // 16) * (width // 16)
-
-
 def ensure_wan14b(folder: Path, *, device: str = "cuda") -> str:
     """A full-size random-weight Wan 2.1 14B diffusers folder, written once per machine."""
     if not (folder / "model_index.json").exists():

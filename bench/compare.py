@@ -32,11 +32,11 @@ import torch
 from torch._dynamo.utils import counters
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import ensure_wan14b, forward_flops, psnr, tokens_of  # noqa: E402
+from bench.common import ensure_wan14b, forward_flops, psnr  # noqa: E402
 from workers.pipeline.checkpoints import write_aitoolkit_lora  # noqa: E402
 from workers.pipeline.params import resolve_prompt  # noqa: E402
 from workers.pipeline.runtime import LoraSpec, WanRuntime  # noqa: E402
-from workers.pipeline.shapes import WAN_14B_TRANSFORMER, WanShape  # noqa: E402
+from workers.pipeline.shapes import WAN_14B_TRANSFORMER, WanShape, tokens_of  # noqa: E402
 from workers.pipeline.video import png_bytes, to_uint8, webp_bytes, write_mp4  # noqa: E402
 
 QUEUE = [("1024x1024x41", "A", 1.0), ("832x480x81", "B", 0.7), ("1024x1024x41", "A", 0.5), ("832x480x81", "B", 1.0)]

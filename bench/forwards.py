@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import ensure_wan14b, forward_flops, tokens_of  # noqa: E402
+from bench.common import ensure_wan14b, forward_flops  # noqa: E402
 from workers.pipeline.checkpoints import write_aitoolkit_lora  # noqa: E402
 from workers.pipeline.fast import FastTransformer  # noqa: E402
 from workers.pipeline.lora_stack import peft_layers  # noqa: E402
 from workers.pipeline.runtime import LoraSpec, WanRuntime  # noqa: E402
-from workers.pipeline.shapes import WAN_14B_TRANSFORMER, WanShape  # noqa: E402
+from workers.pipeline.shapes import WAN_14B_TRANSFORMER, WanShape, tokens_of  # noqa: E402
 
 WORK = Path("/tmp/wan14b")
 OUT = Path(os.environ.get("OUT", "."))

@@ -4,6 +4,7 @@ import pytest
 
 from tests.pipeline.test_runtime import PARAMS, assert_within_rounding, spec
 from workers.pipeline.parallel import ParallelFailed
+from workers.pipeline.params import resolve_prompt
 from workers.pipeline.runtime import LoraSpec, RenderCanceled, WanRuntime
 
 
@@ -47,6 +48,13 @@ def test_a_bad_lora_fails_the_job_on_every_rank_and_the_next_job_runs(split, sin
     assert not isinstance(failure.value, ParallelFailed)  # the job failed, the group is fine
     loras = [spec(lora_files["a"], 1.0)]
     assert_within_rounding(split.render(PARAMS, loras=loras).frames, single.render(PARAMS, loras=loras).frames)
+
+
+def test_a_size_the_ranks_cannot_split_fails_the_job_not_the_worker(split):
+    odd = resolve_prompt({"prompt": "x", "width": 144, "height": 144, "num_frames": 9, "sample_steps": 2}, index=0)
+    with pytest.raises(ValueError, match="cannot split evenly"):  # 3 x 9 x 9 = 243 tokens on 2 ranks
+        split.render(odd)
+    assert split.render(PARAMS).frames.shape == (PARAMS.num_frames, PARAMS.height, PARAMS.width, 3)
 
 
 def test_a_split_job_never_skips_steps_and_says_so(split):

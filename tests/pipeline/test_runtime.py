@@ -61,6 +61,24 @@ def test_stack_adapter_matches_plain_diffusers_within_rounding(stacked, tiny_mod
     assert_within_rounding(result.frames, plain_diffusers(tiny_model, loras))
 
 
+def test_a_failed_stack_rebuild_is_redone_on_the_next_job(tiny_model, lora_files, tmp_path, monkeypatch):
+    """Growing the stack adapter can run out of memory half-way; nothing stale may render after it."""
+    runtime = WanRuntime(str(tiny_model), device="cpu", exact_compile=True)
+    a = spec(lora_files["a"], 0.8)
+    runtime.render(PARAMS, loras=[a])
+    wide = write_aitoolkit_lora(tmp_path / "wide.safetensors", shape=TINY_SHAPE, rank=40, seed=7)
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory (injected)")
+
+    monkeypatch.setattr(runtime.pipe.transformer, "add_adapter", out_of_memory)
+    with pytest.raises(RuntimeError, match="injected"):
+        runtime.render(PARAMS, loras=[spec(wide, 1.0)])
+    monkeypatch.undo()
+    fresh = WanRuntime(str(tiny_model), device="cpu", exact_compile=True).render(PARAMS, loras=[a]).frames
+    assert np.array_equal(runtime.render(PARAMS, loras=[a]).frames, fresh)
+
+
 def test_compiled_blocks_never_recompile_for_a_new_lora_stack_or_multiplier(tiny_model, lora_files):
     """What WAN_EXACT_COMPILE buys: after the first job, LoRAs never seen before, other multipliers
     and other stacks reuse the compiled blocks (dynamo's eager backend: the same guards, no codegen)."""

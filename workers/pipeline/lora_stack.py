@@ -82,12 +82,12 @@ class LoraStack:
 
     def __init__(self, model: nn.Module):
         self.model = model
-        self.targets = block_linears(model)
+        self.targets: set[str] = set()
         self.rank = 0
         self.sources: dict[str, dict[str, Factors]] = {}  # adapter -> module name -> factors
         self.stack: tuple | None = None  # the (adapter, multiplier) pairs filled in; None: unknown
         self._filled: set[str] | None = set()  # layers holding non-zero values; None: unknown
-        self._build(BUCKETS[0])
+        self._build(BUCKETS[0], block_linears(model))
 
     def take(self, adapter: str) -> None:
         """Move a freshly loaded peft adapter's factors out of the model into `sources`."""
@@ -111,24 +111,25 @@ class LoraStack:
                 layers.setdefault(name, []).append((factors, multiplier))
         return layers
 
-    def _build(self, rank: int) -> None:
+    def _build(self, rank: int, targets: set[str]) -> None:
         from peft import LoraConfig
 
-        if self.rank:
+        self.rank, self.stack, self._filled = 0, None, None  # unknown until built and zeroed
+        if STACK in getattr(self.model, "peft_config", {}):
             self.model.delete_adapters(STACK)
-        config = LoraConfig(r=rank, lora_alpha=rank, target_modules=sorted(self.targets), lora_bias=True,
+        config = LoraConfig(r=rank, lora_alpha=rank, target_modules=sorted(targets), lora_bias=True,
                             init_lora_weights=False)
         with warnings.catch_warnings():  # "multiple adapters in the model": as intended
             warnings.filterwarnings("ignore", message="Already found a `peft_config`")
             self.model.add_adapter(config, adapter_name=STACK)
         with torch.no_grad():
-            for name in self.targets:
+            for name in targets:
                 layer = self.model.get_submodule(name)
                 for part in (layer.lora_A[STACK], layer.lora_B[STACK]):  # in the dtype peft gives adapters
                     part.to(_base(layer).weight.dtype).requires_grad_(False)
                     for tensor in part.parameters():
                         tensor.zero_()
-        self.rank, self._filled, self.stack = rank, set(), ()
+        self.rank, self.targets, self._filled, self.stack = rank, targets, set(), ()
 
     @torch.no_grad()
     def activate(self, stack: list[tuple[str, float]]) -> None:
@@ -137,9 +138,8 @@ class LoraStack:
         if stack != self.stack:
             layers = self.layers(list(stack))
             rank = max((sum(factors.rank for factors, _ in parts) for parts in layers.values()), default=0)
-            if bucket(rank) > self.rank or not layers.keys() <= self.targets:  # grow only: fewer graphs
-                self.targets |= layers.keys()
-                self._build(max(bucket(rank), self.rank))
+            if not self.rank or bucket(rank) > self.rank or not layers.keys() <= self.targets:
+                self._build(max(bucket(rank), self.rank), self.targets | layers.keys())  # grows only: fewer graphs
             previous, self.stack, self._filled = self._filled, None, None  # unknown until filled
             for name in self.targets:
                 if name in layers or previous is None or name in previous:

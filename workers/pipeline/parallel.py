@@ -12,9 +12,11 @@ leaves the group out of step: `ParallelFailed` tells the worker to exit and be r
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
+import signal
 import socket
 from datetime import timedelta
 
@@ -24,7 +26,8 @@ import torch.distributed as dist
 log = logging.getLogger(__name__)
 COLLECTIVE_TIMEOUT = timedelta(minutes=5)  # ranks load LoRAs and encode text on their own before a step
 READY_TIMEOUT_S = 1800  # a follower loads the whole pipeline from disk first
-COLLECT_TIMEOUT_S = 300  # followers end a render when rank 0 does, give or take a VAE decode
+COLLECT_TIMEOUT_S = 300  # followers end a render when rank 0 does
+PR_SET_PDEATHSIG = 1
 
 
 class ParallelFailed(RuntimeError):
@@ -82,7 +85,7 @@ class Followers:
         self._pipes, self._processes = [], []
         for rank in range(1, len(devices)):
             mine, theirs = context.Pipe()
-            process = context.Process(target=_follow, args=(rank, devices, port, runtime_kwargs, theirs),
+            process = context.Process(target=_follow, args=(rank, devices, port, runtime_kwargs, theirs, os.getpid()),
                                       name=f"wan-rank{rank}", daemon=True)
             process.start()
             self._pipes.append(mine)
@@ -107,9 +110,12 @@ class Followers:
 
     def _collect(self, timeout_s: float, what: str) -> None:
         for rank, pipe in enumerate(self._pipes, start=1):
-            if not pipe.poll(timeout_s):
-                raise ParallelFailed(f"rank {rank} did not {what} in {timeout_s:.0f}s")
-            status, detail = pipe.recv()
+            try:
+                if not pipe.poll(timeout_s):
+                    raise ParallelFailed(f"rank {rank} did not {what} in {timeout_s:.0f}s")
+                status, detail = pipe.recv()
+            except (EOFError, OSError) as exc:  # the follower died (killed, out of host memory, ...)
+                raise ParallelFailed(f"rank {rank} is gone ({type(exc).__name__})") from exc
             if status == "failed":
                 raise ParallelFailed(f"rank {rank} failed to {what}: {detail}")
 
@@ -124,6 +130,26 @@ class Followers:
         dist.destroy_process_group()
 
 
+def _die_with_parent(parent: int) -> None:
+    """The kernel ends this follower when rank 0 dies, even by os._exit (which skips the atexit
+    handler that ends daemon processes): its GPU is free for the worker that replaces it."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # rank 0 died before the line above
+        os._exit(1)
+
+
+def _healthy(device: str) -> bool:
+    """After an agreed stop: is this rank's CUDA context still usable (a sticky error is not)?"""
+    if not device.startswith("cuda"):
+        return True
+    try:
+        torch.cuda.synchronize()
+        return True
+    except Exception:  # any CUDA error here means the context is unusable
+        return False
+
+
 def _next_call(pipe) -> dict | None:
     try:
         return pipe.recv()
@@ -131,10 +157,11 @@ def _next_call(pipe) -> dict | None:
         return None
 
 
-def _follow(rank: int, devices: list[str], port: int, runtime_kwargs: dict, pipe) -> None:
+def _follow(rank: int, devices: list[str], port: int, runtime_kwargs: dict, pipe, parent: int) -> None:
     """A follower process: load the pipeline on its device, then run whatever rank 0 runs."""
     from .runtime import RenderCanceled, WanRuntime
 
+    _die_with_parent(parent)
     logging.basicConfig(level=logging.INFO, format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s")
     try:
         runtime = WanRuntime(**runtime_kwargs, cp_devices=devices, cp_rank=rank, cp_port=port).load()
@@ -147,7 +174,7 @@ def _follow(rank: int, devices: list[str], port: int, runtime_kwargs: dict, pipe
             runtime.render(**call)
             pipe.send(("done", None))
         except BaseException as exc:
-            if not runtime.agreed_stop:  # the group is out of step: rank 0 replaces the worker
+            if not runtime.agreed_stop or not _healthy(runtime.device):  # rank 0 replaces the worker
                 log.exception("render failed")
                 pipe.send(("failed", f"{type(exc).__name__}: {exc}"))
                 os._exit(1)

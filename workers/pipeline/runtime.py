@@ -38,6 +38,7 @@ from .fast import FastTransformer, fp8_available
 from .lora_stack import LoraStack, peft_layers
 from .parallel import Followers, ParallelFailed, agree_to_stop, all_ready, enable_ulysses, init_group
 from .params import PromptParams
+from .shapes import tokens_of
 from .video import to_uint8
 
 log = logging.getLogger(__name__)
@@ -327,6 +328,7 @@ class WanRuntime:
         if params.lora_scale is not None:
             loras = [replace(lora, multiplier=params.lora_scale) for lora in loras]
         try:
+            self._check_split(params)
             timings = {"lora_switch": self.activate_loras(loras)}
             fast = None
             if speed == "fast" and self.fast_mode and not step_cache:
@@ -385,7 +387,8 @@ class WanRuntime:
                 prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds,
                 height=params.height, width=params.width, num_frames=params.num_frames,
                 num_inference_steps=params.sample_steps, guidance_scale=params.guidance_scale,
-                generator=torch.Generator("cpu").manual_seed(params.seed), output_type="np",
+                generator=torch.Generator("cpu").manual_seed(params.seed),
+                output_type="latent" if self.cp_rank else "np",  # followers: rank 0 decodes the video
                 callback_on_step_end=step_end,
             )
         finally:
@@ -394,8 +397,15 @@ class WanRuntime:
                 pipe.transformer.disable_cache()
             if self.low_memory:
                 pipe.maybe_free_model_hooks()  # a canceled call must not leave the transformer on the GPU
-        return self._result(output.frames[0], scheduler_name, timings, marks, params,
+        frames = output.frames[0] if not self.cp_rank else np.zeros((0, params.height, params.width, 3))
+        return self._result(frames, scheduler_name, timings, marks, params,
                             speed="exact" if fast is None else "fast", step_cache=step_cache)
+
+    def _check_split(self, params: PromptParams) -> None:
+        tokens, ranks = tokens_of(params.width, params.height, params.num_frames), len(self.cp_devices)
+        if ranks and tokens % ranks:
+            raise ValueError(f"{params.width}x{params.height}x{params.num_frames} makes {tokens} tokens, which this "
+                             f"worker's {ranks} GPUs cannot split evenly; change the size or WAN_CP_DEVICES")
 
     def _agree_ready(self, ready: bool) -> bool:
         """A split job's ranks tell each other whether they prepared it; if one did not, all stop here."""
