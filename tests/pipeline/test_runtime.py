@@ -92,6 +92,8 @@ def test_compiled_blocks_never_recompile_for_a_new_lora_stack_or_multiplier(tiny
     a, b = lora_files["a"], lora_files["b"]
     for loras in ([spec(a, 1.0)], [spec(b, 0.7)], [spec(a, 0.3), spec(b, 1.0)], [], [spec(a, -1.0)]):
         runtime.render(PARAMS, loras=loras)
+    cached = runtime.render(PARAMS, loras=[spec(a, 1.0)], step_cache=0.5)  # its hooks run the blocks eagerly
+    assert cached.step_cache == 0.5
     assert counters["stats"]["unique_graphs"] == graphs
     assert runtime.resident_adapters and list(runtime.pipe.transformer.peft_config) == ["stack"]
 

@@ -21,6 +21,7 @@ hands each render call to follower processes that run it in step with it.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -382,15 +383,18 @@ class WanRuntime:
         exact = pipe.transformer
         if fast is not None:
             pipe.transformer = fast.model
+        # The cache's hooks cannot be traced into compiled blocks: a cached job runs them eagerly.
+        stance = torch.compiler.set_stance("force_eager") if step_cache else contextlib.nullcontext()
         try:
-            output = pipe(
-                prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds,
-                height=params.height, width=params.width, num_frames=params.num_frames,
-                num_inference_steps=params.sample_steps, guidance_scale=params.guidance_scale,
-                generator=torch.Generator("cpu").manual_seed(params.seed),
-                output_type="latent" if self.cp_rank else "np",  # followers: rank 0 decodes the video
-                callback_on_step_end=step_end,
-            )
+            with stance:
+                output = pipe(
+                    prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds,
+                    height=params.height, width=params.width, num_frames=params.num_frames,
+                    num_inference_steps=params.sample_steps, guidance_scale=params.guidance_scale,
+                    generator=torch.Generator("cpu").manual_seed(params.seed),
+                    output_type="latent" if self.cp_rank else "np",  # followers: rank 0 decodes the video
+                    callback_on_step_end=step_end,
+                )
         finally:
             pipe.transformer = exact
             if step_cache:
