@@ -79,7 +79,6 @@ class Followers:
     """Rank 0's handle on the follower processes."""
 
     def __init__(self, devices: list[str], runtime_kwargs: dict):
-        self.devices = devices
         port = _free_port()
         context = multiprocessing.get_context("spawn")
         self._pipes, self._processes = [], []
@@ -132,7 +131,8 @@ class Followers:
 
 def _die_with_parent(parent: int) -> None:
     """The kernel ends this follower when rank 0 dies, even by os._exit (which skips the atexit
-    handler that ends daemon processes): its GPU is free for the worker that replaces it."""
+    handler that ends daemon processes): its GPU is free for the worker that replaces it. (The
+    signal follows the thread that started the follower: the worker's main thread.)"""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # rank 0 died before the line above
