@@ -8,12 +8,13 @@ from pathlib import Path
 from django.conf import settings
 
 from workers.pipeline.shapes import WAN_14B_TRANSFORMER, WanShape
-from workers.pipeline.params import MODEL_IDS
+from workers.pipeline.params import LIMITS, MODEL_IDS
 
 from .errors import ApiError
 
 DEFAULT_MODEL = "wan21_14b"
 MAX_LORAS = 4  # LoRAs stacked in one job
+MULTIPLIER_LOW, MULTIPLIER_HIGH = LIMITS["network_multiplier"]  # a LoRA's multiplier, everywhere it is taken
 MODEL_DESCRIPTIONS = {"wan21_14b": "Wan 2.1 T2V 14B (text to video)"}
 
 

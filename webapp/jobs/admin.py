@@ -3,20 +3,20 @@ from django import forms
 from django.contrib import admin, messages
 from django.utils.html import format_html, format_html_join
 
-from webapp.core.catalog import DEFAULT_MODEL, MAX_LORAS
+from webapp.core.catalog import DEFAULT_MODEL, MAX_LORAS, MULTIPLIER_HIGH, MULTIPLIER_LOW
 from webapp.core.errors import ApiError
 from webapp.loras.models import Lora
 from webapp.prompts.models import PromptSet
 
 from .models import GenerationJob, JobLora, JobOutput, Scheduler
-from .serializers import HIGH, LOW, output_urls
+from .serializers import output_urls
 from .services import job_cancel, job_prompts_resolve, job_rerun, job_retry, job_submit
 
 
 class JobSubmitForm(forms.ModelForm):
     prompt_set = forms.ModelChoiceField(PromptSet.objects.all())
     loras = forms.ModelMultipleChoiceField(Lora.objects.all(), required=False)
-    multiplier = forms.FloatField(min_value=LOW, max_value=HIGH, initial=1.0,
+    multiplier = forms.FloatField(min_value=MULTIPLIER_LOW, max_value=MULTIPLIER_HIGH, initial=1.0,
                                   help_text="Multiplier applied to each selected LoRA.")
     scheduler = forms.ChoiceField(choices=Scheduler.choices, initial=Scheduler.AUTO)
 

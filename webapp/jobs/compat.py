@@ -12,12 +12,12 @@ from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
-from webapp.core.catalog import MAX_LORAS, model_check, model_list
+from webapp.core.catalog import MAX_LORAS, MULTIPLIER_HIGH, MULTIPLIER_LOW, model_check, model_list
 from webapp.loras.services import lora_resolve
 
 from .models import GenerationJob, JobStatus
 from .selectors import job_get
-from .serializers import HIGH, LOW, JobOptionsSerializer, output_urls, prompts_field
+from .serializers import JobOptionsSerializer, output_urls, prompts_field
 from .services import job_cancel, job_submit
 
 STATUS_NAMES = {JobStatus.QUEUED: "in_queue", JobStatus.RUNNING: "in_progress"}
@@ -25,7 +25,7 @@ STATUS_NAMES = {JobStatus.QUEUED: "in_queue", JobStatus.RUNNING: "in_progress"}
 
 class CompatLoraSerializer(serializers.Serializer):
     path = serializers.CharField(max_length=1000)
-    network_multiplier = serializers.FloatField(min_value=LOW, max_value=HIGH, default=1.0)
+    network_multiplier = serializers.FloatField(min_value=MULTIPLIER_LOW, max_value=MULTIPLIER_HIGH, default=1.0)
 
 
 class InferenceRequestSerializer(JobOptionsSerializer):

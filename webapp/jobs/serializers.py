@@ -3,14 +3,12 @@ from django.conf import settings
 from django.urls import reverse
 from rest_framework import serializers
 
-from webapp.core.catalog import DEFAULT_MODEL, MAX_LORAS
+from webapp.core.catalog import DEFAULT_MODEL, MAX_LORAS, MULTIPLIER_HIGH, MULTIPLIER_LOW
 from webapp.core.errors import ApiError
 from webapp.prompts.serializers import PromptFieldsSerializer
-from workers.pipeline.params import LIMITS, PROMPT_SEMANTICS
+from workers.pipeline.params import PROMPT_SEMANTICS
 
 from .models import GenerationJob, JobLora, JobOutput, Scheduler, Speed
-
-LOW, HIGH = LIMITS["network_multiplier"]
 
 
 def prompts_field():
@@ -80,8 +78,8 @@ class JobSerializer(serializers.ModelSerializer):
 
 class JobLoraInputSerializer(serializers.Serializer):
     lora = serializers.CharField(max_length=1000, help_text="LoRA id, name, sha256 or relative path.")
-    multiplier = serializers.FloatField(min_value=LOW, max_value=HIGH, required=False, allow_null=True,
-                                        help_text="Defaults to the LoRA's default multiplier.")
+    multiplier = serializers.FloatField(min_value=MULTIPLIER_LOW, max_value=MULTIPLIER_HIGH, required=False,
+                                        allow_null=True, help_text="Defaults to the LoRA's default multiplier.")
 
 
 class JobCreateSerializer(JobOptionsSerializer):

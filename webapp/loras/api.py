@@ -4,8 +4,8 @@ from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 
-from webapp.core.catalog import DEFAULT_MODEL
-from workers.pipeline.params import LIMITS, MODEL_IDS
+from webapp.core.catalog import DEFAULT_MODEL, MULTIPLIER_HIGH, MULTIPLIER_LOW
+from workers.pipeline.params import MODEL_IDS
 
 from .models import Lora, Visibility
 from .selectors import lora_list
@@ -22,14 +22,11 @@ class LoraSerializer(serializers.ModelSerializer):
                   "software_version", "training_step", "info", "created_at"]
 
 
-LOW, HIGH = LIMITS["network_multiplier"]
-
-
 class LoraUploadSerializer(serializers.Serializer):
     file = serializers.FileField(allow_empty_file=True)  # empty files get LORA_FILE_TRUNCATED
     name = serializers.CharField(max_length=200, required=False, validators=[validate_upload_name])
     trigger_word = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
-    default_multiplier = serializers.FloatField(min_value=LOW, max_value=HIGH, default=1.0)
+    default_multiplier = serializers.FloatField(min_value=MULTIPLIER_LOW, max_value=MULTIPLIER_HIGH, default=1.0)
     base_model = serializers.ChoiceField(choices=MODEL_IDS, default=DEFAULT_MODEL)
     visibility = serializers.ChoiceField(choices=Visibility.values, default=Visibility.TEAM)
 

@@ -136,6 +136,8 @@ class WanRuntime:
         if self.pipe is not None:
             return self
         start = time.perf_counter()
+        if self.device.startswith("cuda") and torch.device(self.device).index is not None:
+            torch.cuda.set_device(torch.device(self.device))  # this worker's GPU: "cuda" below and NCCL mean it
         if self.cp_devices:
             self._join_group()
         if self.low_memory:
@@ -145,8 +147,6 @@ class WanRuntime:
             pipe.enable_model_cpu_offload(device=self.device)
             pipe.vae.enable_tiling()
         elif self.device.startswith("cuda"):  # load straight onto the GPU, no host copy of 40 GB
-            if torch.device(self.device).index is not None:
-                torch.cuda.set_device(torch.device(self.device))  # this worker's GPU ("cuda" below means it)
             pipe = WanPipeline.from_pretrained(self.model_path, dtype=self.dtype, device_map="cuda")
         else:
             pipe = WanPipeline.from_pretrained(self.model_path, dtype=self.dtype).to(self.device)
@@ -180,8 +180,6 @@ class WanRuntime:
         return self
 
     def _join_group(self) -> None:
-        if self.device.startswith("cuda"):
-            torch.cuda.set_device(torch.device(self.device))  # before NCCL picks a device
         if self.cp_rank == 0:
             self.followers = Followers(self.cp_devices, {
                 "model_path": self.model_path, "dtype": self.dtype, "lora_budget_bytes": self.lora_budget_bytes})
@@ -227,7 +225,7 @@ class WanRuntime:
             self._adapters.move_to_end(name)
             names.append(name)
         weights = [lora.multiplier for lora in loras]
-        for model in self._lora_models() if not self._stacks else ():
+        for model in self._lora_models():
             if names:
                 model.enable_lora()
                 model.set_adapters(names, weights)
@@ -260,7 +258,10 @@ class WanRuntime:
         return [pipe.transformer] + ([self.replica] if self.replica is not None else [])
 
     def _lora_models(self):
-        # The pipeline's adapter API covers its transformer; the replica is a bare model with the same API.
+        """What holds the LoRAs as peft adapters: none with the stack adapter (the stacks hold them);
+        else the pipeline (its adapter API covers its transformer) and the bare replica."""
+        if self._stacks:
+            return []
         return [self.pipe] + ([self.replica] if self.replica is not None else [])
 
     def _evict(self, keep: set[str]) -> None:
@@ -270,7 +271,7 @@ class WanRuntime:
                 return
             for stack in self._stacks:
                 stack.drop(victim)
-            for model in self._lora_models() if not self._stacks else ():
+            for model in self._lora_models():
                 model.delete_adapters(victim)
             del self._adapters[victim]
             log.info("unloaded adapter %s (LoRA memory budget)", victim)

@@ -31,6 +31,7 @@ TINY_UMT5 = dict(
     dense_act_fn="gelu_new", is_gated_act=True, tie_word_embeddings=False,
 )
 
+
 def tokens_of(width: int, height: int, frames: int) -> int:
     """The transformer's sequence length for a video: latent frames x (H/16) x (W/16)."""
     return ((frames - 1) // 4 + 1) * (height // 16) * (width // 16)
