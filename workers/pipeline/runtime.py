@@ -32,8 +32,9 @@ from typing import Callable
 
 import numpy as np
 import torch
-from diffusers import (FirstBlockCacheConfig, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanPipeline,
-                       WanTransformer3DModel)
+from diffusers import (AutoencoderKLWan, FirstBlockCacheConfig, FlowMatchEulerDiscreteScheduler,
+                       UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel)
+from transformers import UMT5EncoderModel
 
 from .fast import FastTransformer, fp8_available
 from .lora_stack import LoraStack, peft_layers
@@ -137,7 +138,7 @@ class WanRuntime:
             return self
         start = time.perf_counter()
         if self.device.startswith("cuda") and torch.device(self.device).index is not None:
-            torch.cuda.set_device(torch.device(self.device))  # this worker's GPU: "cuda" below and NCCL mean it
+            torch.cuda.set_device(torch.device(self.device))  # this worker's GPU: NCCL and bare "cuda" tensors mean it
         if self.cp_devices:
             self._join_group()
         if self.low_memory:
@@ -146,10 +147,10 @@ class WanRuntime:
             pipe = WanPipeline.from_pretrained(self.model_path, dtype=self.dtype)
             pipe.enable_model_cpu_offload(device=self.device)
             pipe.vae.enable_tiling()
-        elif self.device.startswith("cuda"):  # load straight onto the GPU, no host copy of 40 GB
-            pipe = WanPipeline.from_pretrained(self.model_path, dtype=self.dtype, device_map="cuda")
         else:
-            pipe = WanPipeline.from_pretrained(self.model_path, dtype=self.dtype).to(self.device)
+            device = torch.device(self.device)
+            pipe = self._load_onto(torch.device("cuda", torch.cuda.current_device()) if device == torch.device("cuda")
+                                   else device)
         pipe.set_progress_bar_config(disable=True)
         own = pipe.scheduler
         self._schedulers = {
@@ -178,6 +179,15 @@ class WanRuntime:
         self.load_seconds = time.perf_counter() - start
         log.info("loaded %s on %s in %.1fs", self.model_path, self.device, self.load_seconds)
         return self
+
+    def _load_onto(self, device: torch.device) -> WanPipeline:
+        """Each model straight onto the device (on a GPU: no host copy of 40 GB). The device goes to each
+        loader with its index: given a bare "cuda", transformers puts the text encoder on cuda:0 whatever
+        GPU this worker owns."""
+        models = {name: cls.from_pretrained(self.model_path, subfolder=name, dtype=self.dtype, device_map=device)
+                  for name, cls in (("text_encoder", UMT5EncoderModel), ("transformer", WanTransformer3DModel),
+                                    ("vae", AutoencoderKLWan))}
+        return WanPipeline.from_pretrained(self.model_path, dtype=self.dtype, **models)
 
     def _join_group(self) -> None:
         if self.cp_rank == 0:
