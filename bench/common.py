@@ -21,6 +21,21 @@ def forward_flops(tokens: int) -> float:
     return linear + 4 * tokens * tokens * D * L + 4 * tokens * TEXT * D * L
 
 
+def matmul_peak_tflops(n: int = 8192, reps: int = 20) -> float:
+    """The card's measured bf16 matmul peak (median of `reps` n x n x n products after a warm-up)."""
+    x = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    x @ x
+    times = []
+    for _ in range(reps):
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        x @ x
+        end.record()
+        torch.cuda.synchronize()
+        times.append(begin.elapsed_time(end) / 1000)
+    return round(2 * n**3 / sorted(times)[reps // 2] / 1e12)
+
+
 def ensure_wan14b(folder: Path, *, device: str = "cuda") -> str:
     """A full-size random-weight Wan 2.1 14B diffusers folder, written once per machine."""
     if not (folder / "model_index.json").exists():

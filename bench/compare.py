@@ -32,7 +32,7 @@ import torch
 from torch._dynamo.utils import counters
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import ensure_wan14b, forward_flops, psnr  # noqa: E402
+from bench.common import ensure_wan14b, forward_flops, matmul_peak_tflops, psnr  # noqa: E402
 from workers.pipeline.checkpoints import write_aitoolkit_lora  # noqa: E402
 from workers.pipeline.params import resolve_prompt  # noqa: E402
 from workers.pipeline.runtime import LoraSpec, WanRuntime  # noqa: E402
@@ -184,11 +184,12 @@ def flow_deviation(runtime, captures):
     return out
 
 
-def summarize(arm_rows, steps):
+def summarize(arm_rows, steps, peak):
     """Per-job table values and 25-step extrapolation (fixed costs + 25 x the per-step cost)."""
     for row in arm_rows:
         tokens = tokens_of(*(int(v) for v in row["shape"].split("x")))
         row["tflops_per_step"] = round(2 * forward_flops(tokens) / row["denoise_per_step_s"] / 1e12)
+        row["pct_of_matmul_peak"] = round(100 * row["tflops_per_step"] / peak)
         fixed = row["job_s"] - row["denoise_per_step_s"] * steps
         row["job_25_steps_s"] = round(fixed + 25 * row["denoise_per_step_s"], 1)
     return round(sum(r["job_25_steps_s"] for r in arm_rows), 1)
@@ -207,6 +208,7 @@ def main():
     loras = {n: write_aitoolkit_lora(work / f"loras/{n}/{n}.safetensors", shape=shape, rank=32, seed=i)
              for i, n in enumerate("AB")}
     summary = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "steps_run": args.steps,
+               "matmul_peak_tflops": matmul_peak_tflops(),
                "cold_start_s": {}, "queue_25_steps_s": {}, "jobs": {}}
     frames = {}
     captures = []
@@ -224,7 +226,7 @@ def main():
             gc.collect()
             torch.cuda.empty_cache()
         frames[arm] = [row.pop("frames") for row in rows]
-        summary["queue_25_steps_s"][arm] = summarize(rows, args.steps)
+        summary["queue_25_steps_s"][arm] = summarize(rows, args.steps, summary["matmul_peak_tflops"])
         summary["jobs"][arm] = [{k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
                                 for row in rows]
     base = "reference" if "reference" in arms else "exact"
@@ -235,16 +237,18 @@ def main():
                                   for arm in arms if arm != base}
     (OUT / "compare.json").write_text(json.dumps(summary, indent=1))
 
-    print(f"\n{summary['device']}, {args.steps} steps run, cold start {summary['cold_start_s']} s")
-    print("shape | lora | arm | reload/switch s | merge s | step s | TFLOP/s | decode s | save s | idle before s "
-          "| job@25 s | peak GiB")
+    print(f"\n{summary['device']}, bf16 matmul peak {summary['matmul_peak_tflops']} TFLOP/s, {args.steps} steps run, "
+          f"cold start {summary['cold_start_s']} s")
+    print("shape | lora | arm | reload/switch s | merge s | step s | TFLOP/s (% of peak) | decode s | save s "
+          "| idle before s | job@25 s | graphs | peak GiB")
     for i, (size, name, weight) in enumerate(QUEUE):
         for arm in arms:
             a = summary["jobs"][arm][i]
             switch = a.get("reload_and_lora_s", a.get("lora_switch_s"))
             print(f"{size} | {name}@{weight} | {arm} | {switch} | {a.get('fast_merge_s', '-')} | "
-                  f"{a['denoise_per_step_s']} | {a['tflops_per_step']} | {a['decode_s']} | {a['save_s']} | "
-                  f"{a.get('idle_before_s', '-')} | {a['job_25_steps_s']} | {round(a['peak_gib'], 1)}")
+                  f"{a['denoise_per_step_s']} | {a['tflops_per_step']} ({a['pct_of_matmul_peak']}%) | {a['decode_s']} | "
+                  f"{a['save_s']} | {a.get('idle_before_s', '-')} | {a['job_25_steps_s']} | "
+                  f"{a.get('graphs_compiled', '-')} | {round(a['peak_gib'], 1)}")
     for key in ("queue_25_steps_s", "videos_per_hour", "speedup_vs_" + base, "psnr_vs_" + base,
                 "fast_flow_rel_l2_per_step"):
         print(key, json.dumps(summary.get(key)))

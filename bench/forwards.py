@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import ensure_wan14b, forward_flops  # noqa: E402
+from bench.common import ensure_wan14b, forward_flops, matmul_peak_tflops  # noqa: E402
 from workers.pipeline.checkpoints import write_aitoolkit_lora  # noqa: E402
 from workers.pipeline.fast import FastTransformer  # noqa: E402
 from workers.pipeline.lora_stack import peft_layers  # noqa: E402
@@ -63,10 +63,7 @@ def main():
     shape = WanShape.of(WAN_14B_TRANSFORMER)
     loras = [LoraSpec(str(write_aitoolkit_lora(WORK / f"loras/{n}/{n}.safetensors", shape=shape, rank=32, seed=i)),
                       sha256=n * 64, multiplier=m) for i, (n, m) in enumerate([("A", 1.0), ("B", 0.7)])]
-    x = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    peak, _, _ = timed(lambda: x @ x, reps=10)
-    results["matmul_peak_tflops"] = round(2 * 8192**3 / peak / 1e12)
-    del x
+    results["matmul_peak_tflops"] = matmul_peak_tflops()
 
     runtime = WanRuntime(model, device="cuda").load()
     runtime.activate_loras(loras[:1])
