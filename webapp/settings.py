@@ -165,9 +165,10 @@ WAN_CP_DEVICES = env_list("WAN_CP_DEVICES")
 # mode). Off: they render exactly. Its blocks compile on CUDA on first use unless WAN_FAST_COMPILE=0.
 WAN_FAST_MODE = env_bool("WAN_FAST_MODE", True)
 WAN_FAST_COMPILE = env_bool("WAN_FAST_COMPILE", True)
-# Opt-in: compile exact mode's blocks on CUDA too (once per video size); exact jobs then take their LoRAs
-# through one stack adapter, equal to peft's adapters within rounding. Off: peft's adapters, bit for bit.
-WAN_EXACT_COMPILE = env_bool("WAN_EXACT_COMPILE", False)
+# CUDA workers compile exact mode's blocks (once per video size) and take each job's LoRAs through one
+# stack adapter, equal to peft's adapters within rounding: 1.25x end to end (docs/benchmarks.md).
+# Off, or on a CPU (nothing to compile): peft's adapters, bit for bit the reference path.
+WAN_EXACT_COMPILE = env_bool("WAN_EXACT_COMPILE", True)
 WAN_WARMUP = env_list("WAN_WARMUP")  # sizes "WxHxF" to compile both speeds for at worker start
 LORA_ROOT = Path(env("LORA_ROOT", VAR_DIR / "loras"))
 LORA_CACHE_DIR = Path(env("LORA_CACHE_DIR", VAR_DIR / "lora-cache"))

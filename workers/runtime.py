@@ -10,7 +10,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from workers.pipeline.runtime import WanRuntime
+from workers.pipeline.runtime import WanRuntime, default_device
 
 log = logging.getLogger(__name__)
 _runtime: WanRuntime | None = None
@@ -19,10 +19,12 @@ _runtime: WanRuntime | None = None
 def get_runtime() -> WanRuntime:
     global _runtime
     if _runtime is None:
-        _runtime = WanRuntime(settings.WAN_MODEL_PATH, device=settings.WAN_DEVICE,
+        device = settings.WAN_DEVICE or default_device()
+        exact_compile = settings.WAN_EXACT_COMPILE and device.startswith("cuda")  # a CPU has nothing to compile
+        _runtime = WanRuntime(settings.WAN_MODEL_PATH, device=device,
                               lora_budget_bytes=settings.LORA_GPU_BUDGET_BYTES, low_memory=settings.WAN_LOW_MEMORY,
                               cfg_device=settings.WAN_CFG_DEVICE, fast_mode=settings.WAN_FAST_MODE,
-                              fast_compile=settings.WAN_FAST_COMPILE, exact_compile=settings.WAN_EXACT_COMPILE,
+                              fast_compile=settings.WAN_FAST_COMPILE, exact_compile=exact_compile,
                               cp_devices=settings.WAN_CP_DEVICES)
     return _runtime.load()
 
