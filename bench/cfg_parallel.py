@@ -1,6 +1,7 @@
 """One job across two GPUs (CFG in parallel) against one GPU, same process, same card type.
 
-    python bench/cfg_parallel.py --steps 3
+    python bench/cfg_parallel.py --steps 3                  # peft's adapters, uncompiled
+    python bench/cfg_parallel.py --steps 3 --exact-compile  # a CUDA worker's default: compiled blocks on both GPUs
 """
 from __future__ import annotations
 
@@ -27,14 +28,17 @@ WORK = Path("/tmp/wan14b")
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--exact-compile", action="store_true")
     args = parser.parse_args()
     model = ensure_wan14b(WORK / "model", device="cuda:0")
     lora = write_aitoolkit_lora(WORK / "loras/a/a.safetensors", shape=WanShape.of(WAN_14B_TRANSFORMER), rank=32)
     spec = LoraSpec(str(lora), sha256="a" * 64, multiplier=0.8, software_version="0.9.4")
     start = time.perf_counter()
-    runtime = WanRuntime(model, device="cuda:0", cfg_device="cuda:1").load()
+    runtime = WanRuntime(model, device="cuda:0", cfg_device="cuda:1", fast_mode=False,
+                         exact_compile=args.exact_compile).load()
     out = {"devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
-           "load_with_replica_s": round(time.perf_counter() - start, 1), "steps": args.steps, "jobs": []}
+           "load_with_replica_s": round(time.perf_counter() - start, 1), "steps": args.steps,
+           "exact_compile": args.exact_compile, "jobs": []}
     replica = runtime.replica
     for size in ("1024x1024x41", "832x480x81"):
         width, height, frames = (int(v) for v in size.split("x"))
