@@ -3,18 +3,19 @@
 Arm "reference" does what ai-toolkit-inference does per job: plain `WanPipeline` in bf16 with the
 checkpoint's scheduler and default attention, the LoRA via `load_lora_weights` + `set_adapters`, a
 full pipeline reload from disk whenever the LoRA changes, and an animated WebP written in line.
-Arms "exact" and "fast" are `WanRuntime` as the worker runs it at that speed: loaded once, LoRAs
-resident and switched with `set_adapters` (fast: merged into the fp8 copy), MP4 + poster written
-on a finisher thread while the next job renders. Arm "exact-compiled" is exact mode with
-`WAN_EXACT_COMPILE`: compiled blocks, the job's LoRAs copied into the stack adapter; each row
-counts the graphs compiled so far, so a LoRA switch that recompiled would show. All arms render the same queue, alternating two
+The other arms are `WanRuntime` as a worker runs it: loaded once, LoRAs resident, MP4 + poster
+written on a finisher thread while the next job renders. "exact-compiled" is a CUDA worker's
+default (`WAN_EXACT_COMPILE`): compiled blocks, the job's LoRAs copied into the stack adapter; each
+row counts the graphs compiled so far, so a LoRA switch that recompiled would show. "exact" is
+`WAN_EXACT_COMPILE=0`: peft's adapters switched with `set_adapters`, uncompiled. "fast" is
+`"speed": "fast"`: the LoRAs merged into the fp8 copy. All arms render the same queue, alternating two
 rank-32 ai-toolkit LoRAs. Steps are cut to fit the command limit; per-step and fixed per-job
 costs are reported separately and 25-step jobs are extrapolated from them. With both exact and
 fast, fast mode's guided flow is compared with exact mode's on exact mode's own inputs.
 
+    python bench/compare.py --steps 2 --arms reference,exact-compiled
     python bench/compare.py --steps 2 --arms reference,exact
     python bench/compare.py --steps 2 --arms exact,fast
-    python bench/compare.py --steps 2 --arms reference,exact-compiled
 """
 from __future__ import annotations
 
