@@ -11,10 +11,11 @@ Jobs choose a speed: "exact" (the default) runs the pipeline's bf16 transformer 
 adapters beside its weights, the same math as diffusers; "fast" swaps in an fp8 copy with the
 stack merged into its weights (see `fast.py`), built on the first fast job and kept warm.
 
-With `exact_compile` (a CUDA worker's default, WAN_EXACT_COMPILE) exact mode's transformer blocks are
-compiled on CUDA, once per video size, and its jobs take their LoRAs through one fixed "stack" adapter (see `lora_stack.py`)
-so that no LoRA or multiplier recompiles them: equal to peft's sum within rounding. Without it
-exact jobs run peft's adapters one by one, bit for bit what diffusers computes.
+With `exact_compile` (a CUDA worker's default, WAN_EXACT_COMPILE) exact mode's transformer blocks
+are compiled on CUDA, once per video size, and its jobs take their LoRAs through one fixed "stack"
+adapter (see `lora_stack.py`) so that no LoRA or multiplier recompiles them: equal to peft's sum
+within rounding. Without it exact jobs run peft's adapters one by one, bit for bit what diffusers
+computes.
 
 With `cp_devices` one job runs across several GPUs (see `parallel.py`): this process is rank 0 and
 hands each render call to follower processes that run it in step with it.
