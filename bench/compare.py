@@ -247,8 +247,8 @@ def main():
             a = summary["jobs"][arm][i]
             switch = a.get("reload_and_lora_s", a.get("lora_switch_s"))
             print(f"{size} | {name}@{weight} | {arm} | {switch} | {a.get('fast_merge_s', '-')} | "
-                  f"{a['denoise_per_step_s']} | {a['tflops_per_step']} ({a['pct_of_matmul_peak']}%) | {a['decode_s']} | "
-                  f"{a['save_s']} | {a.get('idle_before_s', '-')} | {a['job_25_steps_s']} | "
+                  f"{a['denoise_per_step_s']} | {a['tflops_per_step']} ({a['pct_of_matmul_peak']}%) | "
+                  f"{a['decode_s']} | {a['save_s']} | {a.get('idle_before_s', '-')} | {a['job_25_steps_s']} | "
                   f"{a.get('graphs_compiled', '-')} | {round(a['peak_gib'], 1)}")
     for key in ("queue_25_steps_s", "videos_per_hour", "speedup_vs_" + base, "psnr_vs_" + base,
                 "fast_flow_rel_l2_per_step"):

@@ -45,7 +45,8 @@ def main(work=Path("/tmp/wan14b")):
         runs[steps] = {"job_s": round(total, 2), "per_step_s": round(per_step, 3),
                        "fixed_s": round(total - steps * per_step, 2)}
     predicted = runs[2]["fixed_s"] + 25 * runs[2]["per_step_s"]
-    result = {"device": torch.cuda.get_device_name(), "exact_compile": args.exact_compile, "runs": runs, "predicted_25_s": round(predicted, 1),
+    result = {"device": torch.cuda.get_device_name(), "exact_compile": args.exact_compile, "runs": runs,
+              "predicted_25_s": round(predicted, 1),
               "measured_25_s": runs[25]["job_s"], "error_pct": round(100 * (predicted / runs[25]["job_s"] - 1), 2)}
     (OUT / "validate.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result))
