@@ -2,10 +2,10 @@
 the frames one process renders, and every rank stops together."""
 import pytest
 
-from tests.pipeline.test_runtime import PARAMS, assert_within_rounding, spec
+from tests.pipeline.test_runtime import PARAMS, assert_within_rounding, render_canceled_at_once, spec
 from workers.pipeline.parallel import ParallelFailed
 from workers.pipeline.params import resolve_prompt
-from workers.pipeline.runtime import LoraSpec, RenderCanceled, WanRuntime
+from workers.pipeline.runtime import LoraSpec, WanRuntime
 
 
 @pytest.fixture
@@ -28,15 +28,7 @@ def test_a_split_job_renders_the_frames_of_one_process(split, single, lora_files
 
 
 def test_a_cancel_stops_every_rank_at_the_same_step(split):
-    steps = []
-
-    def cancel(done, total):
-        steps.append(done)
-        raise RenderCanceled()
-
-    with pytest.raises(RenderCanceled):
-        split.render(PARAMS, on_step=cancel)
-    assert steps == [1]
+    assert render_canceled_at_once(split) == [1]
     assert split.render(PARAMS).frames.shape == (PARAMS.num_frames, PARAMS.height, PARAMS.width, 3)
 
 

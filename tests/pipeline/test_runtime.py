@@ -176,16 +176,21 @@ def test_same_settings_give_the_same_frames(runtime, lora_files):
     assert np.array_equal(first, runtime.render(PARAMS, loras=[spec(lora_files["a"], 0.8)]).frames)
 
 
-def test_cancel_from_the_step_callback_stops_the_render(runtime):
+def render_canceled_at_once(runtime) -> list[int]:
+    """Render PARAMS with a step callback that cancels; the steps the callback saw."""
     steps = []
 
-    def on_step(done, total):
+    def cancel(done, total):
         steps.append(done)
         raise RenderCanceled()
 
     with pytest.raises(RenderCanceled):
-        runtime.render(PARAMS, on_step=on_step)
-    assert steps == [1]
+        runtime.render(PARAMS, on_step=cancel)
+    return steps
+
+
+def test_cancel_from_the_step_callback_stops_the_render(runtime):
+    assert render_canceled_at_once(runtime) == [1]
 
 
 @pytest.mark.parametrize("choice,version,expected", [

@@ -9,8 +9,9 @@ bf16 base plus the multiplied `B @ A` deltas and re-quantized in place, so the c
 never recompile when the LoRA or its multiplier changes.
 
 This is lossy (fp8 rounding of weights and activations); `bench/compare.py` measures how far
-it lands from exact mode (flow per step, decoded frames) and `bench/forwards.py` per forward. On the CPU the same rowwise fp8 rounding is applied to the weights
-(computed in the runtime's dtype), since torchao's fp8 kernels need a CUDA card.
+it lands from exact mode (flow per step, decoded frames) and `bench/forwards.py` per forward. On
+the CPU the same rowwise fp8 rounding is applied to the weights (computed in the runtime's dtype),
+since torchao's fp8 kernels need a CUDA card.
 """
 from __future__ import annotations
 

@@ -52,14 +52,24 @@ class Factors:
 Layers = dict[str, list[tuple[Factors, float]]]  # module name -> (factors, multiplier) of each LoRA of a stack
 
 
+def adapter_factors(model: nn.Module, adapter: str) -> dict[str, Factors]:
+    """A peft adapter's factors on each layer of `model` that holds it, by module name."""
+    return {name: Factors.of(module, adapter) for name, module in model.named_modules()
+            if adapter in getattr(module, "lora_A", {})}
+
+
+def stacked(sources: dict[str, dict[str, Factors]], stack: list[tuple[str, float]]) -> Layers:
+    """A stack's factors on each layer, from each adapter's factors by module name."""
+    layers: Layers = {}
+    for adapter, multiplier in stack:
+        for name, factors in sources[adapter].items():
+            layers.setdefault(name, []).append((factors, multiplier))
+    return layers
+
+
 def peft_layers(model: nn.Module, stack: list[tuple[str, float]]) -> Layers:
     """A stack's factors on each layer, read from peft adapters loaded in `model`."""
-    layers: Layers = {}
-    for name, module in model.named_modules():
-        for adapter, multiplier in stack:
-            if adapter in getattr(module, "lora_A", {}):
-                layers.setdefault(name, []).append((Factors.of(module, adapter), multiplier))
-    return layers
+    return stacked({adapter: adapter_factors(model, adapter) for adapter, _ in stack}, stack)
 
 
 def bucket(rank: int) -> int:
@@ -68,6 +78,11 @@ def bucket(rank: int) -> int:
 
 def _base(module: nn.Module) -> nn.Module:
     return module.get_base_layer() if hasattr(module, "get_base_layer") else module
+
+
+def _plain_lora(layer: nn.Module, adapter: str) -> bool:
+    """The adapter is a plain LoRA (no DoRA or other variant) on a linear layer: what the stack can hold."""
+    return isinstance(_base(layer), nn.Linear) and adapter not in getattr(layer, "lora_variant", {})
 
 
 def block_linears(model: nn.Module) -> set[str]:
@@ -91,25 +106,18 @@ class LoraStack:
 
     def take(self, adapter: str) -> None:
         """Move a freshly loaded peft adapter's factors out of the model into `sources`."""
-        factors = {}
-        for name, module in self.model.named_modules():
-            if adapter in getattr(module, "lora_A", {}):
-                if not isinstance(_base(module), nn.Linear) or adapter in getattr(module, "lora_variant", {}):
-                    self.model.delete_adapters(adapter)
-                    raise ValueError(f"{name}: only plain LoRAs on linear layers run with WAN_EXACT_COMPILE")
-                factors[name] = Factors.of(module, adapter)
+        factors = adapter_factors(self.model, adapter)
+        unfit = [name for name in factors if not _plain_lora(self.model.get_submodule(name), adapter)]
         self.model.delete_adapters(adapter)
+        if unfit:
+            raise ValueError(f"{unfit[0]}: only plain LoRAs on linear layers run with WAN_EXACT_COMPILE")
         self.sources[adapter] = factors
 
     def drop(self, adapter: str) -> None:
         self.sources.pop(adapter, None)
 
     def layers(self, stack: list[tuple[str, float]]) -> Layers:
-        layers: Layers = {}
-        for adapter, multiplier in stack:
-            for name, factors in self.sources[adapter].items():
-                layers.setdefault(name, []).append((factors, multiplier))
-        return layers
+        return stacked(self.sources, stack)
 
     def _build(self, rank: int, targets: set[str]) -> None:
         from peft import LoraConfig

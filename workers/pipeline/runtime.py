@@ -150,8 +150,9 @@ class WanRuntime:
             pipe.vae.enable_tiling()
         else:
             device = torch.device(self.device)
-            pipe = self._load_onto(torch.device("cuda", torch.cuda.current_device()) if device == torch.device("cuda")
-                                   else device)
+            if device.type == "cuda" and device.index is None:
+                device = torch.device("cuda", torch.cuda.current_device())
+            pipe = self._load_onto(device)
         pipe.set_progress_bar_config(disable=True)
         own = pipe.scheduler
         self._schedulers = {
