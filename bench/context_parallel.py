@@ -22,7 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import ensure_wan14b, psnr  # noqa: E402
 from workers.pipeline.checkpoints import write_aitoolkit_lora  # noqa: E402
 from workers.pipeline.params import resolve_prompt  # noqa: E402
-from workers.pipeline.runtime import LoraSpec, WanRuntime  # noqa: E402
+from workers.pipeline.config import RuntimeConfig  # noqa: E402
+from workers.pipeline.parallel import build_runtime  # noqa: E402
+from workers.pipeline.runtime import LoraSpec  # noqa: E402
 from workers.pipeline.shapes import WAN_14B_TRANSFORMER, WanShape  # noqa: E402
 
 WORK = Path("/tmp/wan14b")
@@ -42,8 +44,8 @@ def main():
     baseline = {}
     for count in (int(n) for n in args.gpus.split(",")):
         start = time.perf_counter()
-        runtime = WanRuntime(model, device="cuda:0", fast_mode=False,
-                             cp_devices=[f"cuda:{i}" for i in range(count)]).load()
+        runtime = build_runtime(RuntimeConfig.resolve(model, device="cuda:0", fast_mode=False,
+                                                      cp_devices=[f"cuda:{i}" for i in range(count)])).load()
         load_s = time.perf_counter() - start
         for size in SIZES:
             width, height, frames = (int(v) for v in size.split("x"))

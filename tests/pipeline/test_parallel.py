@@ -3,14 +3,15 @@ the frames one process renders, and every rank stops together."""
 import pytest
 
 from tests.pipeline.test_runtime import PARAMS, assert_within_rounding, render_canceled_at_once, spec
-from workers.pipeline.parallel import ParallelFailed
+from workers.pipeline.config import RuntimeConfig
+from workers.pipeline.parallel import ParallelFailed, SplitRuntime
 from workers.pipeline.params import resolve_prompt
 from workers.pipeline.runtime import LoraSpec, WanRuntime
 
 
 @pytest.fixture
 def split(tiny_model):
-    runtime = WanRuntime(str(tiny_model), device="cpu", cp_devices=["cpu", "cpu"]).load()
+    runtime = SplitRuntime(RuntimeConfig.resolve(str(tiny_model), cp_devices=["cpu", "cpu"])).load()
     yield runtime
     runtime.close()  # a process holds one group at a time
 
@@ -63,4 +64,4 @@ def test_a_follower_that_died_fails_the_job_so_the_worker_is_replaced(split):
 
 def test_splitting_excludes_the_cfg_device(tiny_model):
     with pytest.raises(ValueError):
-        WanRuntime(str(tiny_model), device="cpu", cp_devices=["cpu", "cpu"], cfg_device="cpu")
+        RuntimeConfig.resolve(str(tiny_model), cp_devices=["cpu", "cpu"], cfg_device="cpu")

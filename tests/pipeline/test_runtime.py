@@ -159,7 +159,7 @@ def test_least_recently_used_adapter_is_unloaded_over_budget(tiny_model, lora_fi
     assert runtime.resident_adapters == [WanRuntime.adapter_name(spec(b, 1).sha256)]
     frames = runtime.render(PARAMS, loras=[spec(a, 0.5)], scheduler="euler").frames
     if exact_compile:
-        assert list(runtime._stacks[0].sources) == [WanRuntime.adapter_name(spec(a, 1).sha256)]
+        assert list(runtime.loras.stacks[0].sources) == [WanRuntime.adapter_name(spec(a, 1).sha256)]
         assert_within_rounding(frames, plain_diffusers(tiny_model, [(a, 0.5)]))
     else:
         assert np.array_equal(frames, plain_diffusers(tiny_model, [(a, 0.5)]))

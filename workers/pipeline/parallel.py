@@ -1,13 +1,12 @@
-"""One job across several GPUs of a worker: diffusers' context parallelism (Ulysses).
+"""One job across several GPUs of a worker: `SplitRuntime`, rank 0's handle on the group.
 
 A worker started with `WAN_CP_DEVICES=cuda:0,cuda:1,cuda:2,cuda:3` is rank 0 of a torch.distributed
 group and starts one follower process per other device. Every rank holds the whole pipeline on its
-own GPU; inside the transformer each rank attends over a slice of the video tokens and the heads
-are exchanged all-to-all (Ulysses), so a step takes about 1/N of the time. Rank 0 hands every render
-call to the followers over a pipe before running it itself: all ranks then run the same call in
-step. At each step boundary the ranks agree on whether to go on, so a cancel or a time limit on
-rank 0 stops every rank at the same step and the group stays usable. A failure anywhere else
-leaves the group out of step: `ParallelFailed` tells the worker to exit and be replaced.
+own GPU (a `WanRuntime` whose transformer diffusers splits with Ulysses, see `ranks.py`), so a step
+takes about 1/N of the time. Rank 0 hands every render call to the followers over a pipe before
+running it itself: all ranks then run the same call in step and agree at every step boundary
+(`GroupSync`). A failure anywhere else leaves the group out of step: `ParallelFailed` tells the
+worker to exit and be replaced.
 """
 from __future__ import annotations
 
@@ -18,13 +17,15 @@ import multiprocessing
 import os
 import signal
 import socket
-from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
+from .config import RuntimeConfig
+from .ranks import GroupSync, init_group
+from .runtime import RenderCanceled, RenderResult, WanRuntime
+
 log = logging.getLogger(__name__)
-COLLECTIVE_TIMEOUT = timedelta(minutes=5)  # ranks load LoRAs and encode text on their own before a step
 READY_TIMEOUT_S = 1800  # a follower loads the whole pipeline from disk first
 COLLECT_TIMEOUT_S = 300  # followers end a render when rank 0 does
 PR_SET_PDEATHSIG = 1
@@ -40,51 +41,16 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def init_group(rank: int, world: int, port: int, device: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    backend = "cpu:gloo,cuda:nccl" if device.startswith("cuda") else "gloo"
-    dist.init_process_group(backend, rank=rank, world_size=world, timeout=COLLECTIVE_TIMEOUT)
-
-
-def enable_ulysses(transformer, world: int) -> None:
-    from diffusers import ContextParallelConfig
-
-    # diffusers picks a rank's device as rank % accelerator count, which is 0 without a GPU; the CPU
-    # (tests, a CPU-only worker) runs the same split over gloo.
-    cpu = not torch.cuda.is_available()
-    count = torch.accelerator.device_count
-    with contextlib.ExitStack() as stack:
-        if cpu:
-            torch.accelerator.device_count = lambda: 1
-            stack.callback(setattr, torch.accelerator, "device_count", count)
-        transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world))
-
-
-def all_ready(ready: bool) -> bool:
-    """Every rank calls this before the first step; true on all ranks when each one is ready
-    (LoRAs active, prompt encoded), so a bad LoRA stops every rank before any collective."""
-    flag = torch.tensor([int(ready)])  # a CPU tensor: the group's gloo part carries it
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
-
-
-def agree_to_stop(stop: bool) -> bool:
-    """Every rank calls this at a step boundary; true on all ranks when rank 0 asks to stop."""
-    flag = torch.tensor([int(stop)])
-    dist.broadcast(flag, src=0)
-    return bool(flag.item())
-
-
 class Followers:
     """Rank 0's handle on the follower processes."""
 
-    def __init__(self, devices: list[str], runtime_kwargs: dict):
-        port = _free_port()
+    def __init__(self, config: RuntimeConfig):
+        port, devices = _free_port(), config.cp_devices
         context = multiprocessing.get_context("spawn")
         self._pipes, self._processes = [], []
         for rank in range(1, len(devices)):
             mine, theirs = context.Pipe()
-            process = context.Process(target=_follow, args=(rank, devices, port, runtime_kwargs, theirs, os.getpid()),
+            process = context.Process(target=_follow, args=(config.for_rank(rank), port, theirs, os.getpid()),
                                       name=f"wan-rank{rank}", daemon=True)
             process.start()
             self._pipes.append(mine)
@@ -157,14 +123,15 @@ def _next_call(pipe) -> dict | None:
         return None
 
 
-def _follow(rank: int, devices: list[str], port: int, runtime_kwargs: dict, pipe, parent: int) -> None:
+def _follow(config: RuntimeConfig, port: int, pipe, parent: int) -> None:
     """A follower process: load the pipeline on its device, then run whatever rank 0 runs."""
-    from .runtime import RenderCanceled, WanRuntime
-
+    rank = config.cp_rank
     _die_with_parent(parent)
     logging.basicConfig(level=logging.INFO, format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s")
+    sync = GroupSync()
     try:
-        runtime = WanRuntime(**runtime_kwargs, cp_devices=devices, cp_rank=rank, cp_port=port).load()
+        init_group(rank, len(config.cp_devices), port, config.device)
+        runtime = WanRuntime(config, sync=sync).load()
     except BaseException as exc:
         pipe.send(("failed", f"{type(exc).__name__}: {exc}"))
         raise
@@ -174,7 +141,7 @@ def _follow(rank: int, devices: list[str], port: int, runtime_kwargs: dict, pipe
             runtime.render(**call)
             pipe.send(("done", None))
         except BaseException as exc:
-            if not runtime.agreed_stop or not _healthy(runtime.device):  # rank 0 replaces the worker
+            if not sync.agreed_stop or not _healthy(runtime.device):  # rank 0 replaces the worker
                 log.exception("render failed")
                 pipe.send(("failed", f"{type(exc).__name__}: {exc}"))
                 os._exit(1)
@@ -182,3 +149,64 @@ def _follow(rank: int, devices: list[str], port: int, runtime_kwargs: dict, pipe
                 log.warning("render stopped on every rank: %s: %s", type(exc).__name__, exc)
             pipe.send(("stopped", None))
     dist.destroy_process_group()
+
+
+class SplitRuntime:
+    """Rank 0 of a split job: renders like a `WanRuntime` (whose attributes it passes through),
+    with every call run in step by the followers."""
+
+    def __init__(self, config: RuntimeConfig):
+        if not config.split or config.cp_rank != 0:
+            raise ValueError("a SplitRuntime is rank 0 of several cp_devices")
+        self.config, self.sync = config, GroupSync()
+        self.rank0 = WanRuntime(config, sync=self.sync)
+        self.followers: Followers | None = None
+
+    @property
+    def pipe(self):
+        return self.rank0.pipe
+
+    @property
+    def device(self) -> str:
+        return self.rank0.device
+
+    @property
+    def load_seconds(self) -> float | None:
+        return self.rank0.load_seconds
+
+    def load(self) -> SplitRuntime:
+        if self.followers is None:
+            self.followers = Followers(self.config)  # they load while rank 0 does
+            self.rank0.load()
+            self.followers.wait_ready()
+        return self
+
+    def warm_up(self, sizes) -> float:
+        return 0.0  # a split runtime compiles nothing
+
+    def render(self, params, *, loras=(), scheduler: str = "auto", step_cache: float | None = None,
+               speed: str = "exact", on_step=None) -> RenderResult:
+        self.load()
+        call = {"params": params, "loras": list(loras), "scheduler": scheduler, "step_cache": step_cache,
+                "speed": speed}
+        self.followers.dispatch(call)
+        try:
+            result = self.rank0.render(**call, on_step=on_step)
+        except BaseException as exc:
+            if not self.sync.agreed_stop:  # a rank may be mid-collective: the group is unusable
+                raise ParallelFailed(f"rank 0 failed mid-render: {type(exc).__name__}: {exc}") from exc
+            self.followers.collect()
+            raise
+        self.followers.collect()
+        return result
+
+    def close(self) -> None:
+        """End the follower processes."""
+        if self.followers is not None:
+            self.followers.close()
+            self.followers = None
+
+
+def build_runtime(config: RuntimeConfig) -> WanRuntime | SplitRuntime:
+    """The runtime a worker renders with: alone, or rank 0 of a job split across `cp_devices`."""
+    return SplitRuntime(config) if config.split else WanRuntime(config)
