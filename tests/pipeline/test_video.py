@@ -4,7 +4,8 @@ import io
 import numpy as np
 from PIL import Image
 
-from workers.pipeline.video import read_mp4, read_mp4_record, webp_bytes, write_mp4
+from tests.mp4 import read_mp4, read_mp4_record
+from workers.pipeline.video import webp_bytes, write_mp4
 
 
 def frames(count, height, width):

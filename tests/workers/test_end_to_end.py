@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import ROOT, SMALL, wait_for
 from tests.webapp.test_compat_api import MINIMAL
-from workers.pipeline.video import read_mp4, read_mp4_record
+from tests.mp4 import read_mp4, read_mp4_record
 
 
 def download(api, url, tmp_path, name="video.mp4"):

@@ -14,7 +14,7 @@ from rest_framework.authtoken.models import Token
 from bench.load import run_load
 from tests.conftest import ROOT, wait_for
 from webapp.jobs.models import GenerationJob, JobOutput
-from webapp.jobs.services import job_submit
+from webapp.jobs.services import job_spec, job_submit
 
 CLIENTS, JOBS_EACH, POLLS = 20, 10, 5
 
@@ -52,8 +52,8 @@ def test_two_hundred_jobs_from_concurrent_clients(web_server, start_worker, djan
     tokens = [Token.objects.create(user=django_user_model.objects.create_user(f"client{i}")).key
               for i in range(CLIENTS)]
     owner = django_user_model.objects.get(username="client0")
-    busy = job_submit(owner=owner, model="wan21_14b", loras=[], prompts=[
-        {"prompt": "keeps the worker busy", "width": 512, "height": 512, "num_frames": 17, "sample_steps": 40}])
+    busy = job_submit(owner=owner, spec=job_spec(owner=owner, loras=[], options={}, prompts=[
+        {"prompt": "keeps the worker busy", "width": 512, "height": 512, "num_frames": 17, "sample_steps": 40}]))
     start_worker("load")
 
     result = run_load(web_server, tokens, jobs_per_client=JOBS_EACH, status_polls=POLLS)

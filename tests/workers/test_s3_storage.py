@@ -12,9 +12,8 @@ from storages.backends.s3 import S3Storage
 
 from tests.conftest import SMALL, wait_for
 from tests.webapp.test_compat_api import MINIMAL
-from workers import render
-from workers.pipeline.video import read_mp4
-from workers.supervision import StorageFailed
+from workers.outputs import StorageFailed, save_with_retry
+from tests.mp4 import read_mp4
 
 BUCKET = "renders"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_S3_REGION_NAME": "us-east-1"}
@@ -98,9 +97,9 @@ def test_failed_upload_is_retried_then_reported(on_s3, monkeypatch):
         return real_save(self, name, content, max_length)
 
     monkeypatch.setattr(S3Storage, "save", flaky)
-    assert render.save_with_retry("outputs/x/retry.txt", ContentFile(b"abc"), backoff_s=0) == "outputs/x/retry.txt"
+    assert save_with_retry("outputs/x/retry.txt", ContentFile(b"abc"), backoff_s=0) == "outputs/x/retry.txt"
     assert len(calls) == 2 and "outputs/x/retry.txt" in keys(on_s3[1])
 
     monkeypatch.setattr(S3Storage, "save", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("down")))
     with pytest.raises(StorageFailed):
-        render.save_with_retry("outputs/x/never.txt", ContentFile(b"abc"), backoff_s=0)
+        save_with_retry("outputs/x/never.txt", ContentFile(b"abc"), backoff_s=0)

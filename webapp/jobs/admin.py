@@ -3,14 +3,14 @@ from django import forms
 from django.contrib import admin, messages
 from django.utils.html import format_html, format_html_join
 
-from webapp.core.catalog import DEFAULT_MODEL, MAX_LORAS, MULTIPLIER_HIGH, MULTIPLIER_LOW
+from webapp.core.catalog import MAX_LORAS, MULTIPLIER_HIGH, MULTIPLIER_LOW
 from webapp.core.errors import ApiError
 from webapp.loras.models import Lora
 from webapp.prompts.models import PromptSet
 
 from .models import GenerationJob, JobLora, JobOutput, Scheduler
 from .serializers import output_urls
-from .services import job_cancel, job_prompts_resolve, job_rerun, job_retry, job_submit
+from .services import JOB_OPTIONS, job_cancel, job_prompts_resolve, job_rerun, job_retry, job_spec, job_submit
 
 
 class JobSubmitForm(forms.ModelForm):
@@ -22,7 +22,7 @@ class JobSubmitForm(forms.ModelForm):
 
     class Meta:
         model = GenerationJob
-        fields = ["prompt_set", "loras", "multiplier", "scheduler", "speed", "prompt_semantics", "webp", "priority"]
+        fields = ["prompt_set", "loras", "multiplier", *(o for o in JOB_OPTIONS if o != "step_cache")]
 
     def clean(self):
         data = super().clean()
@@ -101,14 +101,10 @@ class GenerationJobAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         data = form.cleaned_data
-        prompt_set = data["prompt_set"]
         try:
-            job = job_submit(owner=request.user, model=DEFAULT_MODEL,
-                             loras=[(lora, data["multiplier"]) for lora in data["loras"]],
-                             prompts=data["prompts"],
-                             trigger_word=prompt_set.trigger_word, priority=data["priority"],
-                             scheduler=data["scheduler"], prompt_semantics=data["prompt_semantics"],
-                             webp=data["webp"], speed=data["speed"], prompt_set=prompt_set)
+            spec = job_spec(owner=request.user, loras=[(lora, data["multiplier"]) for lora in data["loras"]],
+                            options=data, prompt_set=data["prompt_set"])
+            job = job_submit(owner=request.user, spec=spec)
         except ApiError as exc:  # what the form cannot check: the queued-job cap
             messages.error(request, f"{exc.code}: {exc.message}")
             raise

@@ -12,13 +12,11 @@ from rest_framework.views import APIView
 
 from webapp.core.errors import NotFound
 from webapp.core.storage import storage_is_local
-from webapp.loras.services import lora_resolve
-from webapp.prompts.models import PromptSet
 
 from .models import GenerationJob, JobOutput
 from .selectors import job_get, job_list
 from .serializers import JobCreateSerializer, JobSerializer
-from .services import job_cancel, job_delete, job_rerun, job_retry, job_submit
+from .services import job_cancel, job_delete, job_rerun, job_retry, job_spec, job_submit
 
 
 class JobFilter(filters.FilterSet):
@@ -51,22 +49,10 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Destro
         payload = JobCreateSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         data = payload.validated_data
-        prompt_set, prompts, trigger_word = None, data.get("prompts"), data.get("trigger_word")
-        if data.get("prompt_set"):
-            prompt_set = PromptSet.objects.prefetch_related("items").filter(pk=data["prompt_set"]).first()
-            if prompt_set is None:
-                raise NotFound("PROMPT_SET_NOT_FOUND", f"No prompt set with id {data['prompt_set']}.")
-            prompts = prompt_set.request_items()
-            trigger_word = trigger_word or prompt_set.trigger_word
-        loras = []
-        for item in data["loras"]:
-            lora = lora_resolve(ref=item["lora"], owner=request.user)
-            multiplier = item.get("multiplier")
-            loras.append((lora, lora.default_multiplier if multiplier is None else multiplier))
-        job = job_submit(owner=request.user, model=data["model"], loras=loras, prompts=prompts,
-                         trigger_word=trigger_word, priority=data["priority"], scheduler=data["scheduler"],
-                         prompt_semantics=data["prompt_semantics"], webp=data["webp"], step_cache=data["step_cache"],
-                         speed=data["speed"], prompt_set=prompt_set, request=request.data)
+        spec = job_spec(owner=request.user, loras=[(item["lora"], item.get("multiplier")) for item in data["loras"]],
+                        options=data, prompts=data.get("prompts"), prompt_set=data.get("prompt_set"),
+                        model=data["model"], trigger_word=data.get("trigger_word"), request=request.data)
+        job = job_submit(owner=request.user, spec=spec)
         return self._job_response(job, status.HTTP_201_CREATED)
 
     def _job_response(self, job, status_code=status.HTTP_200_OK):

@@ -13,12 +13,11 @@ from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from webapp.core.catalog import MAX_LORAS, MULTIPLIER_HIGH, MULTIPLIER_LOW, model_check, model_list
-from webapp.loras.services import lora_resolve
 
 from .models import GenerationJob, JobStatus
 from .selectors import job_get
 from .serializers import JobOptionsSerializer, output_urls, prompts_field
-from .services import job_cancel, job_submit
+from .services import job_cancel, job_spec, job_submit
 
 STATUS_NAMES = {JobStatus.QUEUED: "in_queue", JobStatus.RUNNING: "in_progress"}
 
@@ -70,12 +69,11 @@ def inference_submit(*, body: dict, user) -> GenerationJob:
     payload = InferenceRequestSerializer(data=body)
     payload.is_valid(raise_exception=True)
     data = payload.validated_data
-    loras = [(lora_resolve(ref=item["path"], owner=user), item["network_multiplier"]) for item in data["loras"]]
     stored = {k: v for k, v in body.items() if k != "hf_token"}
-    return job_submit(owner=user, model=data["model"], loras=loras, prompts=data["prompts"],
-                      trigger_word=data.get("trigger_word"), priority=data["priority"], scheduler=data["scheduler"],
-                      prompt_semantics=data["prompt_semantics"], webp=data["webp"], step_cache=data["step_cache"],
-                      speed=data["speed"], request=stored)
+    spec = job_spec(owner=user, loras=[(item["path"], item["network_multiplier"]) for item in data["loras"]],
+                    options=data, prompts=data["prompts"], model=data["model"], trigger_word=data.get("trigger_word"),
+                    request=stored)
+    return job_submit(owner=user, spec=spec)
 
 
 class InferenceView(APIView):

@@ -1,14 +1,20 @@
-"""Every change of a generation job's state, one function each.
+"""Every change of a generation job: one submit path, and one table of the moves between states.
 
-The web side submits, cancels and retries; the worker side starts, reports
-progress, adds outputs and finishes. Each transition checks the state it
-starts from inside a row lock, so a duplicate delivery or a late cancel is a
-no-op rather than a corruption.
+The web side submits, cancels and retries; the worker side starts, reports progress, adds outputs
+and finishes. Every move of `status` is a row of `TRANSITIONS` and goes through `job_transition`,
+which checks the state it starts from inside a row lock: a duplicate delivery or a late cancel
+finds the job elsewhere and raises `IllegalTransition` (the worker's moves treat that as a no-op).
+
+Every door that makes a job (both APIs, the admin, re-run) builds a `JobSpec` with `job_spec` and
+hands it to `job_submit`; a new job option is one name in `JOB_OPTIONS`, one model field and one
+field of `JobOptionsSerializer`.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
@@ -16,18 +22,77 @@ from django.db import transaction
 from django.utils import timezone
 from rest_framework import status
 
-from webapp.core.catalog import model_check
-from webapp.core.errors import ApiError, Conflict
+from webapp.core.catalog import DEFAULT_MODEL, model_check
+from webapp.core.errors import ApiError, Conflict, NotFound
 from webapp.core.permissions import require_manage
+from webapp.loras.models import Lora
 from webapp.loras.selectors import lora_list
+from webapp.loras.services import lora_resolve
+from webapp.prompts.models import PromptSet
 from workers.broker import GPU_QUEUE
 from workers.celery_app import app as celery_app
 from workers.pipeline.params import PromptError, resolve_prompt
 
-from .models import GenerationJob, JobLora, JobOutput, JobStatus
+from .models import FINISHED, GenerationJob, JobLora, JobOutput, JobStatus
 
 log = logging.getLogger(__name__)
 RENDER_TASK = "workers.render_job"
+QUEUED, RUNNING, SUCCEEDED = JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED
+FAILED, CANCELED = JobStatus.FAILED, JobStatus.CANCELED
+
+
+@dataclass(frozen=True)
+class Transition:
+    sources: frozenset[str]
+    target: str
+    by: str  # who may make this move
+    refusal: str = "JOB_STATE_CONFLICT"  # the code of IllegalTransition for this action
+
+
+# A job is created QUEUED (job_submit). Every later move of its status is one of these.
+TRANSITIONS = {
+    # action     from                           to         by
+    "start":   Transition(frozenset({QUEUED}), RUNNING, "a worker claiming a delivery"),
+    "succeed": Transition(frozenset({RUNNING}), SUCCEEDED, "the attempt that owns it, all outputs stored"),
+    "fail":    Transition(frozenset({RUNNING}), FAILED, "the attempt that owns it (or its hard time limit)"),
+    "requeue": Transition(frozenset({RUNNING}), QUEUED, "a worker that must exit; the reconciler (worker gone)"),
+    "give_up": Transition(frozenset({RUNNING}), FAILED, "the reconciler, after JOB_MAX_ATTEMPTS (WORKER_LOST)"),
+    "cancel":  Transition(frozenset({QUEUED, RUNNING}), CANCELED, "its owner or staff", "JOB_NOT_CANCELABLE"),
+    "retry":   Transition(frozenset({FAILED, CANCELED}), QUEUED, "its owner or staff", "JOB_NOT_RETRYABLE"),
+}
+JOB_OPTIONS = ("priority", "scheduler", "prompt_semantics", "webp", "step_cache", "speed")
+
+
+class IllegalTransition(Conflict):
+    """The job is not in a state this action starts from (or no longer the acting attempt's)."""
+
+    def __init__(self, action: str, job: GenerationJob):
+        self.job = job
+        allowed = " or ".join(sorted(TRANSITIONS[action].sources))
+        super().__init__(TRANSITIONS[action].refusal,
+                         f"Cannot {action.replace('_', ' ')} a job that is {job.status}; only one that is {allowed}.",
+                         details={"status": job.status, "action": action})
+
+
+@contextlib.contextmanager
+def job_transition(job_id, action: str, *, attempt: GenerationJob | None = None):
+    """Move a job by one action of TRANSITIONS, in a transaction holding its row lock: yields the
+    locked row for the caller to set the move's other fields, then saves it in its new state. With
+    `attempt`, only while that attempt (worker and attempt number) still owns the job."""
+    move = TRANSITIONS[action]
+    with transaction.atomic():
+        job = GenerationJob.objects.select_for_update().filter(pk=job_id).first()
+        if job is None:
+            raise NotFound("JOB_NOT_FOUND", f"No job with id {job_id}.", details={"id": str(job_id)})
+        if job.status not in move.sources or (
+                attempt is not None and (job.worker, job.attempts) != (attempt.worker, attempt.attempts)):
+            raise IllegalTransition(action, job)
+        job.status = move.target
+        if move.target in FINISHED:
+            job.finished_at = timezone.now()
+        yield job
+        job.save()
+        log.info("job %s: %s -> %s", job.pk, action, job.status)
 
 
 def job_enqueue(*, job: GenerationJob) -> None:
@@ -44,26 +109,62 @@ def job_enqueue(*, job: GenerationJob) -> None:
     transaction.on_commit(send, robust=True)
 
 
+@dataclass(frozen=True)
+class JobSpec:
+    """A new job, whichever door it came through (see `job_spec`)."""
+
+    loras: list[tuple[Lora, float]]
+    prompts: list[dict]
+    options: dict  # a value for every name in JOB_OPTIONS
+    model: str = DEFAULT_MODEL
+    trigger_word: str | None = None
+    prompt_set: PromptSet | None = None
+    request: dict = field(default_factory=dict)  # what the client sent, as stored with the job
+
+
+def job_spec(*, owner, loras: list[tuple[Lora | str, float | None]], options: dict, prompts: list[dict] | None = None,
+             prompt_set: PromptSet | int | None = None, model: str = DEFAULT_MODEL, trigger_word: str | None = None,
+             request: dict | None = None) -> JobSpec:
+    """Resolve what a door hands over into a JobSpec: LoRAs as references (id, name, sha256, path under
+    LORA_ROOT, URL) or rows, each with a multiplier or None for its default; prompts, or a prompt set
+    (id or row) whose trigger word applies unless the request gives one; options by JOB_OPTIONS name
+    (missing ones take the model's defaults)."""
+    if prompt_set is not None and not isinstance(prompt_set, PromptSet):
+        found = PromptSet.objects.prefetch_related("items").filter(pk=prompt_set).first()
+        if found is None:
+            raise NotFound("PROMPT_SET_NOT_FOUND", f"No prompt set with id {prompt_set}.")
+        prompt_set = found
+    if prompt_set is not None:
+        prompts = prompt_set.request_items()
+        trigger_word = trigger_word or prompt_set.trigger_word
+    stack = []
+    for ref, multiplier in loras:
+        lora = ref if isinstance(ref, Lora) else lora_resolve(ref=ref, owner=owner)
+        stack.append((lora, lora.default_multiplier if multiplier is None else multiplier))
+    defaults = {name: GenerationJob._meta.get_field(name).get_default() for name in JOB_OPTIONS}
+    return JobSpec(loras=stack, prompts=list(prompts or []), options={**defaults, **{
+        name: options[name] for name in JOB_OPTIONS if name in options}}, model=model, trigger_word=trigger_word,
+        prompt_set=prompt_set, request=request or {})
+
+
 @transaction.atomic
-def job_submit(*, owner, model: str, loras: list[tuple], prompts: list[dict], trigger_word: str | None = None,
-               priority: int = 0, scheduler: str = "auto", prompt_semantics: str = "reference", webp: bool = False,
-               step_cache: float | None = None, speed: str = "exact", prompt_set=None,
-               request: dict | None = None) -> GenerationJob:
-    """Create a queued job from validated prompts and (Lora, multiplier) pairs, then enqueue it."""
-    model_check(model)
+def job_submit(*, owner, spec: JobSpec) -> GenerationJob:
+    """Create a queued job from a JobSpec, then enqueue it."""
+    model_check(spec.model)
     _check_queue_cap(owner)
+    prompts, loras = spec.prompts, spec.loras
     if not prompts or any(not item.get("prompt") for item in prompts):
         raise ApiError("NO_PROMPTS", "A job needs at least one prompt, and every prompt needs its text.")
     shas = [lora.sha256 for lora, _ in loras]
     if len(set(shas)) != len(shas):
         raise ApiError("LORA_DUPLICATE", "The same LoRA appears twice in the stack; give it one multiplier.")
-    resolved = job_prompts_resolve(prompts, trigger_word=trigger_word, semantics=prompt_semantics,
-                                name=loras[0][0].info.get("output_name") or loras[0][0].name if loras else None)
+    resolved = job_prompts_resolve(prompts, trigger_word=spec.trigger_word, semantics=spec.options["prompt_semantics"],
+                                   name=loras[0][0].info.get("output_name") or loras[0][0].name if loras else None)
     job = GenerationJob.objects.create(
-        owner=owner, model=model, priority=priority, scheduler=scheduler, prompt_semantics=prompt_semantics,
-        webp=webp, step_cache=step_cache, speed=speed, prompt_set=prompt_set, prompts=resolved, request=request or {},
+        owner=owner, model=spec.model, prompt_set=spec.prompt_set, prompts=resolved, request=spec.request,
         progress={"prompt": 0, "prompts": len(resolved), "step": 0,
                   "steps": resolved[0]["sample_steps"], "fraction": 0.0},
+        **spec.options,
     )
     JobLora.objects.bulk_create(
         JobLora(job=job, lora=lora, position=i, multiplier=multiplier, sha256=lora.sha256, name=lora.name)
@@ -96,33 +197,27 @@ def job_prompts_resolve(prompts: list[dict], **options) -> list[dict]:
 
 
 def job_rerun(*, job: GenerationJob, owner) -> GenerationJob:
-    """A new job with the same resolved prompts (seeds included), LoRA stack and scheduler."""
+    """A new job with the same resolved prompts (seeds included), LoRA stack and options."""
     loras = []
     for job_lora in job.job_loras.select_related("lora"):
         if job_lora.lora is None or not lora_list(user=owner).filter(pk=job_lora.lora_id).exists():
             raise Conflict("LORA_MISSING", f"LoRA {job_lora.name} is gone or not yours to use; cannot re-run.")
         loras.append((job_lora.lora, job_lora.multiplier))
-    return job_submit(owner=owner, model=job.model, loras=loras, prompts=job.prompts, priority=job.priority,
-                      scheduler=job.scheduler, webp=job.webp, step_cache=job.step_cache, speed=job.speed,
-                      prompt_set=job.prompt_set, request={"rerun_of": str(job.id)})
+    spec = JobSpec(loras=loras, prompts=job.prompts, options={name: getattr(job, name) for name in JOB_OPTIONS},
+                   model=job.model, prompt_set=job.prompt_set, request={"rerun_of": str(job.id)})
+    return job_submit(owner=owner, spec=spec)
 
 
-def _locked(job_id) -> GenerationJob | None:
-    return GenerationJob.objects.select_for_update().filter(pk=job_id).first()
-
-
-@transaction.atomic
 def job_start(*, job_id: str | uuid.UUID, worker: str) -> GenerationJob | None:
     """Claim a queued job for `worker`; None when it is not queued any more (duplicate or canceled)."""
-    job = _locked(job_id)
-    if job is None or job.status != JobStatus.QUEUED:
+    try:
+        with job_transition(job_id, "start") as job:
+            job.attempts += 1
+            job.worker = worker
+            job.started_at = job.heartbeat_at = timezone.now()
+        return job
+    except (IllegalTransition, NotFound):
         return None
-    job.status = JobStatus.RUNNING
-    job.attempts += 1
-    job.worker = worker
-    job.started_at = job.heartbeat_at = timezone.now()
-    job.save(update_fields=["status", "attempts", "worker", "started_at", "heartbeat_at", "updated_at"])
-    return job
 
 
 def _running(job: GenerationJob):
@@ -152,22 +247,23 @@ def job_report_progress(*, job: GenerationJob, prompt_index: int, step: int, ste
 
 def job_requeue(*, job_id, reason: str) -> GenerationJob | None:
     """Put a running job back in the queue (its worker died or must exit), or fail it with
-    WORKER_LOST once it has used up JOB_MAX_ATTEMPTS."""
-    with transaction.atomic():
-        job = _locked(job_id)
-        if job is None or job.status != JobStatus.RUNNING:
-            return job
-        if job.attempts >= settings.JOB_MAX_ATTEMPTS:
-            job.status, job.finished_at = JobStatus.FAILED, timezone.now()
-            job.error_code = "WORKER_LOST"
-            job.error_message = f"Gave up after {job.attempts} attempts; last: {reason}"
-        else:
-            job.status, job.worker = JobStatus.QUEUED, ""
-            job.error_message = f"Requeued: {reason}"
-            job_enqueue(job=job)
-        job.save()
-        log.warning("job %s: %s -> %s", job.pk, reason, job.status)
+    WORKER_LOST once it has used up JOB_MAX_ATTEMPTS; the job as it is now (None if gone)."""
+    job = GenerationJob.objects.filter(pk=job_id).first()
+    if job is None or job.status != RUNNING:
         return job
+    try:
+        if job.attempts >= settings.JOB_MAX_ATTEMPTS:
+            with job_transition(job_id, "give_up") as job:
+                job.error_code = "WORKER_LOST"
+                job.error_message = f"Gave up after {job.attempts} attempts; last: {reason}"
+        else:
+            with job_transition(job_id, "requeue") as job:
+                job.worker, job.error_message = "", f"Requeued: {reason}"
+                job_enqueue(job=job)
+    except IllegalTransition as exc:  # moved meanwhile (finished, canceled, requeued)
+        return exc.job
+    log.warning("job %s: %s -> %s", job.pk, reason, job.status)
+    return job
 
 
 def jobs_reconcile(*, broker_job_ids: set[str] | None, dead_worker: str | None = None) -> dict:
@@ -202,62 +298,49 @@ def job_add_output(*, job: GenerationJob, index: int, video: str, poster: str, w
     return output
 
 
-def _finish(job_id, status: str, *, from_states, attempt: GenerationJob | None = None,
-            **fields) -> GenerationJob | None:
-    """Move a job to a final state; with `attempt`, only if that attempt still owns the job."""
-    with transaction.atomic():
-        job = _locked(job_id)
-        if job is None or job.status not in from_states:
-            return job
-        if attempt is not None and (job.worker, job.attempts) != (attempt.worker, attempt.attempts):
-            return job
-        job.status = status
-        job.finished_at = timezone.now()
-        for name, value in fields.items():
-            setattr(job, name, value)
-        job.save()
-        return job
-
-
 def job_succeed(*, job: GenerationJob, timings: dict) -> GenerationJob | None:
-    progress = {**job.progress, "fraction": 1.0}
-    return _finish(job.pk, JobStatus.SUCCEEDED, from_states=[JobStatus.RUNNING], attempt=job, timings=timings,
-                   progress=progress)
+    """The attempt `job` stored every output; a no-op when it no longer owns the job."""
+    with contextlib.suppress(IllegalTransition, NotFound), job_transition(job.pk, "succeed", attempt=job) as row:
+        row.timings, row.progress = timings, {**row.progress, "fraction": 1.0}
+        return row
+    return None
 
 
 def job_fail(*, job: GenerationJob, code: str, message: str, timings: dict | None = None) -> GenerationJob | None:
+    """The attempt `job` failed with `code`; a no-op when it no longer owns the job."""
     log.warning("job %s failed: %s %s", job.pk, code, message)
-    return _finish(job.pk, JobStatus.FAILED, from_states=[JobStatus.RUNNING], attempt=job,
-                   error_code=code, error_message=message[:2000], timings=timings or job.timings)
+    with contextlib.suppress(IllegalTransition, NotFound), job_transition(job.pk, "fail", attempt=job) as row:
+        row.error_code, row.error_message = code, message[:2000]
+        row.timings = timings or row.timings
+        return row
+    return None
 
 
 def job_cancel(*, job: GenerationJob, actor=None) -> GenerationJob:
     """Cancel a queued or running job; canceling a canceled job is a no-op, a finished one a conflict."""
     require_manage(actor, job, what="job")
-    updated = _finish(job.pk, JobStatus.CANCELED, from_states=[JobStatus.QUEUED, JobStatus.RUNNING],
-                      error_code="CANCELED", error_message="Canceled by request.")
-    if updated.status != JobStatus.CANCELED:
-        raise Conflict("JOB_NOT_CANCELABLE", f"The job already {updated.status}.", details={"status": updated.status})
-    return updated
+    try:
+        with job_transition(job.pk, "cancel") as row:
+            row.error_code, row.error_message = "CANCELED", "Canceled by request."
+        return row
+    except IllegalTransition as exc:
+        if exc.job.status == CANCELED:
+            return exc.job
+        raise
 
 
-@transaction.atomic
 def job_retry(*, job: GenerationJob, actor=None) -> GenerationJob:
     """Queue a failed or canceled job again, dropping whatever it had produced."""
     require_manage(actor, job, what="job")
-    job = _locked(job.pk)
     _check_queue_cap(job.owner)
-    if job.status not in (JobStatus.FAILED, JobStatus.CANCELED):
-        raise Conflict("JOB_NOT_RETRYABLE", f"Only failed or canceled jobs can be retried; this one is {job.status}.",
-                       details={"status": job.status})
-    _delete_outputs(job)
-    job.status, job.attempts, job.worker, job.timings = JobStatus.QUEUED, 0, "", {}
-    job.error_code = job.error_message = ""
-    job.started_at = job.finished_at = job.heartbeat_at = None
-    job.progress = {**job.progress, "prompt": 0, "step": 0, "fraction": 0.0}
-    job.save()
-    job_enqueue(job=job)
-    return job
+    with job_transition(job.pk, "retry") as row:
+        _delete_outputs(row)
+        row.attempts, row.worker, row.timings = 0, "", {}
+        row.error_code = row.error_message = ""
+        row.started_at = row.finished_at = row.heartbeat_at = None
+        row.progress = {**row.progress, "prompt": 0, "step": 0, "fraction": 0.0}
+        job_enqueue(job=row)
+    return row
 
 
 def job_delete(*, job: GenerationJob, actor=None) -> None:

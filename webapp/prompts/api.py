@@ -1,11 +1,9 @@
 """REST resource /api/v1/prompt-sets/: CRUD with ordered, nested prompt items."""
-from django.db import transaction
 from rest_framework import serializers, viewsets
-
-from webapp.core.permissions import require_manage
 
 from .models import PromptItem, PromptSet
 from .serializers import PromptFieldsSerializer
+from .services import prompt_set_create, prompt_set_delete, prompt_set_update
 
 
 class PromptItemSerializer(PromptFieldsSerializer):
@@ -29,31 +27,6 @@ class PromptSetSerializer(serializers.ModelSerializer):
                 raise serializers.ValidationError({"items": items.errors})
         return data
 
-    @transaction.atomic
-    def create(self, validated):
-        items = validated.pop("items")
-        prompt_set = PromptSet.objects.create(**validated)
-        self._write_items(prompt_set, items)
-        return prompt_set
-
-    @transaction.atomic
-    def update(self, prompt_set, validated):
-        items = validated.pop("items", None)
-        for field, value in validated.items():
-            setattr(prompt_set, field, value)
-        prompt_set.save()
-        if items is not None:
-            prompt_set.items.all().delete()
-            self._write_items(prompt_set, items)
-        return prompt_set
-
-    @staticmethod
-    def _write_items(prompt_set, items):
-        PromptItem.objects.bulk_create(
-            PromptItem(prompt_set=prompt_set, position=i,
-                       **{k: v for k, v in item.items() if k != "sampler" and v is not None})
-            for i, item in enumerate(items))
-
 
 class PromptSetViewSet(viewsets.ModelViewSet):
     queryset = PromptSet.objects.select_related("owner").prefetch_related("items")
@@ -61,12 +34,11 @@ class PromptSetViewSet(viewsets.ModelViewSet):
     filterset_fields = ["owner", "name"]
 
     def perform_create(self, serializer):
-        serializer.save(owner=self.request.user)
+        serializer.instance = prompt_set_create(owner=self.request.user, **serializer.validated_data)
 
     def perform_update(self, serializer):
-        require_manage(self.request.user, serializer.instance, what="prompt set")
-        serializer.save()
+        serializer.instance = prompt_set_update(prompt_set=serializer.instance, actor=self.request.user,
+                                                **serializer.validated_data)
 
     def perform_destroy(self, instance):
-        require_manage(self.request.user, instance, what="prompt set")
-        instance.delete()
+        prompt_set_delete(prompt_set=instance, actor=self.request.user)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -42,15 +41,6 @@ def write_mp4(frames: np.ndarray, path: str | Path, *, fps: int, metadata: dict 
     return Path(path)
 
 
-def read_mp4(path: str | Path) -> tuple[np.ndarray, dict]:
-    """Decode an MP4 back to uint8 frames and ffmpeg's stream facts (size, fps)."""
-    reader = imageio_ffmpeg.read_frames(str(path))
-    meta = next(reader)
-    width, height = meta["size"]
-    frames = [np.frombuffer(f, np.uint8).reshape(height, width, 3) for f in reader]
-    return np.stack(frames), meta
-
-
 def png_bytes(frame: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(frame).save(buf, format="PNG")
@@ -64,15 +54,3 @@ def webp_bytes(frames: np.ndarray, *, fps: int) -> bytes:
     images[0].save(buf, format="WEBP", save_all=True, append_images=images[1:],
                    duration=int(1000 / fps), loop=0, quality=80)
     return buf.getvalue()
-
-
-def read_mp4_record(path: str | Path) -> dict:
-    """The JSON record `write_mp4` embedded in the file's comment tag ({} when there is none)."""
-    result = subprocess.run(
-        [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "ffmetadata", "-"],
-        capture_output=True, text=True, check=True)
-    for line in result.stdout.splitlines():
-        if line.startswith("comment="):
-            return json.loads(line[len("comment="):].replace("\\=", "=").replace("\\;", ";").replace("\\#", "#")
-                              .replace("\\\\", "\\"))
-    return {}

@@ -1,8 +1,7 @@
-"""Keeping a render honest while it runs: heartbeat, time limits, and what a failure means.
+"""Watchdogs of a running job attempt: the heartbeat thread, the time limits, and the CUDA probe.
 
-`failure_decision` is the one place that maps an exception to a job outcome:
-which error code, whether the job goes back to the queue, and whether this
-worker process must exit (a broken CUDA context cannot be trusted again).
+`JobAttempt` (attempt.py) starts and stops them; they decide nothing about the job themselves,
+except that a hard time limit ends the process (a stuck kernel never returns to Python).
 """
 from __future__ import annotations
 
@@ -10,13 +9,9 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
-
-from workers.pipeline.parallel import ParallelFailed
-from workers.pipeline.runtime import RenderCanceled
 
 log = logging.getLogger(__name__)
 EXIT_CODE_REPLACE_ME = 75  # the supervisor (compose restart policy, systemd) starts a fresh worker
@@ -24,21 +19,6 @@ EXIT_CODE_REPLACE_ME = 75  # the supervisor (compose restart policy, systemd) st
 
 class JobTimeout(Exception):
     pass
-
-
-class LoraMissing(Exception):
-    pass
-
-
-class StorageFailed(Exception):
-    """Storage stayed unreachable through the retries; the job goes back to the queue."""
-
-
-@dataclass(frozen=True)
-class Decision:
-    code: str | None  # None: nothing to record (the job was canceled)
-    retry: bool = False
-    exit_worker: bool = False
 
 
 def cuda_is_healthy() -> bool:
@@ -50,31 +30,18 @@ def cuda_is_healthy() -> bool:
         return False
 
 
-def failure_decision(exc: BaseException, *, on_cuda: bool,
-                     cuda_healthy: Callable[[], bool] = cuda_is_healthy) -> Decision:
-    if isinstance(exc, RenderCanceled):
-        return Decision(code=None)
-    if isinstance(exc, JobTimeout):
-        return Decision("TIMEOUT")
-    if isinstance(exc, LoraMissing):
-        return Decision("LORA_MISSING")
-    if isinstance(exc, ParallelFailed):  # the GPUs of a split job are out of step: a fresh worker retries it
-        return Decision("PARALLEL_FAILED", retry=True, exit_worker=True)
-    if isinstance(exc, StorageFailed):
-        return Decision("STORAGE_FAILED", retry=True)
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        if on_cuda:
-            torch.cuda.empty_cache()
-        # Bad input for this card (too many tokens), not a transient fault: never retried.
-        return Decision("OUT_OF_MEMORY", exit_worker=on_cuda and not cuda_healthy())
-    if on_cuda and not cuda_healthy():
-        return Decision("CUDA_ERROR", retry=True, exit_worker=True)
-    return Decision("RENDER_FAILED")
-
-
 class Deadline:
     """Soft limit checked at every step (raises JobTimeout); hard limit enforced by a timer thread
-    that runs `on_hard_limit` and ends the process, since a stuck kernel never returns to Python."""
+    that runs `on_hard_limit` and ends the process, since a stuck kernel never returns to Python.
+
+    `for_steps` scales both with the work: a base for loading LoRAs, encoding, decoding and storing,
+    plus so many seconds per denoising step, so a long healthy job is never cut and a stuck one still ends."""
+
+    @classmethod
+    def for_steps(cls, steps: int, *, base_s: float, per_step_s: float, grace_s: float,
+                  on_hard_limit: Callable[[], None]) -> "Deadline":
+        soft_s = base_s + per_step_s * steps
+        return cls(soft_s, soft_s + grace_s, on_hard_limit)
 
     def __init__(self, soft_s: float, hard_s: float, on_hard_limit: Callable[[], None]):
         self.soft_s, self.start = soft_s, time.monotonic()

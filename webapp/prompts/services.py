@@ -1,0 +1,40 @@
+"""Every write of a prompt set: create, update (items replaced whole, in order), delete."""
+from __future__ import annotations
+
+from django.db import transaction
+
+from webapp.core.permissions import require_manage
+
+from .models import PromptItem, PromptSet
+
+
+def _write_items(prompt_set: PromptSet, items: list[dict]) -> None:
+    PromptItem.objects.bulk_create(
+        PromptItem(prompt_set=prompt_set, position=i,
+                   **{k: v for k, v in item.items() if k != "sampler" and v is not None})
+        for i, item in enumerate(items))
+
+
+@transaction.atomic
+def prompt_set_create(*, owner, name: str, items: list[dict], trigger_word: str = "") -> PromptSet:
+    prompt_set = PromptSet.objects.create(owner=owner, name=name, trigger_word=trigger_word)
+    _write_items(prompt_set, items)
+    return prompt_set
+
+
+@transaction.atomic
+def prompt_set_update(*, prompt_set: PromptSet, actor, items: list[dict] | None = None, **fields) -> PromptSet:
+    """Change the named fields; `items`, when given, replace the set's items."""
+    require_manage(actor, prompt_set, what="prompt set")
+    for name, value in fields.items():
+        setattr(prompt_set, name, value)
+    prompt_set.save()
+    if items is not None:
+        prompt_set.items.all().delete()
+        _write_items(prompt_set, items)
+    return prompt_set
+
+
+def prompt_set_delete(*, prompt_set: PromptSet, actor) -> None:
+    require_manage(actor, prompt_set, what="prompt set")
+    prompt_set.delete()
