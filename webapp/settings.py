@@ -136,12 +136,14 @@ if REDIS_URL:
                                        "priority_steps": list(range(10))}
 else:
     _broker = VAR_DIR / "broker"
-    for _sub in ("out", "processed"):
+    for _sub in ("out", "processed", "control"):
         (_broker / _sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_URL = "filesystem://"
+    # control_folder holds kombu's exchange bindings; its default is "control" in the current directory.
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker / "out"), "data_folder_out": str(_broker / "out"),
-        "processed_folder": str(_broker / "processed"), "store_processed": False,
+        "processed_folder": str(_broker / "processed"), "control_folder": str(_broker / "control"),
+        "store_processed": False,
     }
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -182,8 +184,11 @@ JOB_PROGRESS_INTERVAL_S = float(env("JOB_PROGRESS_INTERVAL_S", 1.0))
 JOB_HEARTBEAT_S = float(env("JOB_HEARTBEAT_S", 10))
 JOB_STALE_AFTER_S = float(env("JOB_STALE_AFTER_S", 120))  # no heartbeat for this long: the worker is gone
 JOB_MAX_ATTEMPTS = int(env("JOB_MAX_ATTEMPTS", 3))
-JOB_SOFT_TIME_LIMIT_S = float(env("JOB_SOFT_TIME_LIMIT_S", 3600))  # checked every step: fails with TIMEOUT
-JOB_HARD_TIME_LIMIT_S = float(env("JOB_HARD_TIME_LIMIT_S", 4200))  # a stuck worker exits and is replaced
+# A job's time limit scales with its work: base + per step x its denoising steps, checked at every step
+# (TIMEOUT); past it by the grace a stuck worker exits and is replaced. 20 default prompts: about 17 h.
+JOB_TIME_LIMIT_BASE_S = float(env("JOB_TIME_LIMIT_BASE_S", 900))
+JOB_TIME_LIMIT_PER_STEP_S = float(env("JOB_TIME_LIMIT_PER_STEP_S", 120))
+JOB_TIME_LIMIT_GRACE_S = float(env("JOB_TIME_LIMIT_GRACE_S", 600))
 JOB_RECONCILE_GRACE_S = float(env("JOB_RECONCILE_GRACE_S", 30))
 JOB_RECONCILE_INTERVAL_S = float(env("JOB_RECONCILE_INTERVAL_S", 60))
 CELERY_BEAT_SCHEDULE = {"reconcile-jobs": {"task": "workers.reconcile_jobs", "schedule": JOB_RECONCILE_INTERVAL_S}}
