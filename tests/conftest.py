@@ -16,6 +16,8 @@ from workers.pipeline.checkpoints import write_aitoolkit_lora, write_random_wan
 from workers.pipeline.shapes import TINY_TRANSFORMER, WanShape
 
 ROOT = Path(__file__).resolve().parent.parent
+# Tests sign users in by the hundred: a fast hash instead of PBKDF2's 10^6 rounds (as cookiecutter-django's tests).
+settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 TINY_SHAPE = WanShape.of(TINY_TRANSFORMER)
 SMALL = {"width": 128, "height": 128, "num_frames": 9, "sample_steps": 3}
 
@@ -39,6 +41,28 @@ def lora_files(tmp_path_factory) -> dict[str, Path]:
                                   software_version="0.9.2"),
         "minimal": write_aitoolkit_lora(root / "my_lora_job" / "my_lora.safetensors", shape=TINY_SHAPE, seed=3),
     }
+
+
+# Tests that use these start worker, server, browser or follower processes: `make test` runs them,
+# `make test-fast` (the edit-test loop) leaves them out.
+PROCESS_FIXTURES = {"start_worker", "celery_worker", "web_server", "s3_endpoint", "live_server", "browser", "split"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if PROCESS_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.processes)
+
+
+@pytest.fixture(autouse=True)
+def fresh_throttles(settings):
+    """Throttle counts key on user ids, which SQLite reuses from test to test (PostgreSQL's sequences do
+    not): start each test with an empty in-process cache. (A Redis cache is never flushed here: in tests
+    it shares its database with the broker.)"""
+    from django.core.cache import cache
+
+    if settings.CACHES["default"]["BACKEND"].endswith("LocMemCache"):
+        cache.clear()
 
 
 @pytest.fixture

@@ -109,6 +109,7 @@ def test_fast_job_renders_fast_and_its_rerun_stays_fast(api, celery_worker, tmp_
     assert np.array_equal(frames, again)
 
 
+@pytest.mark.processes
 def test_demo_on_embedded_defaults(tmp_path):
     """`make demo`'s path with no settings: SQLite, filesystem broker, files under VAR_DIR."""
     env = {k: v for k, v in os.environ.items()
