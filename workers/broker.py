@@ -1,4 +1,4 @@
-"""What the broker still holds: the job ids of render messages waiting or unacknowledged.
+"""What the broker still holds: the job ids of job messages (render, fetch) waiting or unacknowledged.
 
 The database is the truth about jobs; this lets the reconciler tell a queued job
 whose message is gone (broker flushed or restarted) from one still waiting.
@@ -12,6 +12,7 @@ from pathlib import Path
 from workers.celery_app import app
 
 GPU_QUEUE = "gpu"
+CPU_QUEUE = "celery"  # Celery's default queue: light tasks (the reconciler, LoRA URL fetches)
 
 
 def job_id_of(task_id: str) -> str:
@@ -21,8 +22,9 @@ def job_id_of(task_id: str) -> str:
 def _redis_task_ids(channel) -> list[str]:
     client = channel.client
     raw = []
-    for pri in channel.priority_steps:
-        raw += client.lrange(channel._q_for_pri(GPU_QUEUE, pri), 0, -1)
+    for queue in (GPU_QUEUE, CPU_QUEUE):
+        for pri in channel.priority_steps:
+            raw += client.lrange(channel._q_for_pri(queue, pri), 0, -1)
     raw += [json.dumps(json.loads(v)[0]) for v in client.hvals(channel.unacked_key)]
     return [json.loads(m)["headers"]["id"] for m in raw]
 

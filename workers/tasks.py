@@ -36,6 +36,12 @@ def reconcile_jobs(dead_worker: str | None = None) -> dict:
     return result
 
 
+@shared_task(name="workers.fetch_job_loras")
+def fetch_job_loras(job_id: str) -> str:
+    """CPU queue: fetch a job's LoRAs named by URL, then queue it to render."""
+    return services.job_fetch_loras(job_id=job_id)
+
+
 @shared_task(name="workers.render_job", bind=True)
 def render_job(self, job_id: str) -> str:
     """Render a job; its outputs are stored on the finisher thread while the next job starts."""

@@ -300,3 +300,12 @@ def test_unknown_speed_is_refused(api, which, value):
 def test_fast_and_step_cache_together_are_refused(api, which):
     error = refused(api, which, 400, "OPTIONS_CONFLICT", speed="fast", step_cache=0.1)
     assert "speed" in error["details"]
+
+
+@pytest.mark.parametrize("query", ["lora=99999999999999999999", "owner=99999999999999999999",
+                                   "prompt_set=99999999999999999999"])
+def test_an_id_past_64_bits_is_a_400_on_every_database(api, query):
+    response = api.get(f"/api/v1/jobs/?{query}")
+    assert response.status_code in (200, 400) and response.status_code != 500
+    if response.status_code == 400:
+        assert response.json()["error"]["code"] in ("VALIDATION_ERROR",)

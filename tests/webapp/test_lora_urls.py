@@ -375,3 +375,60 @@ def test_network_errors_map_to_stable_codes(server, exc, code):
     routes, _ = server
     routes[("example.com", "/a.safetensors")] = exc
     assert code_of(url="https://example.com/a.safetensors").code == code
+
+
+# --- a job naming a LoRA by URL: accepted at once, fetched on the CPU queue ---------------------------------------
+
+@pytest.fixture
+def sent(monkeypatch, dns):
+    """The broker messages a test's committed transactions send: (task, queue)."""
+    from workers.celery_app import app
+
+    dns["127.0.0.1"] = ["127.0.0.1"]  # the throttles' Redis cache still resolves
+    messages = []
+    monkeypatch.setattr(app, "send_task", lambda name, args, queue, **kw: messages.append((name, queue)))
+    return messages
+
+
+def submit_with_url(api, url, multiplier=0.5):
+    response = api.post("/api/v1/jobs/", {"loras": [{"lora": url, "multiplier": multiplier}],
+                                          "prompts": [{"prompt": "a cat", "width": 64, "height": 64}]}, format="json")
+    assert response.status_code == 201, response.json()
+    return response.json()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_url_lora_is_fetched_on_the_cpu_queue_not_in_the_request(api, server, sent, lora_files):
+    from webapp.jobs.models import GenerationJob
+    from workers import tasks
+
+    routes, seen = server
+    body = lora_files["a"].read_bytes()
+    routes[("example.com", "/a.safetensors")] = lambda: FakeResponse(body, headers={"Content-Length": str(len(body))})
+    job = submit_with_url(api, "https://example.com/a.safetensors")
+    assert seen == [] and sent == [("workers.fetch_job_loras", "celery")]  # no byte downloaded by the web process
+    assert job["status"] == "queued" and job["loras"][0]["lora"] is None
+
+    assert tasks.fetch_job_loras(job["id"]) == "fetched"
+    assert len(seen) == 1 and sent[-1] == ("workers.render_job", "gpu")
+    job_lora = GenerationJob.objects.get(pk=job["id"]).job_loras.get()
+    assert (job_lora.lora.sha256, job_lora.sha256, job_lora.multiplier) == (job_lora.lora.sha256, job_lora.sha256, 0.5)
+    assert job_lora.lora.sha256 == __import__("hashlib").sha256(body).hexdigest()
+    assert tasks.fetch_job_loras(job["id"]) == "fetched" and len(seen) == 1  # a second delivery downloads nothing
+
+    again = submit_with_url(api, "https://example.com/a.safetensors")  # registered now: renders at once
+    assert again["loras"][0]["lora"] == job_lora.lora_id and sent[-1] == ("workers.render_job", "gpu")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_url_that_cannot_be_fetched_fails_its_job_with_the_code(api, server, sent):
+    from webapp.jobs.models import GenerationJob
+    from workers import tasks
+
+    routes, _ = server
+    routes[("example.com", "/gone.safetensors")] = FakeResponse(b"gone", status=404)
+    job = submit_with_url(api, "https://example.com/gone.safetensors")
+    assert tasks.fetch_job_loras(job["id"]) == "LORA_URL_FETCH_FAILED"
+    failed = GenerationJob.objects.get(pk=job["id"])
+    assert (failed.status, failed.error_code) == ("failed", "LORA_URL_FETCH_FAILED")
+    assert sent == [("workers.fetch_job_loras", "celery")]  # never sent to render

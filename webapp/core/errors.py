@@ -75,6 +75,8 @@ _DRF_CODES = {
 def api_exception_handler(exc, context):
     if isinstance(exc, ApiError):
         return Response(error_body(exc.code, exc.message, exc.details), status=exc.status_code)
+    if isinstance(exc, OverflowError):  # an id or filter past 64 bits, which SQLite cannot even compare
+        return Response(error_body("VALIDATION_ERROR", "A number in the request is out of range."), status=400)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):

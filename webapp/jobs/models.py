@@ -86,10 +86,13 @@ class GenerationJob(models.Model):
 
 
 class JobLora(models.Model):
-    """One LoRA of a job's stack, with its multiplier; sha256 kept even if the LoRA is deleted later."""
+    """One LoRA of a job's stack, with its multiplier; sha256 kept even if the LoRA is deleted later.
+    A LoRA named by URL is `pending` until the CPU queue has fetched and registered it."""
 
     job = models.ForeignKey(GenerationJob, on_delete=models.CASCADE, related_name="job_loras")
     lora = models.ForeignKey("loras.Lora", null=True, on_delete=models.SET_NULL, related_name="job_uses")
+    url = models.CharField(max_length=1000, blank=True,
+                           help_text="An https URL the CPU queue fetches before the job renders (lora empty till then).")
     position = models.PositiveSmallIntegerField(default=0)
     multiplier = models.FloatField(default=1.0)
     sha256 = models.CharField(max_length=64)
@@ -97,6 +100,10 @@ class JobLora(models.Model):
 
     class Meta:
         ordering = ["position"]
+
+    @property
+    def pending(self) -> bool:
+        return self.lora_id is None and bool(self.url) and not self.sha256
 
 
 class JobOutput(models.Model):

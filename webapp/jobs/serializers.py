@@ -58,7 +58,7 @@ class JobOutputSerializer(serializers.ModelSerializer):
 class JobLoraSerializer(serializers.ModelSerializer):
     class Meta:
         model = JobLora
-        fields = ["lora", "name", "sha256", "multiplier"]
+        fields = ["lora", "name", "sha256", "multiplier", "url"]
 
 
 class JobSerializer(serializers.ModelSerializer):

@@ -29,14 +29,14 @@ from webapp.loras.models import Lora
 from webapp.loras.selectors import lora_list
 from webapp.loras.services import lora_resolve
 from webapp.prompts.models import PromptSet
-from workers.broker import GPU_QUEUE
+from workers.broker import CPU_QUEUE, GPU_QUEUE
 from workers.celery_app import app as celery_app
 from workers.pipeline.params import PromptError, resolve_prompt
 
 from .models import FINISHED, GenerationJob, JobLora, JobOutput, JobStatus
 
 log = logging.getLogger(__name__)
-RENDER_TASK = "workers.render_job"
+RENDER_TASK, FETCH_TASK = "workers.render_job", "workers.fetch_job_loras"
 QUEUED, RUNNING, SUCCEEDED = JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED
 FAILED, CANCELED = JobStatus.FAILED, JobStatus.CANCELED
 
@@ -57,6 +57,7 @@ TRANSITIONS = {
     "fail":    Transition(frozenset({RUNNING}), FAILED, "the attempt that owns it (or its hard time limit)"),
     "requeue": Transition(frozenset({RUNNING}), QUEUED, "a worker that must exit; the reconciler (worker gone)"),
     "give_up": Transition(frozenset({RUNNING}), FAILED, "the reconciler, after JOB_MAX_ATTEMPTS (WORKER_LOST)"),
+    "reject":  Transition(frozenset({QUEUED}), FAILED, "the CPU queue, when a LoRA URL cannot be fetched"),
     "cancel":  Transition(frozenset({QUEUED, RUNNING}), CANCELED, "its owner or staff", "JOB_NOT_CANCELABLE"),
     "retry":   Transition(frozenset({FAILED, CANCELED}), QUEUED, "its owner or staff", "JOB_NOT_RETRYABLE"),
 }
@@ -96,24 +97,49 @@ def job_transition(job_id, action: str, *, attempt: GenerationJob | None = None)
 
 
 def job_enqueue(*, job: GenerationJob) -> None:
-    """Send the job's id to the GPU queue once the surrounding transaction commits."""
+    """Send the job's id once the surrounding transaction commits: to the CPU queue while a LoRA
+    named by URL is still to be fetched (job_fetch_loras), else to the GPU queue to render."""
     job_id, priority = str(job.id), job.priority
+    fetch = any(job_lora.pending for job_lora in job.job_loras.all())
+    task, queue = (FETCH_TASK, CPU_QUEUE) if fetch else (RENDER_TASK, GPU_QUEUE)
 
     def send():
         # kombu's Redis priorities run 0 (first) to 9 (last); jobs use 9 as the most urgent.
         # The task id starts with the job id so the reconciler can find the message (workers/broker.py).
-        celery_app.send_task(RENDER_TASK, args=[job_id], queue=GPU_QUEUE, priority=9 - priority,
+        celery_app.send_task(task, args=[job_id], queue=queue, priority=9 - priority,
                              task_id=f"{job_id}.{uuid.uuid4().hex[:12]}")
 
     # robust: a broker outage must not turn a created job into a 500; the reconciler re-sends it.
     transaction.on_commit(send, robust=True)
 
 
+def job_fetch_loras(*, job_id) -> str:
+    """On the CPU queue: download and register a queued job's LoRAs named by URL (up to
+    LORA_URL_MAX_BYTES each, never inside a web request), then queue it to render. A URL that
+    cannot be fetched fails the job with its code; a retry fetches again."""
+    job = GenerationJob.objects.filter(pk=job_id, status=QUEUED).first()
+    if job is None:
+        return "skipped"  # canceled meanwhile, or a duplicate delivery after the fetch
+    for job_lora in [jl for jl in job.job_loras.all() if jl.pending]:
+        try:
+            lora = lora_resolve(ref=job_lora.url, owner=job.owner)
+            if job.job_loras.filter(sha256=lora.sha256).exclude(pk=job_lora.pk).exists():
+                raise ApiError("LORA_DUPLICATE", "The same LoRA appears twice in the stack; give it one multiplier.")
+        except ApiError as exc:
+            with contextlib.suppress(IllegalTransition), job_transition(job.pk, "reject") as row:
+                row.error_code, row.error_message = exc.code, exc.message
+            return exc.code
+        JobLora.objects.filter(pk=job_lora.pk).update(lora=lora, sha256=lora.sha256, name=lora.name)
+    with transaction.atomic():
+        job_enqueue(job=GenerationJob.objects.prefetch_related("job_loras").get(pk=job.pk))
+    return "fetched"
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """A new job, whichever door it came through (see `job_spec`)."""
 
-    loras: list[tuple[Lora, float]]
+    loras: list[tuple[Lora | str, float]]  # a str: an https URL the CPU queue fetches before rendering
     prompts: list[dict]
     options: dict  # a value for every name in JOB_OPTIONS
     model: str = DEFAULT_MODEL
@@ -139,8 +165,9 @@ def job_spec(*, owner, loras: list[tuple[Lora | str, float | None]], options: di
         trigger_word = trigger_word or prompt_set.trigger_word
     stack = []
     for ref, multiplier in loras:
-        lora = ref if isinstance(ref, Lora) else lora_resolve(ref=ref, owner=owner)
-        stack.append((lora, lora.default_multiplier if multiplier is None else multiplier))
+        lora = ref if isinstance(ref, Lora) else lora_resolve(ref=ref, owner=owner, fetch=False) or ref
+        default = lora.default_multiplier if isinstance(lora, Lora) else 1.0
+        stack.append((lora, default if multiplier is None else multiplier))
     defaults = {name: GenerationJob._meta.get_field(name).get_default() for name in JOB_OPTIONS}
     return JobSpec(loras=stack, prompts=list(prompts or []), options={**defaults, **{
         name: options[name] for name in JOB_OPTIONS if name in options}}, model=model, trigger_word=trigger_word,
@@ -155,11 +182,13 @@ def job_submit(*, owner, spec: JobSpec) -> GenerationJob:
     prompts, loras = spec.prompts, spec.loras
     if not prompts or any(not item.get("prompt") for item in prompts):
         raise ApiError("NO_PROMPTS", "A job needs at least one prompt, and every prompt needs its text.")
-    shas = [lora.sha256 for lora, _ in loras]
-    if len(set(shas)) != len(shas):
+    keys = [lora.sha256 if isinstance(lora, Lora) else lora for lora, _ in loras]
+    if len(set(keys)) != len(keys):
         raise ApiError("LORA_DUPLICATE", "The same LoRA appears twice in the stack; give it one multiplier.")
+    first = loras[0][0] if loras else None
+    name = first.info.get("output_name") or first.name if isinstance(first, Lora) else first  # [name]
     resolved = job_prompts_resolve(prompts, trigger_word=spec.trigger_word, semantics=spec.options["prompt_semantics"],
-                                   name=loras[0][0].info.get("output_name") or loras[0][0].name if loras else None)
+                                   name=name)
     job = GenerationJob.objects.create(
         owner=owner, model=spec.model, prompt_set=spec.prompt_set, prompts=resolved, request=spec.request,
         progress={"prompt": 0, "prompts": len(resolved), "step": 0,
@@ -168,6 +197,7 @@ def job_submit(*, owner, spec: JobSpec) -> GenerationJob:
     )
     JobLora.objects.bulk_create(
         JobLora(job=job, lora=lora, position=i, multiplier=multiplier, sha256=lora.sha256, name=lora.name)
+        if isinstance(lora, Lora) else JobLora(job=job, url=lora, position=i, multiplier=multiplier, name=lora)
         for i, (lora, multiplier) in enumerate(loras))
     job_enqueue(job=job)
     return job

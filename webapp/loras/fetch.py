@@ -227,14 +227,22 @@ def _get(*, url: str, parts: SplitResult, deadline: float) -> tuple[str | None, 
         conn.close()
 
 
-def lora_download(*, url: str) -> tuple[tempfile.SpooledTemporaryFile | IO[bytes], str]:
-    """Download the LoRA at url: (binary file at offset 0, file name from the URL's path)."""
+def lora_url_check(*, url: str) -> str:
+    """Refuse a LoRA URL that can be refused without the network (off, not https, credentials,
+    host not allowed, no .safetensors name); its file name otherwise. Submits call this; the
+    download (on the CPU queue) checks every address again."""
     allowed = list(settings.LORA_URL_ALLOWED_HOSTS or [])
     if not allowed:
         raise _fail("LORA_URL_DISABLED", "LoRA URLs are not enabled on this server; upload the file instead.",
                     url=url)
+    return _filename(parts=_vet_url(url=url, allowed=allowed), url=url)
+
+
+def lora_download(*, url: str) -> tuple[tempfile.SpooledTemporaryFile | IO[bytes], str]:
+    """Download the LoRA at url: (binary file at offset 0, file name from the URL's path)."""
+    filename = lora_url_check(url=url)
+    allowed = list(settings.LORA_URL_ALLOWED_HOSTS or [])
     parts = _vet_url(url=url, allowed=allowed)
-    filename = _filename(parts=parts, url=url)
     deadline = time.monotonic() + 4 * settings.LORA_URL_TIMEOUT_S
     current = url
     for hop in range(MAX_REDIRECTS + 1):

@@ -17,7 +17,7 @@ from webapp.core.errors import ApiError, Conflict, NotFound
 from webapp.core.permissions import require_manage
 from workers.pipeline.lora_files import LoraFileError, check_compatible, inspect_lora_file
 
-from .fetch import lora_download
+from .fetch import lora_download, lora_url_check
 from .models import Lora, Visibility
 from .selectors import lora_find
 
@@ -104,14 +104,19 @@ def lora_root_file(relative_path: str) -> Path | None:
     return candidate
 
 
-def lora_resolve(*, ref: str, owner=None) -> Lora:
-    """The LoRA a request's `path` names: registered, or a file under LORA_ROOT registered now."""
+def lora_resolve(*, ref: str, owner=None, fetch: bool = True) -> Lora | None:
+    """The LoRA a request's `path` names: registered, or a file under LORA_ROOT registered now, or a
+    URL downloaded and registered now. With `fetch=False` an unregistered URL is only checked (what
+    can be checked without the network) and None comes back: the CPU queue fetches it later."""
     if len(ref) > PATH_MAX:
         raise ApiError("LORA_PATH_TOO_LONG", f"LoRA paths may be at most {PATH_MAX} characters.")
     lora = lora_find(ref=ref, user=owner)
     if lora:
         return lora
     if "://" in ref:
+        if not fetch:
+            lora_url_check(url=ref)
+            return None
         fh, filename = lora_download(url=ref)
         with fh:
             return lora_register(fh=fh, filename=filename, owner=owner, name=ref)
