@@ -107,7 +107,7 @@ class JobAttempt:
         self.heartbeat = Heartbeat(lambda: services.job_heartbeat(job=self.job), settings.JOB_HEARTBEAT_S).start()
         try:
             with self._deadline() as deadline:
-                stored = self.render(deadline)  # 2. and 3.
+                stored = self.render_prompts(deadline)  # 2. and 3.
         except Exception as exc:
             self.heartbeat.stop()
             return self.settle_failure(exc) or "canceled"
@@ -125,7 +125,7 @@ class JobAttempt:
                                   per_step_s=settings.JOB_TIME_LIMIT_PER_STEP_S,
                                   grace_s=settings.JOB_TIME_LIMIT_GRACE_S, on_hard_limit=give_up)
 
-    def render(self, deadline: Deadline) -> list[Future]:
+    def render_prompts(self, deadline: Deadline) -> list[Future]:
         """2. Render every prompt not stored yet; 3. hand each one's frames to the finisher thread."""
         job = self.job
         job_loras = list(job.job_loras.select_related("lora"))

@@ -136,7 +136,7 @@ def test_out_of_memory_fails_the_job_and_the_worker_carries_on(user, tiny_model,
     def oom(self, deadline):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
 
-    monkeypatch.setattr(JobAttempt, "render", oom)
+    monkeypatch.setattr(JobAttempt, "render_prompts", oom)
     job_row = submit_short(user)
     assert tasks.render_job(str(job_row.pk)) == "OUT_OF_MEMORY"
     assert job(job_row.pk).error_code == "OUT_OF_MEMORY"
