@@ -7,9 +7,11 @@ from rest_framework.routers import DefaultRouter
 
 from webapp.jobs import compat
 from webapp.jobs.api import JobViewSet, OutputFileView
-from webapp.jobs.views import queue_page
+from webapp.jobs.views import job_new_page, job_page, queue_page
 from webapp.loras.api import LoraViewSet
+from webapp.loras.views import lora_list_page
 from webapp.prompts.api import PromptSetViewSet
+from webapp.prompts.views import prompt_set_list_page
 
 router = DefaultRouter()
 router.register("loras", LoraViewSet)
@@ -18,6 +20,10 @@ router.register("jobs", JobViewSet)
 
 urlpatterns = [
     path("", queue_page, name="queue"),
+    path("jobs/new/", job_new_page, name="job-new"),
+    path("jobs/<uuid:pk>/", job_page, name="job-detail"),
+    path("loras/", lora_list_page, name="lora-list"),
+    path("prompt-sets/", prompt_set_list_page, name="prompt-set-list"),
     path("accounts/login/", LoginView.as_view(template_name="login.html"), name="login"),
     path("accounts/logout/", LogoutView.as_view(next_page="login"), name="logout"),
     path("admin/", admin.site.urls),

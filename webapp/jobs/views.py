@@ -8,3 +8,13 @@ from .selectors import job_list
 @login_required
 def queue_page(request):
     return render(request, "queue.html", {"jobs": job_list()[:50]})
+
+
+@login_required
+def job_new_page(request):
+    return render(request, "pages/placeholder.html", {"nav": "submit", "title": "Submit a job"})
+
+
+@login_required
+def job_page(request, pk):
+    return render(request, "pages/placeholder.html", {"title": f"Job {pk}"})
