@@ -168,3 +168,14 @@ def test_openapi_schema_and_docs(api):
     assert "/api/v1/jobs/{id}/cancel/" in text and "/api/v1/loras/" in text and "/api/v1/prompt-sets/" in text
     docs = api.get("/api/docs/")
     assert docs.status_code == 200 and b"swagger" in docs.content.lower()
+
+
+def test_trigger_defaults_to_the_first_lora_that_has_one(api):
+    submit(api, loras=STACK)  # registers both
+    Lora.objects.filter(name="job_a/job_a").update(trigger_word="ohwx")
+    Lora.objects.filter(name="job_b/job_b").update(trigger_word="")
+    job = submit(api, ["[trigger] dancing"], [{"lora": "job_b/job_b"}, {"lora": "job_a/job_a"}])
+    assert job["prompts"][0]["prompt"] == "ohwx dancing"  # job_b has none, job_a's is used
+    job = submit(api, ["[trigger] dancing"], [{"lora": "job_a/job_a"}], trigger_word="zzz")
+    assert job["prompts"][0]["prompt"] == "zzz dancing"  # the request's own word wins
+    assert submit(api, ["[trigger] dancing"])["prompts"][0]["prompt"] == "[trigger] dancing"  # no LoRA, no word

@@ -187,7 +187,10 @@ def job_submit(*, owner, spec: JobSpec) -> GenerationJob:
         raise ApiError("LORA_DUPLICATE", "The same LoRA appears twice in the stack; give it one multiplier.")
     first = loras[0][0] if loras else None
     name = first.info.get("output_name") or first.name if isinstance(first, Lora) else first  # [name]
-    resolved = job_prompts_resolve(prompts, trigger_word=spec.trigger_word, semantics=spec.options["prompt_semantics"],
+    # [trigger]: the request's trigger word, else that of the stack's first LoRA that has one.
+    trigger_word = spec.trigger_word or next(
+        (lora.trigger_word for lora, _ in loras if isinstance(lora, Lora) and lora.trigger_word), None)
+    resolved = job_prompts_resolve(prompts, trigger_word=trigger_word, semantics=spec.options["prompt_semantics"],
                                    name=name)
     job = GenerationJob.objects.create(
         owner=owner, model=spec.model, prompt_set=spec.prompt_set, prompts=resolved, request=spec.request,
