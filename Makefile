@@ -1,6 +1,8 @@
 # make demo  - render examples/minimal_request.json through the real queue (embedded defaults)
 # make test  - the whole test suite on PostgreSQL + Redis
-# make up    - web on 127.0.0.1:$(PORT) and a GPU worker; Ctrl-C stops both
+# make test-fast - pipeline and web tests on SQLite, no processes started (the edit-test loop)
+# make up    - web on 127.0.0.1:$(PORT), a GPU worker and beat (scripts/up.sh); Ctrl-C stops all
+# make lint  - ruff check and ruff format --check (CI runs it before the tests)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,9 +11,9 @@ export PYTHONUNBUFFERED := 1
 export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 
-.PHONY: setup demo test up migrate services
+.PHONY: setup demo test test-fast up migrate services lint
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements-web.txt requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-dev.txt
@@ -35,10 +37,15 @@ test: setup services
 	VAR_DIR=$(CURDIR)/var/test \
 	$(PY) -m pytest
 
+# The edit-test loop: pipeline and web tests on SQLite, no worker, server or browser processes.
+test-fast: setup
+	env -u DATABASE_URL -u REDIS_URL VAR_DIR=$(CURDIR)/var/fast $(PY) -m pytest tests/pipeline tests/webapp \
+		-m "not processes and not gpu" -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
 up: migrate
 	$(PY) manage.py collectstatic --noinput -v0
-	trap 'kill 0' INT TERM EXIT; \
-	$(PY) -m celery -A workers.celery_app worker -Q gpu,celery --pool solo --concurrency 1 -n gpu@%h \
-		--beat --schedule var/celerybeat-schedule --loglevel INFO & \
-	$(PY) manage.py runserver 127.0.0.1:$(PORT) --noreload & \
-	wait
+	PY=$(PY) PORT=$(PORT) scripts/up.sh
