@@ -99,7 +99,7 @@ class JobAttempt:
 
     def run(self) -> str:
         """The whole attempt; returns what happened ("rendered": settling on the finisher thread)."""
-        self.host.runtime  # 0.
+        self.host.runtime  # noqa: B018 - 0. loads the model
         self.host.wait_for_finisher(max_pending=1)  # store at most one earlier job while this one renders
         self.job = services.job_start(job_id=self.job_id, worker=self.worker)  # 1.
         if self.job is None:

@@ -47,7 +47,7 @@ class GpuHost:
     def setup(self) -> None:
         """Load the model and do the compile work for WAN_WARMUP's sizes before taking jobs."""
         try:
-            self.runtime
+            self.runtime  # noqa: B018 - loads the model
         except Exception:  # a worker without a model would fail every job it takes
             log.exception("could not load the model; exiting")
             os._exit(EXIT_CODE_REPLACE_ME)

@@ -388,7 +388,7 @@ def job_delete(*, job: GenerationJob, actor=None) -> None:
 def _delete_outputs(job: GenerationJob) -> None:
     """Remove a job's output files from storage, then their rows."""
     for output in job.outputs.all():
-        for field in (output.video, output.poster, output.webp):
-            if field:
-                field.delete(save=False)
+        for file in (output.video, output.poster, output.webp):
+            if file:
+                file.delete(save=False)
     job.outputs.all().delete()

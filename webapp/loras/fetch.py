@@ -52,7 +52,7 @@ def _vet_url(*, url: str, allowed: list[str]) -> SplitResult:
         if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
             raise ValueError("control character or whitespace")
         parts = urlsplit(url)
-        parts.port  # raises ValueError on a non-numeric or out-of-range port
+        parts.port  # noqa: B018 - raises ValueError on a non-numeric or out-of-range port
     except ValueError:
         raise _fail("LORA_URL_INVALID", "The LoRA URL is malformed.", url=url) from None
     if parts.scheme.lower() != "https":
