@@ -234,3 +234,11 @@ def test_cfg_on_a_second_device_gives_the_same_frames(tiny_model, lora_files, ex
         frames = split.render(PARAMS, loras=loras, on_step=lambda done, total: steps.append(done)).frames
         assert np.array_equal(frames, single.render(PARAMS, loras=loras).frames)
         assert steps == list(range(1, PARAMS.sample_steps + 1))
+
+
+@pytest.mark.parametrize("width,height,frames", [(1024, 1024, 1), (832, 480, 5), (1280, 720, 1)])
+def test_the_default_checkpoint_renders_sizes_past_512_px(runtime, width, height, frames):
+    """The tiny checkpoint `make demo` writes has the 14B's rotary range, so the API's sizes render on it."""
+    params = resolve_prompt({"prompt": "x", "width": width, "height": height, "num_frames": frames,
+                             "sample_steps": 1, "guidance_scale": 1.0}, index=0)
+    assert runtime.render(params).frames.shape == (frames, height, width, 3)

@@ -21,7 +21,7 @@ TINY_TRANSFORMER = dict(
     patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
     in_channels=16, out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32,
     num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-    eps=1e-6, rope_max_seq_len=32,
+    eps=1e-6, rope_max_seq_len=1024,  # as the 14B: any size the API accepts has rotary positions
 )
 TINY_VOCAB = 512
 TINY_UMT5 = dict(
