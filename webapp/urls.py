@@ -7,14 +7,22 @@ from rest_framework.routers import DefaultRouter
 
 from webapp.jobs import compat
 from webapp.jobs.api import JobViewSet, OutputFileView
-from webapp.jobs.views import job_new_page, job_page, queue_page
+from webapp.jobs.views import (
+    cancel_action,
+    job_new_page,
+    job_page,
+    job_status_fragment,
+    queue_page,
+    rerun_action,
+    retry_action,
+)
 from webapp.loras.api import LoraViewSet
-from webapp.loras.views import lora_list_page
+from webapp.loras.views import lora_delete_page, lora_detail_page, lora_list_page
 from webapp.prompts.api import PromptSetViewSet
-from webapp.prompts.views import prompt_set_list_page
+from webapp.prompts.views import prompt_set_delete_page, prompt_set_list_page, prompt_set_new_page, prompt_set_page
 
 router = DefaultRouter()
-router.register("loras", LoraViewSet)
+router.register("loras", LoraViewSet, basename="api-lora")  # "lora-list" / "lora-detail" name the pages
 router.register("prompt-sets", PromptSetViewSet)
 router.register("jobs", JobViewSet)
 
@@ -22,8 +30,17 @@ urlpatterns = [
     path("", queue_page, name="queue"),
     path("jobs/new/", job_new_page, name="job-new"),
     path("jobs/<uuid:pk>/", job_page, name="job-detail"),
+    path("jobs/<uuid:pk>/status/", job_status_fragment, name="job-status"),
+    path("jobs/<uuid:pk>/cancel/", cancel_action, name="job-cancel"),
+    path("jobs/<uuid:pk>/retry/", retry_action, name="job-retry"),
+    path("jobs/<uuid:pk>/rerun/", rerun_action, name="job-rerun"),
     path("loras/", lora_list_page, name="lora-list"),
+    path("loras/<int:pk>/", lora_detail_page, name="lora-detail"),
+    path("loras/<int:pk>/delete/", lora_delete_page, name="lora-delete"),
     path("prompt-sets/", prompt_set_list_page, name="prompt-set-list"),
+    path("prompt-sets/new/", prompt_set_new_page, name="prompt-set-new"),
+    path("prompt-sets/<int:pk>/", prompt_set_page, name="prompt-set-detail"),
+    path("prompt-sets/<int:pk>/delete/", prompt_set_delete_page, name="prompt-set-delete"),
     path("accounts/login/", LoginView.as_view(template_name="login.html"), name="login"),
     path("accounts/logout/", LogoutView.as_view(next_page="login"), name="logout"),
     path("admin/", admin.site.urls),

@@ -1,5 +1,7 @@
 """Reading LoRA headers: key formats, shapes, base model, ai-toolkit metadata, compatibility."""
+import io
 import json
+import struct
 
 import pytest
 import torch
@@ -7,15 +9,16 @@ from safetensors.torch import save_file
 
 from tests.conftest import TINY_SHAPE
 from workers.pipeline.checkpoints import write_aitoolkit_lora
+from workers.pipeline.lora_files import LoraFileError, check_compatible, inspect_lora, read_header
 from workers.pipeline.shapes import WanShape
-from workers.pipeline.lora_files import LoraFileError, check_compatible, inspect_lora
 
 
 def test_ai_toolkit_lora_of_the_14b_shape(tmp_path):
     path = write_aitoolkit_lora(tmp_path / "l.safetensors", shape=WanShape(5120, 13824, 40), rank=1,
                                 software_version="0.9.6", training_step=2500, trigger_words=("ohwx", "man"))
     info = inspect_lora(path)
-    assert (info.key_format, info.rank, info.alpha, info.num_blocks, info.hidden_size) == ("ai-toolkit", 1, 1.0, 40, 5120)
+    assert (info.key_format, info.rank, info.alpha, info.num_blocks, info.hidden_size) == \
+        ("ai-toolkit", 1, 1.0, 40, 5120)
     assert (info.base_model, info.dtype, info.tensor_count) == ("wan21_14b", "BF16", 800)
     assert info.target_modules == sorted(["self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q",
                                           "cross_attn.k", "cross_attn.v", "cross_attn.o", "ffn.0", "ffn.2"])
@@ -49,3 +52,27 @@ def test_tiny_lora_fits_only_the_tiny_model(tmp_path):
     info = inspect_lora(write_aitoolkit_lora(tmp_path / "t.safetensors", shape=TINY_SHAPE))
     assert (info.hidden_size, info.base_model) == (24, None)
     check_compatible(info, hidden_size=24, num_layers=2, model_id="wan21_14b")
+
+
+def _code_of(data: bytes) -> str:
+    with pytest.raises(LoraFileError) as err:
+        read_header(io.BytesIO(data), len(data))
+    return err.value.code
+
+
+@pytest.mark.parametrize("data,code", [
+    pytest.param(b"These are my training notes.\n" * 4, "LORA_NOT_SAFETENSORS", id="text-file"),
+    pytest.param(struct.pack("<Q", 3) + b"[1]", "LORA_NOT_SAFETENSORS", id="header-not-an-object"),
+    pytest.param(struct.pack("<Q", 1) + b"{", "LORA_NOT_SAFETENSORS", id="header-too-short"),
+    pytest.param(struct.pack("<Q", 9 * 2**20) + b"{" + b" " * 100, "LORA_HEADER_TOO_LARGE", id="huge-real-header"),
+    pytest.param(struct.pack("<Q", 100) + b"{}", "LORA_FILE_TRUNCATED", id="header-past-the-end"),
+    pytest.param(struct.pack("<Q", 0), "LORA_NOT_SAFETENSORS", id="only-the-length"),
+])
+def test_the_header_must_open_with_a_brace_before_its_length_is_believed(data, code):
+    assert _code_of(data) == code
+
+
+def test_a_text_file_says_plainly_it_is_not_safetensors():
+    with pytest.raises(LoraFileError) as err:
+        read_header(io.BytesIO(b"hello world, plain text"), 23)
+    assert err.value.message == "This file is not a safetensors file."

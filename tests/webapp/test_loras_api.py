@@ -46,11 +46,69 @@ def test_explicit_fields_override_the_header(api, lora_bytes):
     assert (body["name"], body["trigger_word"], body["default_multiplier"]) == ("mine", "zzz", 0.7)
 
 
-def test_same_bytes_twice_is_one_lora(api, lora_bytes):
-    first = upload(api, lora_bytes).json()
-    second = upload(api, lora_bytes, "renamed.safetensors").json()
-    assert first["id"] == second["id"]
+def test_same_bytes_twice_is_one_lora_answered_200_the_second_time(api, lora_bytes):
+    first = upload(api, lora_bytes)
+    assert first.status_code == 201 and first.json()["created"] is True
+    second = upload(api, lora_bytes, "renamed.safetensors")
+    assert second.status_code == 200, second.json()
+    body = second.json()
+    assert body["id"] == first.json()["id"] and body["created"] is False
+    assert body["message"] == f"This file is already in the library as {body['name']}."
     assert Lora.objects.count() == 1
+
+
+def test_same_bytes_with_the_same_fields_is_no_conflict(api, lora_bytes):
+    fields = {"name": "beach", "trigger_word": "zzz", "default_multiplier": "0.7", "visibility": "team"}
+    assert upload(api, lora_bytes, **fields).status_code == 201
+    again = upload(api, lora_bytes, **fields)
+    assert again.status_code == 200 and again.json()["created"] is False
+
+
+@pytest.mark.parametrize("fields,differ", [
+    ({"name": "other"}, {"name": {"existing": "mine", "given": "other"}}),
+    ({"trigger_word": "yyy"}, {"trigger_word": {"existing": "zzz", "given": "yyy"}}),
+    ({"default_multiplier": "0.5", "name": "mine"}, {"default_multiplier": {"existing": 0.7, "given": 0.5}}),
+    ({"visibility": "private"}, {"visibility": {"existing": "team", "given": "private"}}),
+])
+def test_same_bytes_with_other_fields_is_refused_naming_the_lora(api, lora_bytes, fields, differ):
+    lora = upload(api, lora_bytes, name="mine", trigger_word="zzz", default_multiplier="0.7").json()
+    response = upload(api, lora_bytes, **fields)
+    assert response.status_code == 409, response.json()
+    error = response.json()["error"]
+    assert error["code"] == "LORA_EXISTS" and "already in the library as mine" in error["message"]
+    assert error["details"] == {"lora": {"id": lora["id"], "name": "mine"}, "fields": differ}
+    assert Lora.objects.get().name == "mine" and Lora.objects.get().default_multiplier == 0.7
+
+
+def test_another_users_private_lora_is_not_revealed(api, lora_bytes, django_user_model):
+    from rest_framework.test import APIClient
+
+    bob = APIClient()
+    bob.force_authenticate(django_user_model.objects.create_user("bob", password="pw-bob-123"))
+    assert upload(bob, lora_bytes, name="bobs-secret", visibility="private").status_code == 201
+    response = upload(api, lora_bytes)
+    assert response.status_code == 409
+    error = response.json()["error"]
+    assert error["code"] == "LORA_EXISTS" and error["details"] == {}
+    assert "bobs-secret" not in response.content.decode()
+
+
+def test_text_file_is_not_safetensors(api):
+    response = upload(api, b"just some notes, not a model\n" * 10, "notes.safetensors")
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], error["message"]) == ("LORA_NOT_SAFETENSORS", "This file is not a safetensors file.")
+    assert not Lora.objects.exists()
+
+
+def test_upload_answers_are_typed_in_the_schema(api):
+    schema = api.get("/api/schema/", {"format": "json"}).json()
+    responses = schema["paths"]["/api/v1/loras/"]["post"]["responses"]
+    for code in ("200", "201"):
+        ref = responses[code]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+        properties = schema["components"]["schemas"][ref]["properties"]
+        assert properties["created"]["type"] == "boolean" and properties["message"]["type"] == "string"
+        assert "sha256" in properties
 
 
 def test_different_file_under_a_taken_name_is_a_conflict(api, lora_bytes, tmp_path):
@@ -66,7 +124,7 @@ def test_list_detail_and_delete(api, lora_bytes):
     listed = api.get(URL).json()
     assert listed["count"] == 1 and listed["results"][0]["id"] == created["id"]
     detail = api.get(f"{URL}{created['id']}/").json()
-    assert detail == created
+    assert {**detail, "created": True, "message": created["message"]} == created
     stored = Lora.objects.get().file.name
     assert default_storage.exists(stored)
 
@@ -101,6 +159,8 @@ def _lora_of(tmp_path, shape: WanShape) -> bytes:
     pytest.param(lambda tmp, good: _header_only(1000, b"{}"), 400, "LORA_FILE_TRUNCATED", id="header-past-end"),
     pytest.param(lambda tmp, good: _header_only(9 * 2**20, b"{}"), 400, "LORA_HEADER_TOO_LARGE", id="huge-header"),
     pytest.param(lambda tmp, good: _header_only(10, b"not json!!"), 400, "LORA_NOT_SAFETENSORS", id="not-json"),
+    pytest.param(lambda tmp, good: _header_only(10, b"{not json}"), 400, "LORA_NOT_SAFETENSORS", id="bad-json"),
+    pytest.param(lambda tmp, good: b"hello, world: a text file\n", 400, "LORA_NOT_SAFETENSORS", id="text-file"),
     pytest.param(lambda tmp, good: _torch_pickle(), 400, "LORA_NOT_SAFETENSORS", id="torch-save-zip"),
     pytest.param(lambda tmp, good: pickle.dumps({"a": [1.0, 2.0]}, protocol=2), 400, "LORA_NOT_SAFETENSORS",
                  id="pickle-protocol-2"),

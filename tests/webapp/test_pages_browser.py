@@ -31,7 +31,7 @@ def test_queue_page_shows_the_job_and_plays_its_video(browser, live_server, rend
     assert "a ramp of colours" in browser.page_source
     width, height, duration = video_facts(browser)
     assert (width, height) == (192, 128) and duration == pytest.approx(17 / 16, abs=0.07)
-    screenshot(browser, "queue")
+    screenshot(browser, "queue-staff")
 
 
 def test_admin_job_page_has_a_playing_video(browser, live_server, rendered_job):

@@ -16,7 +16,7 @@ from webapp.core.storage import storage_is_local
 from .models import GenerationJob, JobOutput
 from .selectors import job_get, job_list
 from .serializers import JobCreateSerializer, JobSerializer
-from .services import job_cancel, job_delete, job_rerun, job_retry, job_spec, job_submit
+from .services import job_cancel, job_delete, job_rerun, job_retry, job_spec_from_request, job_submit
 
 
 class JobFilter(filters.FilterSet):
@@ -49,9 +49,7 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Destro
         payload = JobCreateSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         data = payload.validated_data
-        spec = job_spec(owner=request.user, loras=[(item["lora"], item.get("multiplier")) for item in data["loras"]],
-                        options=data, prompts=data.get("prompts"), prompt_set=data.get("prompt_set"),
-                        model=data["model"], trigger_word=data.get("trigger_word"), request=request.data)
+        spec = job_spec_from_request(owner=request.user, data=data, request=request.data)
         job = job_submit(owner=request.user, spec=spec)
         return self._job_response(job, status.HTTP_201_CREATED)
 

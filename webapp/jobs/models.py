@@ -101,6 +101,9 @@ class JobLora(models.Model):
     class Meta:
         ordering = ["position"]
 
+    def __str__(self) -> str:
+        return f"{self.name or self.url} @ {self.multiplier:g}"
+
     @property
     def pending(self) -> bool:
         return self.lora_id is None and bool(self.url) and not self.sha256
@@ -126,3 +129,6 @@ class JobOutput(models.Model):
     class Meta:
         ordering = ["index"]
         constraints = [models.UniqueConstraint(fields=["job", "index"], name="one_output_per_prompt")]
+
+    def __str__(self) -> str:
+        return f"Output {self.index + 1}: {self.width}x{self.height}, {self.num_frames} frames, seed {self.seed}"

@@ -1,12 +1,18 @@
-"""Reads of generation jobs."""
+"""Reads of generation jobs: lookups, the queue page's filters, and ETAs from measured step times."""
 from __future__ import annotations
+
+import statistics
+from collections import defaultdict
 
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 
 from webapp.core.errors import NotFound
+from webapp.prompts.models import PromptSet
 
-from .models import GenerationJob
+from .models import GenerationJob, JobLora, JobOutput, JobStatus
+
+ETA_SAMPLE = 200  # recent outputs whose step times estimate the work left
 
 
 def job_list() -> QuerySet[GenerationJob]:
@@ -18,3 +24,72 @@ def job_get(*, job_id, code: str = "JOB_NOT_FOUND") -> GenerationJob:
         return job_list().get(pk=job_id)
     except (GenerationJob.DoesNotExist, ValidationError, ValueError):  # malformed ids are just unknown
         raise NotFound(code, f"No job with id {job_id}.", details={"id": str(job_id)}) from None
+
+
+def job_filter(*, status: str = "", owner: str = "", lora: int | None = None, q: str = "") -> QuerySet[GenerationJob]:
+    """The team's jobs, newest first, narrowed by status, owner's username, a LoRA of the stack and
+    prompt text (any of the resolved prompts)."""
+    jobs = job_list()
+    if status:
+        jobs = jobs.filter(status=status)
+    if owner:
+        jobs = jobs.filter(owner__username=owner)
+    if lora is not None:
+        jobs = jobs.filter(pk__in=JobLora.objects.filter(lora_id=lora).values("job_id"))
+    if q:
+        jobs = jobs.filter(prompts__icontains=q)  # the JSON text: prompts, negatives and their values
+    return jobs
+
+
+def prompt_set_choices() -> list[tuple[int, str]]:
+    """(id, name) of the prompt sets a job may take its prompts from (every set is the team's)."""
+    return list(PromptSet.objects.order_by("name").values_list("pk", "name"))
+
+
+def step_seconds_by_shape() -> dict[tuple[int, int, int], float]:
+    """Median measured denoising seconds per step of recent outputs, by (width, height, num_frames)."""
+    measured = defaultdict(list)
+    recent = JobOutput.objects.order_by("-created_at").values_list(
+        "width", "height", "num_frames", "record__timings__denoise_per_step")[:ETA_SAMPLE]
+    for width, height, frames, seconds in recent:
+        if isinstance(seconds, int | float):
+            measured[width, height, frames].append(seconds)
+    return {shape: statistics.median(values) for shape, values in measured.items()}
+
+
+def _seconds_left(job: dict, per_step: dict) -> float | None:
+    """Denoising seconds left of an active job (a dict of its fields); None when a size was never measured."""
+    running = job["status"] == JobStatus.RUNNING
+    current = job["progress"].get("prompt", 0) if running else 0
+    total = 0.0
+    for index, prompt in enumerate(job["prompts"][current:], current):
+        seconds = per_step.get((prompt["width"], prompt["height"], prompt["num_frames"]))
+        if seconds is None:
+            return None
+        done = job["progress"].get("step", 0) if running and index == current else 0
+        total += seconds * max(prompt["sample_steps"] - done, 0)
+    return total
+
+
+def job_etas(*, jobs) -> dict:
+    """Seconds until each active job of `jobs` finishes, by id; None where some work ahead or of the
+    job itself has a size never measured. A queued job waits for the running jobs and the queued ones
+    the GPU queue serves first (higher priority, then earlier enqueued), shared among as many GPUs as
+    jobs run now."""
+    wanted = {job.pk for job in jobs if job.status in (JobStatus.QUEUED, JobStatus.RUNNING)}
+    if not wanted:
+        return {}
+    per_step = step_seconds_by_shape()
+    # A queued row is written only when it is enqueued (submit, retry, requeue): updated_at is its place in line.
+    active = GenerationJob.objects.filter(status__in=(JobStatus.QUEUED, JobStatus.RUNNING)).order_by(
+        "-priority", "updated_at").values("id", "status", "prompts", "progress")
+    running = [job for job in active if job["status"] == JobStatus.RUNNING]
+    queued = [job for job in active if job["status"] == JobStatus.QUEUED]
+    etas = {job["id"]: _seconds_left(job, per_step) for job in running}
+    gpus = max(len(running), 1)
+    ahead = sum(etas.values()) if None not in etas.values() else None
+    for job in queued:
+        own = _seconds_left(job, per_step)
+        etas[job["id"]] = None if ahead is None or own is None else ahead / gpus + own
+        ahead = None if ahead is None or own is None else ahead + own
+    return {pk: etas.get(pk) for pk in wanted}

@@ -174,6 +174,13 @@ def job_spec(*, owner, loras: list[tuple[Lora | str, float | None]], options: di
         prompt_set=prompt_set, request=request or {})
 
 
+def job_spec_from_request(*, owner, data: dict, request: dict) -> JobSpec:
+    """A JobSpec from a request the resource API's JobCreateSerializer validated (the API, the submit page)."""
+    return job_spec(owner=owner, loras=[(item["lora"], item.get("multiplier")) for item in data["loras"]],
+                    options=data, prompts=data.get("prompts"), prompt_set=data.get("prompt_set"), model=data["model"],
+                    trigger_word=data.get("trigger_word"), request=request)
+
+
 @transaction.atomic
 def job_submit(*, owner, spec: JobSpec) -> GenerationJob:
     """Create a queued job from a JobSpec, then enqueue it."""

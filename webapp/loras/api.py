@@ -1,5 +1,6 @@
 """REST resource /api/v1/loras/: multipart upload, list, detail, delete."""
 from django_filters import rest_framework as filters
+from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
@@ -9,7 +10,7 @@ from workers.pipeline.params import MODEL_IDS
 
 from .models import Lora, Visibility
 from .selectors import lora_list
-from .services import lora_delete, lora_register, validate_upload_name
+from .services import LoraUpload, lora_delete, lora_upload, validate_upload_name
 
 
 class LoraSerializer(serializers.ModelSerializer):
@@ -18,17 +19,37 @@ class LoraSerializer(serializers.ModelSerializer):
     class Meta:
         model = Lora
         fields = ["id", "name", "owner", "relative_path", "sha256", "size", "base_model", "trigger_word",
-                  "default_multiplier", "visibility", "key_format", "rank", "hidden_size", "num_blocks", "target_modules",
-                  "software_version", "training_step", "info", "created_at"]
+                  "default_multiplier", "visibility", "key_format", "rank", "hidden_size", "num_blocks",
+                  "target_modules", "software_version", "training_step", "info", "created_at"]
 
 
 class LoraUploadSerializer(serializers.Serializer):
+    """Fields left out take the header's trigger word and the defaults; for bytes already registered,
+    a field given must agree with that LoRA (409 LORA_EXISTS otherwise)."""
+
     file = serializers.FileField(allow_empty_file=True)  # empty files get LORA_FILE_TRUNCATED
-    name = serializers.CharField(max_length=200, required=False, validators=[validate_upload_name])
-    trigger_word = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
-    default_multiplier = serializers.FloatField(min_value=MULTIPLIER_LOW, max_value=MULTIPLIER_HIGH, default=1.0)
+    name = serializers.CharField(max_length=200, required=False, validators=[validate_upload_name],
+                                 help_text="Default: the header's ss_output_name, else the file name.")
+    trigger_word = serializers.CharField(max_length=200, required=False, allow_blank=True,
+                                         help_text="Default: the header's most frequent tag.")
+    default_multiplier = serializers.FloatField(min_value=MULTIPLIER_LOW, max_value=MULTIPLIER_HIGH, required=False,
+                                                help_text="Default: 1.0.")
     base_model = serializers.ChoiceField(choices=MODEL_IDS, default=DEFAULT_MODEL)
-    visibility = serializers.ChoiceField(choices=Visibility.values, default=Visibility.TEAM)
+    visibility = serializers.ChoiceField(choices=Visibility.values, required=False, help_text="Default: team.")
+
+
+class LoraUploadResultSerializer(LoraSerializer):
+    """The LoRA an upload came to, with `created` (false: these bytes were already registered)."""
+
+    created = serializers.BooleanField()
+    message = serializers.CharField()
+
+    class Meta(LoraSerializer.Meta):
+        fields = [*LoraSerializer.Meta.fields, "created", "message"]
+
+    def to_representation(self, upload: LoraUpload):
+        lora = LoraSerializer(upload.lora, context=self.context).data
+        return {**lora, "created": upload.created, "message": upload.message}
 
 
 class LoraFilter(filters.FilterSet):
@@ -50,13 +71,17 @@ class LoraViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Destr
     def get_serializer_class(self):
         return LoraUploadSerializer if self.action == "create" else LoraSerializer
 
+    @extend_schema(request=LoraUploadSerializer,
+                   responses={201: LoraUploadResultSerializer, 200: LoraUploadResultSerializer})
     def create(self, request):
+        """Upload a LoRA: 201 when registered now, 200 with `created: false` when these bytes already were."""
         upload = LoraUploadSerializer(data=request.data)
         upload.is_valid(raise_exception=True)
         data = dict(upload.validated_data)
         file = data.pop("file")
-        lora = lora_register(fh=file, filename=file.name, owner=request.user, **data)
-        return Response(LoraSerializer(lora).data, status=status.HTTP_201_CREATED)
+        result = lora_upload(fh=file, filename=file.name, owner=request.user, **data)
+        return Response(LoraUploadResultSerializer(result).data,
+                        status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
 
     def perform_destroy(self, instance):
         lora_delete(lora=instance, actor=self.request.user)

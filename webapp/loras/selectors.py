@@ -1,7 +1,9 @@
 """Reads of LoRAs: what a user may see, and lookups by the `path` of a request."""
 from __future__ import annotations
 
-from django.db.models import Q, QuerySet
+from django.contrib.auth import get_user_model
+from django.db.models import Count, Q, QuerySet
+from django.shortcuts import get_object_or_404
 
 from .models import Lora, Visibility
 
@@ -25,3 +27,26 @@ def lora_find(*, ref: str, user=None) -> Lora | None:
         if lora:
             return lora
     return None
+
+
+def lora_library(*, user, q: str = "", owner: str = "") -> QuerySet[Lora]:
+    """The library page's rows: what `user` may see, searched by name, trigger word or file path
+    (`q`) and by owner username, each with the number of jobs that used it."""
+    loras = lora_list(user=user).annotate(job_count=Count("job_uses__job", distinct=True)).order_by("-created_at")
+    if q:
+        loras = loras.filter(Q(name__icontains=q) | Q(trigger_word__icontains=q) | Q(relative_path__icontains=q)
+                             | Q(sha256__istartswith=q))
+    if owner:
+        loras = loras.filter(owner__username=owner)
+    return loras
+
+
+def lora_owners(*, user) -> QuerySet:
+    """Usernames owning a LoRA that `user` may see, for the library's owner filter."""
+    return (get_user_model().objects.filter(loras__in=lora_list(user=user)).distinct()
+            .order_by("username").values_list("username", flat=True))
+
+
+def lora_get(*, pk: int, user) -> Lora:
+    """One LoRA `user` may see, with its job count; 404 otherwise (another's private LoRA included)."""
+    return get_object_or_404(lora_library(user=user), pk=pk)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -51,7 +52,62 @@ def validate_upload_name(name: str) -> None:
 def lora_register(*, fh: BinaryIO, filename: str, owner=None, name: str | None = None,
                   relative_path: str | None = None, trigger_word: str = "", default_multiplier: float = 1.0,
                   base_model: str = DEFAULT_MODEL, visibility: str = Visibility.TEAM) -> Lora:
-    """Validate and store a LoRA; the same bytes registered twice give the same LoRA."""
+    """Validate and store a LoRA; the same bytes registered twice give the same LoRA. For files the
+    service finds itself (LORA_ROOT, fetched URLs); a person's upload goes through `lora_upload`."""
+    lora, _ = _register(fh=fh, filename=filename, owner=owner, name=name, relative_path=relative_path,
+                        trigger_word=trigger_word, default_multiplier=default_multiplier, base_model=base_model,
+                        visibility=visibility)
+    return lora
+
+
+@dataclass(frozen=True)
+class LoraUpload:
+    """What an upload came to: the LoRA, and whether this upload created it."""
+
+    lora: Lora
+    created: bool
+
+    @property
+    def message(self) -> str:
+        if self.created:
+            return f"Registered {self.lora.name}: {self.lora.key_format} LoRA, rank {self.lora.rank}, " \
+                   f"{self.lora.num_blocks} blocks."
+        return f"This file is already in the library as {self.lora.name}."
+
+
+def lora_upload(*, fh: BinaryIO, filename: str, owner, name: str | None = None, trigger_word: str | None = None,
+                default_multiplier: float | None = None, visibility: str | None = None,
+                base_model: str = DEFAULT_MODEL) -> LoraUpload:
+    """A person's upload (API and page). Fields left out (None) take the header's or the defaults.
+    Bytes already registered answer that LoRA (`created` False) when every field given agrees with it;
+    a field that differs is refused (LORA_EXISTS, naming the LoRA and the fields) rather than dropped."""
+    lora, created = _register(fh=fh, filename=filename, owner=owner, name=name, trigger_word=trigger_word or "",
+                              default_multiplier=1.0 if default_multiplier is None else default_multiplier,
+                              visibility=visibility or Visibility.TEAM, base_model=base_model)
+    if not created:
+        given = {"name": name, "trigger_word": trigger_word or None, "default_multiplier": default_multiplier,
+                 "visibility": visibility}
+        differ = {field: {"existing": getattr(lora, field), "given": value}
+                  for field, value in given.items() if value is not None and value != getattr(lora, field)}
+        if differ:
+            raise Conflict("LORA_EXISTS",
+                           f"This file is already in the library as {lora.name}, with a different "
+                           f"{', '.join(field.replace('_', ' ') for field in differ)}.",
+                           details={"lora": {"id": lora.pk, "name": lora.name}, "fields": differ})
+    return LoraUpload(lora=lora, created=created)
+
+
+def _registered(*, sha256: str, owner) -> Lora | None:
+    """The LoRA these bytes already are, refusing (without naming it) another user's private one."""
+    existing = Lora.objects.filter(sha256=sha256).first()
+    if existing and owner is not None and not owner.is_staff and existing.visibility == Visibility.PRIVATE \
+            and existing.owner_id != owner.pk:
+        raise Conflict("LORA_EXISTS", "Another user registered this file privately; ask them to share it.")
+    return existing
+
+
+def _register(*, fh: BinaryIO, filename: str, owner, name: str | None, trigger_word: str, default_multiplier: float,
+              base_model: str, visibility: str, relative_path: str | None = None) -> tuple[Lora, bool]:
     size = _file_size(fh)
     if size > settings.LORA_MAX_UPLOAD_BYTES:
         raise ApiError("LORA_TOO_LARGE", f"LoRA files may be at most {settings.LORA_MAX_UPLOAD_BYTES} bytes.")
@@ -62,12 +118,9 @@ def lora_register(*, fh: BinaryIO, filename: str, owner=None, name: str | None =
     except LoraFileError as exc:
         raise ApiError(exc.code, exc.message, details={"file": filename}) from None
     sha256 = _sha256(fh)
-    existing = Lora.objects.filter(sha256=sha256).first()
+    existing = _registered(sha256=sha256, owner=owner)
     if existing:
-        if owner is not None and not owner.is_staff and existing.visibility == Visibility.PRIVATE \
-                and existing.owner_id != owner.pk:
-            raise Conflict("LORA_EXISTS", "Another user registered this file privately; ask them to share it.")
-        return existing
+        return existing, False
     name = name or (info.output_name or Path(filename).stem)
     if len(name) > NAME_MAX:  # names come from paths and headers: keep them unique but bounded
         name = f"{name[:NAME_MAX - 13]}-{sha256[:12]}"
@@ -86,11 +139,11 @@ def lora_register(*, fh: BinaryIO, filename: str, owner=None, name: str | None =
             lora.save()
     except BaseException:
         lora.file.delete(save=False)  # never leave an orphan file behind
-        raced = Lora.objects.filter(sha256=sha256).first()
+        raced = _registered(sha256=sha256, owner=owner)
         if raced:  # the same file registered by a concurrent request
-            return raced
+            return raced, False
         raise
-    return lora
+    return lora, True
 
 
 def lora_root_file(relative_path: str) -> Path | None:

@@ -44,7 +44,8 @@ class PromptItem(models.Model):
         ordering = ["position", "id"]
 
     def __str__(self) -> str:
-        return self.prompt[:60]
+        text = " ".join(self.prompt.split())
+        return f"#{self.position}: {text[:60]}{'…' if len(text) > 60 else ''}"
 
     def as_request_item(self) -> dict:
         """The item in the shape of a request prompt (blank fields left out)."""

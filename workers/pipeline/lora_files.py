@@ -33,6 +33,9 @@ PICKLE_MESSAGE = ("This looks like a pickled PyTorch checkpoint; only .safetenso
                   "and pickles are never loaded.")
 
 
+NOT_SAFETENSORS_MESSAGE = "This file is not a safetensors file."
+
+
 class LoraFileError(ValueError):
     """A file that cannot be used as a LoRA; `code` is stable for API clients."""
 
@@ -81,16 +84,21 @@ def read_header(fh: BinaryIO, size: int) -> tuple[dict, dict]:
     (header_len,) = struct.unpack("<Q", head)
     if maybe_pickle and (header_len > MAX_HEADER_BYTES or 8 + header_len > size):
         raise LoraFileError("LORA_NOT_SAFETENSORS", PICKLE_MESSAGE)
+    # The format requires the JSON header to open with "{": anything else (a text file, whose first
+    # bytes read as an absurd length) is no safetensors file at all, whatever its length claims.
+    start = fh.read(1)
+    if start and (start != b"{" or header_len < 2):
+        raise LoraFileError("LORA_NOT_SAFETENSORS", NOT_SAFETENSORS_MESSAGE)
     if header_len > MAX_HEADER_BYTES:
-        raise LoraFileError("LORA_HEADER_TOO_LARGE",
-                            f"The safetensors header claims {header_len} bytes; at most {MAX_HEADER_BYTES} are accepted.")
+        raise LoraFileError("LORA_HEADER_TOO_LARGE", f"The safetensors header claims {header_len} bytes; "
+                                                     f"at most {MAX_HEADER_BYTES} are accepted.")
     if 8 + header_len > size:
         raise LoraFileError("LORA_FILE_TRUNCATED", "The safetensors header runs past the end of the file.")
-    raw = fh.read(header_len)
+    raw = start + fh.read(header_len - len(start))
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise LoraFileError("LORA_NOT_SAFETENSORS", "The file does not start with a safetensors JSON header.") from None
+        raise LoraFileError("LORA_NOT_SAFETENSORS", "The safetensors header is not valid JSON.") from None
     if not isinstance(header, dict):
         raise LoraFileError("LORA_NOT_SAFETENSORS", "The safetensors header is not a JSON object.")
     metadata = header.pop("__metadata__", None) or {}
