@@ -1,4 +1,5 @@
 """Shared by the GPU benchmarks: the random-weight 14B checkpoint they all render, FLOP counts, frame PSNR."""
+
 from __future__ import annotations
 
 import gc
@@ -39,8 +40,14 @@ def matmul_peak_tflops(n: int = 8192, reps: int = 20) -> float:
 def ensure_wan14b(folder: Path, *, device: str = "cuda") -> str:
     """A full-size random-weight Wan 2.1 14B diffusers folder, written once per machine."""
     if not (folder / "model_index.json").exists():
-        write_random_wan(folder, transformer_config=WAN_14B_TRANSFORMER, text_encoder_config=UMT5_XXL,
-                         vae_config={}, dtype=torch.bfloat16, device=device)
+        write_random_wan(
+            folder,
+            transformer_config=WAN_14B_TRANSFORMER,
+            text_encoder_config=UMT5_XXL,
+            vae_config={},
+            dtype=torch.bfloat16,
+            device=device,
+        )
         gc.collect()
         torch.cuda.empty_cache()
     return str(folder)

@@ -17,6 +17,7 @@ fast, fast mode's guided flow is compared with exact mode's on exact mode's own 
     python bench/compare.py --steps 2 --arms reference,exact
     python bench/compare.py --steps 2 --arms exact,fast
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,8 +56,16 @@ def clock():
 
 def params_for(size, steps):
     width, height, frames = (int(v) for v in size.split("x"))
-    return resolve_prompt({"prompt": "sks a person walking on a beach at sunset", "width": width, "height": height,
-                           "num_frames": frames, "sample_steps": steps}, index=0)
+    return resolve_prompt(
+        {
+            "prompt": "sks a person walking on a beach at sunset",
+            "width": width,
+            "height": height,
+            "num_frames": frames,
+            "sample_steps": steps,
+        },
+        index=0,
+    )
 
 
 def reference_arm(model, loras, steps):
@@ -77,19 +86,37 @@ def reference_arm(model, loras, steps):
         pipe.set_adapters(["lora"], [weight])
         loaded = clock()
         marks = []
-        out = pipe(prompt=p.prompt, negative_prompt=p.neg, height=p.height, width=p.width, num_frames=p.num_frames,
-                   num_inference_steps=p.sample_steps, guidance_scale=p.guidance_scale, output_type="np",
-                   generator=torch.Generator("cpu").manual_seed(p.seed),
-                   callback_on_step_end=lambda *a: (marks.append(clock()), {})[1])
+        out = pipe(
+            prompt=p.prompt,
+            negative_prompt=p.neg,
+            height=p.height,
+            width=p.width,
+            num_frames=p.num_frames,
+            num_inference_steps=p.sample_steps,
+            guidance_scale=p.guidance_scale,
+            output_type="np",
+            generator=torch.Generator("cpu").manual_seed(p.seed),
+            callback_on_step_end=lambda *a: (marks.append(clock()), {})[1],
+        )
         rendered = clock()
         frames = to_uint8(out.frames[0])
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "out.webp").write_bytes(webp_bytes(frames, fps=16))
         saved = time.perf_counter()
-        rows.append({"arm": "reference", "shape": size, "lora": f"{name}@{weight}",
-                     "reload_and_lora_s": loaded - start, "denoise_per_step_s": (marks[-1] - marks[0]) / (steps - 1),
-                     "first_step_s": marks[0] - loaded, "decode_s": rendered - marks[-1], "save_s": saved - rendered,
-                     "job_s": saved - start, "peak_gib": torch.cuda.max_memory_allocated() / 2**30})
+        rows.append(
+            {
+                "arm": "reference",
+                "shape": size,
+                "lora": f"{name}@{weight}",
+                "reload_and_lora_s": loaded - start,
+                "denoise_per_step_s": (marks[-1] - marks[0]) / (steps - 1),
+                "first_step_s": marks[0] - loaded,
+                "decode_s": rendered - marks[-1],
+                "save_s": saved - rendered,
+                "job_s": saved - start,
+                "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+            }
+        )
         rows[-1]["frames"] = frames
         torch.cuda.reset_peak_memory_stats()
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "frames"}), flush=True)
@@ -137,8 +164,9 @@ def service_arm(model, loras, steps, arm, capture=False):
     rows, captures, last_end = [], [], None
     for size, name, weight in QUEUE:
         p = params_for(size, steps)
-        spec = LoraSpec(str(loras[name]), sha256=name * 64, multiplier=weight,
-                        software_version="0.9.2")  # UniPC, the checkpoint's scheduler: same math as the reference
+        spec = LoraSpec(
+            str(loras[name]), sha256=name * 64, multiplier=weight, software_version="0.9.2"
+        )  # UniPC, the checkpoint's scheduler: same math as the reference
         marks = []
         flows = FlowCapture(runtime.pipe.transformer) if capture else None
         start = clock()
@@ -148,14 +176,24 @@ def service_arm(model, loras, steps, arm, capture=False):
             flows.handle.remove()
             captures.append(((runtime.adapter_name(spec.sha256), weight), flows.calls))
         t = result.timings
-        rows.append({"arm": arm, "shape": size, "lora": f"{name}@{weight}", "lora_switch_s": t["lora_switch"],
-                     "fast_merge_s": t.get("fast_merge", 0.0), "text_encode_s": t["text_encode"],
-                     "denoise_per_step_s": (marks[-1] - marks[0]) / (steps - 1),
-                     "first_step_s": marks[0] - start - t["lora_switch"] - t.get("fast_merge", 0.0) - t["text_encode"],
-                     "decode_s": t["vae_decode"], "job_s": marks[-1] - start + t["vae_decode"],
-                     "idle_before_s": None if last_end is None else start - last_end,
-                     "graphs_compiled": counters["stats"]["unique_graphs"],
-                     "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "frames": result.frames})
+        rows.append(
+            {
+                "arm": arm,
+                "shape": size,
+                "lora": f"{name}@{weight}",
+                "lora_switch_s": t["lora_switch"],
+                "fast_merge_s": t.get("fast_merge", 0.0),
+                "text_encode_s": t["text_encode"],
+                "denoise_per_step_s": (marks[-1] - marks[0]) / (steps - 1),
+                "first_step_s": marks[0] - start - t["lora_switch"] - t.get("fast_merge", 0.0) - t["text_encode"],
+                "decode_s": t["vae_decode"],
+                "job_s": marks[-1] - start + t["vae_decode"],
+                "idle_before_s": None if last_end is None else start - last_end,
+                "graphs_compiled": counters["stats"]["unique_graphs"],
+                "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+                "frames": result.frames,
+            }
+        )
         rows[-1]["save"] = finisher.submit(save, result.frames)
         last_end = end
         torch.cuda.reset_peak_memory_stats()
@@ -175,7 +213,9 @@ def flow_deviation(runtime, captures):
         predicted = []
         with torch.inference_mode():
             for inputs, _ in calls:
-                predicted.append(fast.model(**{k: v.cuda() for k, v in inputs.items()}, return_dict=False)[0].float().cpu())
+                predicted.append(
+                    fast.model(**{k: v.cuda() for k, v in inputs.items()}, return_dict=False)[0].float().cpu()
+                )
         per_step = []
         for i in range(0, len(calls), 2):  # WanPipeline: conditional pass, then unconditional, per step
             exact = guided(calls[i][1], calls[i + 1][1])
@@ -206,19 +246,28 @@ def main():
     work = Path(args.work)
     model = ensure_wan14b(work / "model")
     shape = WanShape.of(WAN_14B_TRANSFORMER)
-    loras = {n: write_aitoolkit_lora(work / f"loras/{n}/{n}.safetensors", shape=shape, rank=32, seed=i)
-             for i, n in enumerate("AB")}
-    summary = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "steps_run": args.steps,
-               "matmul_peak_tflops": matmul_peak_tflops(),
-               "cold_start_s": {}, "queue_25_steps_s": {}, "jobs": {}}
+    loras = {
+        n: write_aitoolkit_lora(work / f"loras/{n}/{n}.safetensors", shape=shape, rank=32, seed=i)
+        for i, n in enumerate("AB")
+    }
+    summary = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "steps_run": args.steps,
+        "matmul_peak_tflops": matmul_peak_tflops(),
+        "cold_start_s": {},
+        "queue_25_steps_s": {},
+        "jobs": {},
+    }
     frames = {}
     captures = []
     for arm in arms:
         if arm == "reference":
             rows = reference_arm(model, loras, args.steps)
         else:
-            cold, rows, runtime, captured = service_arm(model, loras, args.steps, arm,
-                                                        capture=arm == "exact" and "fast" in arms)
+            cold, rows, runtime, captured = service_arm(
+                model, loras, args.steps, arm, capture=arm == "exact" and "fast" in arms
+            )
             summary["cold_start_s"][arm] = round(cold, 1)
             captures = captures or captured
             if arm == "fast" and captures:  # one job of each size
@@ -228,30 +277,44 @@ def main():
             torch.cuda.empty_cache()
         frames[arm] = [row.pop("frames") for row in rows]
         summary["queue_25_steps_s"][arm] = summarize(rows, args.steps, summary["matmul_peak_tflops"])
-        summary["jobs"][arm] = [{k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
-                                for row in rows]
+        summary["jobs"][arm] = [{k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()} for row in rows]
     base = "reference" if "reference" in arms else "exact"
-    summary["videos_per_hour"] = {arm: round(3600 * len(QUEUE) / t, 1) for arm, t in summary["queue_25_steps_s"].items()}
-    summary["speedup_vs_" + base] = {arm: round(summary["queue_25_steps_s"][base] / t, 3)
-                                     for arm, t in summary["queue_25_steps_s"].items()}
-    summary["psnr_vs_" + base] = {arm: [round(psnr(a, b), 1) for a, b in zip(frames[arm], frames[base])]
-                                  for arm in arms if arm != base}
+    summary["videos_per_hour"] = {
+        arm: round(3600 * len(QUEUE) / t, 1) for arm, t in summary["queue_25_steps_s"].items()
+    }
+    summary["speedup_vs_" + base] = {
+        arm: round(summary["queue_25_steps_s"][base] / t, 3) for arm, t in summary["queue_25_steps_s"].items()
+    }
+    summary["psnr_vs_" + base] = {
+        arm: [round(psnr(a, b), 1) for a, b in zip(frames[arm], frames[base])] for arm in arms if arm != base
+    }
     (OUT / "compare.json").write_text(json.dumps(summary, indent=1))
 
-    print(f"\n{summary['device']}, bf16 matmul peak {summary['matmul_peak_tflops']} TFLOP/s, {args.steps} steps run, "
-          f"cold start {summary['cold_start_s']} s")
-    print("shape | lora | arm | reload/switch s | merge s | step s | TFLOP/s (% of peak) | decode s | save s "
-          "| idle before s | job@25 s | graphs | peak GiB")
+    print(
+        f"\n{summary['device']}, bf16 matmul peak {summary['matmul_peak_tflops']} TFLOP/s, {args.steps} steps run, "
+        f"cold start {summary['cold_start_s']} s"
+    )
+    print(
+        "shape | lora | arm | reload/switch s | merge s | step s | TFLOP/s (% of peak) | decode s | save s "
+        "| idle before s | job@25 s | graphs | peak GiB"
+    )
     for i, (size, name, weight) in enumerate(QUEUE):
         for arm in arms:
             a = summary["jobs"][arm][i]
             switch = a.get("reload_and_lora_s", a.get("lora_switch_s"))
-            print(f"{size} | {name}@{weight} | {arm} | {switch} | {a.get('fast_merge_s', '-')} | "
-                  f"{a['denoise_per_step_s']} | {a['tflops_per_step']} ({a['pct_of_matmul_peak']}%) | "
-                  f"{a['decode_s']} | {a['save_s']} | {a.get('idle_before_s', '-')} | {a['job_25_steps_s']} | "
-                  f"{a.get('graphs_compiled', '-')} | {round(a['peak_gib'], 1)}")
-    for key in ("queue_25_steps_s", "videos_per_hour", "speedup_vs_" + base, "psnr_vs_" + base,
-                "fast_flow_rel_l2_per_step"):
+            print(
+                f"{size} | {name}@{weight} | {arm} | {switch} | {a.get('fast_merge_s', '-')} | "
+                f"{a['denoise_per_step_s']} | {a['tflops_per_step']} ({a['pct_of_matmul_peak']}%) | "
+                f"{a['decode_s']} | {a['save_s']} | {a.get('idle_before_s', '-')} | {a['job_25_steps_s']} | "
+                f"{a.get('graphs_compiled', '-')} | {round(a['peak_gib'], 1)}"
+            )
+    for key in (
+        "queue_25_steps_s",
+        "videos_per_hour",
+        "speedup_vs_" + base,
+        "psnr_vs_" + base,
+        "fast_flow_rel_l2_per_step",
+    ):
         print(key, json.dumps(summary.get(key)))
 
 

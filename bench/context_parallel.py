@@ -6,6 +6,7 @@ Seconds per step, the speed-up against one GPU, and how far the frames are from 
 
     python bench/context_parallel.py --gpus 1,2,4 --steps 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,9 +22,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import ensure_wan14b, psnr  # noqa: E402
 from workers.pipeline.checkpoints import write_aitoolkit_lora  # noqa: E402
-from workers.pipeline.params import resolve_prompt  # noqa: E402
 from workers.pipeline.config import RuntimeConfig  # noqa: E402
 from workers.pipeline.parallel import build_runtime  # noqa: E402
+from workers.pipeline.params import resolve_prompt  # noqa: E402
 from workers.pipeline.runtime import LoraSpec  # noqa: E402
 from workers.pipeline.shapes import WAN_14B_TRANSFORMER, WanShape  # noqa: E402
 
@@ -39,28 +40,47 @@ def main():
     model = ensure_wan14b(WORK / "model", device="cuda:0")
     lora = write_aitoolkit_lora(WORK / "loras/a/a.safetensors", shape=WanShape.of(WAN_14B_TRANSFORMER), rank=32)
     spec = LoraSpec(str(lora), sha256="a" * 64, multiplier=0.8, software_version="0.9.4")
-    out = {"devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
-           "steps": args.steps, "runs": []}
+    out = {
+        "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "steps": args.steps,
+        "runs": [],
+    }
     baseline = {}
     for count in (int(n) for n in args.gpus.split(",")):
         start = time.perf_counter()
-        runtime = build_runtime(RuntimeConfig.resolve(model, device="cuda:0", fast_mode=False,
-                                                      cp_devices=[f"cuda:{i}" for i in range(count)])).load()
+        runtime = build_runtime(
+            RuntimeConfig.resolve(
+                model, device="cuda:0", fast_mode=False, cp_devices=[f"cuda:{i}" for i in range(count)]
+            )
+        ).load()
         load_s = time.perf_counter() - start
         for size in SIZES:
             width, height, frames = (int(v) for v in size.split("x"))
-            params = resolve_prompt({"prompt": "sks a person on a beach", "width": width, "height": height,
-                                     "num_frames": frames, "sample_steps": args.steps}, index=0)
+            params = resolve_prompt(
+                {
+                    "prompt": "sks a person on a beach",
+                    "width": width,
+                    "height": height,
+                    "num_frames": frames,
+                    "sample_steps": args.steps,
+                },
+                index=0,
+            )
             marks = []
             result = runtime.render(params, loras=[spec], on_step=lambda d, t: marks.append(time.perf_counter()))
             per_step = (marks[-1] - marks[0]) / (len(marks) - 1)
             baseline.setdefault(size, (per_step, result.frames))
             one_step, one_frames = baseline[size]
-            row = {"gpus": count, "shape": size, "load_s": round(load_s, 1), "s_per_step": round(per_step, 3),
-                   "speedup_per_step": round(one_step / per_step, 2),
-                   "max_abs_diff_vs_first": int(np.abs(result.frames.astype(int) - one_frames).max()),
-                   "psnr_vs_first": round(psnr(result.frames, one_frames), 1),
-                   "peak_gib_rank0": round(torch.cuda.max_memory_allocated(0) / 2**30, 1)}
+            row = {
+                "gpus": count,
+                "shape": size,
+                "load_s": round(load_s, 1),
+                "s_per_step": round(per_step, 3),
+                "speedup_per_step": round(one_step / per_step, 2),
+                "max_abs_diff_vs_first": int(np.abs(result.frames.astype(int) - one_frames).max()),
+                "psnr_vs_first": round(psnr(result.frames, one_frames), 1),
+                "peak_gib_rank0": round(torch.cuda.max_memory_allocated(0) / 2**30, 1),
+            }
             out["runs"].append(row)
             print(json.dumps(row), flush=True)
         runtime.close()
@@ -69,8 +89,10 @@ def main():
     Path(os.environ.get("OUT", ".")).joinpath("context_parallel.json").write_text(json.dumps(out, indent=1))
     print("\ngpus | shape | s/step | speed-up | max diff | PSNR")
     for r in out["runs"]:
-        print(f"{r['gpus']} | {r['shape']} | {r['s_per_step']} | {r['speedup_per_step']} | "
-              f"{r['max_abs_diff_vs_first']} | {r['psnr_vs_first']}")
+        print(
+            f"{r['gpus']} | {r['shape']} | {r['s_per_step']} | {r['speedup_per_step']} | "
+            f"{r['max_abs_diff_vs_first']} | {r['psnr_vs_first']}"
+        )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ frames, then compare two such runs pixel for pixel (e.g. before and after a refa
 `--code` imports the runtime from another checkout (its `WanRuntime(model, device=..., fast_mode=...,
 exact_compile=...)`), so the same script drives old and new code.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,10 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent.parent
 WORK = Path("/tmp/wan14b")  # bench/compare.py's default: one random-weight 14B per machine
-ARMS = {"exact": {"fast_mode": False, "exact_compile": False},
-        "exact-compiled": {"fast_mode": False, "exact_compile": True}}
+ARMS = {
+    "exact": {"fast_mode": False, "exact_compile": False},
+    "exact-compiled": {"fast_mode": False, "exact_compile": True},
+}
 
 
 def render(args) -> None:
@@ -29,23 +32,32 @@ def render(args) -> None:
     import torch
 
     from bench.common import ensure_wan14b
+    from bench.compare import QUEUE
     from workers.pipeline.checkpoints import write_aitoolkit_lora
     from workers.pipeline.params import resolve_prompt
     from workers.pipeline.runtime import LoraSpec, WanRuntime
     from workers.pipeline.shapes import WAN_14B_TRANSFORMER, WanShape
 
-    from bench.compare import QUEUE
-
     model = ensure_wan14b(WORK / "model")
     shape = WanShape.of(WAN_14B_TRANSFORMER)
-    loras = {name: write_aitoolkit_lora(WORK / f"loras/{name}/{name}.safetensors", shape=shape, rank=32, seed=seed)
-             for seed, name in enumerate("AB")}
+    loras = {
+        name: write_aitoolkit_lora(WORK / f"loras/{name}/{name}.safetensors", shape=shape, rank=32, seed=seed)
+        for seed, name in enumerate("AB")
+    }
     runtime = WanRuntime(model, device="cuda", **ARMS[args.arm]).load()
     frames = {}
     for index, (size, name, multiplier) in enumerate(QUEUE):
         width, height, count = (int(v) for v in size.split("x"))
-        params = resolve_prompt({"prompt": "sks a person walking on a beach at sunset", "width": width,
-                                 "height": height, "num_frames": count, "sample_steps": args.steps}, index=0)
+        params = resolve_prompt(
+            {
+                "prompt": "sks a person walking on a beach at sunset",
+                "width": width,
+                "height": height,
+                "num_frames": count,
+                "sample_steps": args.steps,
+            },
+            index=0,
+        )
         spec = LoraSpec(str(loras[name]), sha256=name * 64, multiplier=multiplier, software_version="0.9.4")
         frames[f"job{index}"] = runtime.render(params, loras=[spec], scheduler="euler").frames
     np.savez(args.out, **frames)
@@ -56,8 +68,16 @@ def diff(args) -> None:
     a, b = np.load(args.a), np.load(args.b)
     for key in a.files:
         delta = np.abs(a[key].astype(int) - b[key].astype(int))
-        print(json.dumps({"job": key, "identical": bool((delta == 0).all()), "max_abs": int(delta.max()),
-                          "differing_values": float((delta > 0).mean())}))
+        print(
+            json.dumps(
+                {
+                    "job": key,
+                    "identical": bool((delta == 0).all()),
+                    "max_abs": int(delta.max()),
+                    "differing_values": float((delta > 0).mean()),
+                }
+            )
+        )
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 Used by tests/workers/test_load.py (which starts gunicorn and a worker on loopback) and
 printable on its own. Loopback only, bounded in requests and time.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,16 +28,23 @@ class LoadResult:
         def pct(values, q):
             return round(statistics.quantiles(values, n=100)[q - 1] * 1000, 1) if len(values) > 1 else None
 
-        return {"jobs": len(self.submitted), "unique_ids": len(set(self.submitted)), "errors": len(self.errors),
-                "submit_p50_ms": pct(self.submit_s, 50), "submit_p99_ms": pct(self.submit_s, 99),
-                "status_requests": len(self.status_s), "status_p50_ms": pct(self.status_s, 50),
-                "status_p99_ms": pct(self.status_s, 99)}
+        return {
+            "jobs": len(self.submitted),
+            "unique_ids": len(set(self.submitted)),
+            "errors": len(self.errors),
+            "submit_p50_ms": pct(self.submit_s, 50),
+            "submit_p99_ms": pct(self.submit_s, 99),
+            "status_requests": len(self.status_s),
+            "status_p50_ms": pct(self.status_s, 50),
+            "status_p99_ms": pct(self.status_s, 99),
+        }
 
 
 def _call(url: str, token: str, body: dict | None = None) -> tuple[float, dict]:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, headers={"Authorization": f"Token {token}",
-                                                               "Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=data, headers={"Authorization": f"Token {token}", "Content-Type": "application/json"}
+    )
     start = time.perf_counter()
     with urllib.request.urlopen(request, timeout=30) as response:
         payload = json.loads(response.read())

@@ -6,6 +6,7 @@ memory and the time it costs, on the default request size.
 
     python bench/modes.py
 """
+
 from __future__ import annotations
 
 import gc
@@ -40,15 +41,30 @@ def main():
     out = {"device": torch.cuda.get_device_name(), "caching": [], "memory": []}
 
     runtime = WanRuntime(model, device="cuda").load()
-    params = resolve_prompt({"prompt": "a person walking on a beach at sunset", "width": 832, "height": 480,
-                             "num_frames": 41, "sample_steps": 25}, index=0)
+    params = resolve_prompt(
+        {
+            "prompt": "a person walking on a beach at sunset",
+            "width": 832,
+            "height": 480,
+            "num_frames": 41,
+            "sample_steps": 25,
+        },
+        index=0,
+    )
     exact, exact_s, _ = timed_render(runtime, params)
     out["caching"].append({"mode": "exact", "shape": "832x480x41", "steps": 25, "s": round(exact_s, 1)})
     for threshold in (0.05, 0.1):
         cached, seconds, _ = timed_render(runtime, params, step_cache=threshold)
-        out["caching"].append({"mode": f"first-block cache {threshold}", "shape": "832x480x41", "steps": 25,
-                               "s": round(seconds, 1), "speedup": round(exact_s / seconds, 2),
-                               "psnr_vs_exact_db": round(psnr(cached.frames, exact.frames), 2)})
+        out["caching"].append(
+            {
+                "mode": f"first-block cache {threshold}",
+                "shape": "832x480x41",
+                "steps": 25,
+                "s": round(seconds, 1),
+                "speedup": round(exact_s / seconds, 2),
+                "psnr_vs_exact_db": round(psnr(cached.frames, exact.frames), 2),
+            }
+        )
         print(json.dumps(out["caching"][-1]), flush=True)
 
     default = resolve_prompt({"prompt": "a person", "sample_steps": 2}, index=0)  # 1024x1024x41
@@ -62,8 +78,15 @@ def main():
     load_s = time.perf_counter() - start
     for attempt in ("first", "second"):
         _, seconds, peak = timed_render(low, default)
-        out["memory"].append({"mode": f"low memory ({attempt} job)", "steps": 2, "s": round(seconds, 1),
-                              "peak_gib": round(peak, 1), "load_s": round(load_s, 1)})
+        out["memory"].append(
+            {
+                "mode": f"low memory ({attempt} job)",
+                "steps": 2,
+                "s": round(seconds, 1),
+                "peak_gib": round(peak, 1),
+                "load_s": round(load_s, 1),
+            }
+        )
     (OUT / "modes.json").write_text(json.dumps(out, indent=1))
     print(json.dumps(out, indent=1))
 

@@ -5,13 +5,13 @@ per-step cost) against the one measured.
     python bench/validate.py                  # exact mode
     python bench/validate.py --exact-compile  # compiled exact mode (the 1-step warm-up compiles)
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -42,12 +42,20 @@ def main(work=Path("/tmp/wan14b")):
         runtime.render(params_for("832x480x81", steps), loras=[spec], on_step=lambda *_: marks.append(clock()))
         total = clock() - start
         per_step = (marks[-1] - marks[0]) / (steps - 1)
-        runs[steps] = {"job_s": round(total, 2), "per_step_s": round(per_step, 3),
-                       "fixed_s": round(total - steps * per_step, 2)}
+        runs[steps] = {
+            "job_s": round(total, 2),
+            "per_step_s": round(per_step, 3),
+            "fixed_s": round(total - steps * per_step, 2),
+        }
     predicted = runs[2]["fixed_s"] + 25 * runs[2]["per_step_s"]
-    result = {"device": torch.cuda.get_device_name(), "exact_compile": args.exact_compile, "runs": runs,
-              "predicted_25_s": round(predicted, 1),
-              "measured_25_s": runs[25]["job_s"], "error_pct": round(100 * (predicted / runs[25]["job_s"] - 1), 2)}
+    result = {
+        "device": torch.cuda.get_device_name(),
+        "exact_compile": args.exact_compile,
+        "runs": runs,
+        "predicted_25_s": round(predicted, 1),
+        "measured_25_s": runs[25]["job_s"],
+        "error_pct": round(100 * (predicted / runs[25]["job_s"] - 1), 2),
+    }
     (OUT / "validate.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result))
 

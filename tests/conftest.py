@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny random-weight Wan checkpoint, ai-toolkit LoRAs, API clients and a real worker."""
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,9 @@ def lora_files(tmp_path_factory) -> dict[str, Path]:
     root = settings.LORA_ROOT
     return {
         "a": write_aitoolkit_lora(root / "job_a" / "job_a.safetensors", shape=TINY_SHAPE, seed=1, scale=0.3),
-        "b": write_aitoolkit_lora(root / "job_b" / "job_b.safetensors", shape=TINY_SHAPE, seed=2, scale=0.3,
-                                  software_version="0.9.2"),
+        "b": write_aitoolkit_lora(
+            root / "job_b" / "job_b.safetensors", shape=TINY_SHAPE, seed=2, scale=0.3, software_version="0.9.2"
+        ),
         "minimal": write_aitoolkit_lora(root / "my_lora_job" / "my_lora.safetensors", shape=TINY_SHAPE, seed=3),
     }
 
@@ -86,15 +88,41 @@ class WorkerProcess:
     def __init__(self, name: str, **env):
         from django.db import connection
 
-        environ = dict(os.environ, MEDIA_ROOT=str(settings.MEDIA_ROOT), JOB_PROGRESS_INTERVAL_S="0",
-                       **{k: str(v) for k, v in env.items()})
+        environ = dict(
+            os.environ,
+            MEDIA_ROOT=str(settings.MEDIA_ROOT),
+            JOB_PROGRESS_INTERVAL_S="0",
+            **{k: str(v) for k, v in env.items()},
+        )
         db = settings.DATABASES["default"]
-        environ["DATABASE_URL"] = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{connection.settings_dict['NAME']}"
+        environ["DATABASE_URL"] = (
+            f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{connection.settings_dict['NAME']}"
+        )
         self.log = open(Path(settings.VAR_DIR) / f"worker-{name}.log", "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "gpu", "--pool", "solo",
-             "-n", f"{name}@test", "--loglevel", "INFO", "--without-mingle", "--without-gossip"],
-            cwd=ROOT, env=environ, stdout=self.log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.celery_app",
+                "worker",
+                "-Q",
+                "gpu",
+                "--pool",
+                "solo",
+                "-n",
+                f"{name}@test",
+                "--loglevel",
+                "INFO",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            cwd=ROOT,
+            env=environ,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
 
     def kill(self):
         self.proc.kill()

@@ -1,4 +1,5 @@
 """Reading MP4s back in tests: decoded frames, stream facts and the record the worker embedded."""
+
 from __future__ import annotations
 
 import json
@@ -22,9 +23,17 @@ def read_mp4_record(path: str | Path) -> dict:
     """The JSON record `write_mp4` embedded in the file's comment tag ({} when there is none)."""
     result = subprocess.run(
         [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "ffmetadata", "-"],
-        capture_output=True, text=True, check=True)
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     for line in result.stdout.splitlines():
         if line.startswith("comment="):
-            return json.loads(line[len("comment="):].replace("\\=", "=").replace("\\;", ";").replace("\\#", "#")
-                              .replace("\\\\", "\\"))
+            return json.loads(
+                line[len("comment=") :]
+                .replace("\\=", "=")
+                .replace("\\;", ";")
+                .replace("\\#", "#")
+                .replace("\\\\", "\\")
+            )
     return {}

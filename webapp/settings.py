@@ -5,6 +5,7 @@ a filesystem Celery broker, and a tiny generated Wan checkpoint. DATABASE_URL,
 REDIS_URL, AWS_STORAGE_BUCKET_NAME and WAN_MODEL_PATH switch to the real
 services. DJANGO_ENV=production refuses to start without a SECRET_KEY.
 """
+
 import os
 from pathlib import Path
 
@@ -74,19 +75,26 @@ MIDDLEWARE = [
 ]
 ROOT_URLCONF = "webapp.urls"
 WSGI_APPLICATION = "webapp.wsgi.application"
-TEMPLATES = [{
-    "BACKEND": "django.template.backends.django.DjangoTemplates",
-    "DIRS": [BASE_DIR / "templates"],
-    "APP_DIRS": True,
-    "OPTIONS": {"context_processors": [
-        "django.template.context_processors.request",
-        "django.contrib.auth.context_processors.auth",
-        "django.contrib.messages.context_processors.messages",
-    ]},
-}]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
 
-DATABASES = {"default": dj_database_url.config(
-    default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}", conn_max_age=60, conn_health_checks=True)}
+DATABASES = {
+    "default": dj_database_url.config(
+        default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}", conn_max_age=60, conn_health_checks=True
+    )
+}
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # Web and worker processes share the file: wait for locks instead of failing.
     DATABASES["default"]["OPTIONS"] = {"timeout": 30, "transaction_mode": "IMMEDIATE"}
@@ -132,8 +140,11 @@ if REDIS_URL:
     CELERY_BROKER_URL = REDIS_URL
     # Ten priority lists, drained highest first; a job's message is restored after the visibility
     # timeout at the latest, but the reconciler requeues jobs of dead workers long before that.
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 4 * 3600, "queue_order_strategy": "priority",
-                                       "priority_steps": list(range(10))}
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": 4 * 3600,
+        "queue_order_strategy": "priority",
+        "priority_steps": list(range(10)),
+    }
 else:
     _broker = VAR_DIR / "broker"
     for _sub in ("out", "processed", "control"):
@@ -141,8 +152,10 @@ else:
     CELERY_BROKER_URL = "filesystem://"
     # control_folder holds kombu's exchange bindings; its default is "control" in the current directory.
     CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "data_folder_in": str(_broker / "out"), "data_folder_out": str(_broker / "out"),
-        "processed_folder": str(_broker / "processed"), "control_folder": str(_broker / "control"),
+        "data_folder_in": str(_broker / "out"),
+        "data_folder_out": str(_broker / "out"),
+        "processed_folder": str(_broker / "processed"),
+        "control_folder": str(_broker / "control"),
         "store_processed": False,
     }
 CELERY_TASK_SERIALIZER = "json"
@@ -197,8 +210,11 @@ PROMPT_MAX_CHARS = int(env("PROMPT_MAX_CHARS", 4000))
 
 # --- API ----------------------------------------------------------------------
 # Throttle counters must be shared by every web process: Redis when there is one.
-CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
-          if REDIS_URL else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+    if REDIS_URL
+    else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+}
 SUBMIT_RATE = env("SUBMIT_RATE", "120/min")
 MAX_QUEUED_JOBS_PER_USER = int(env("MAX_QUEUED_JOBS_PER_USER", 500))
 REST_FRAMEWORK = {
@@ -226,8 +242,10 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "ENUM_NAME_OVERRIDES": {"SchedulerEnum": "webapp.jobs.models.Scheduler"},
-    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums",
-                             "webapp.core.errors.add_error_responses"],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "webapp.core.errors.add_error_responses",
+    ],
 }
 
 LOGGING = {

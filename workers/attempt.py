@@ -14,6 +14,7 @@
 
 Every change of the job row goes through `webapp.jobs.services`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -118,12 +119,17 @@ class JobAttempt:
         steps = sum(p["sample_steps"] for p in self.job.prompts)
 
         def give_up():
-            services.job_fail(job=self.job, code="TIMEOUT",
-                              message="The job passed its hard time limit; worker replaced.")
+            services.job_fail(
+                job=self.job, code="TIMEOUT", message="The job passed its hard time limit; worker replaced."
+            )
 
-        return Deadline.for_steps(steps, base_s=settings.JOB_TIME_LIMIT_BASE_S,
-                                  per_step_s=settings.JOB_TIME_LIMIT_PER_STEP_S,
-                                  grace_s=settings.JOB_TIME_LIMIT_GRACE_S, on_hard_limit=give_up)
+        return Deadline.for_steps(
+            steps,
+            base_s=settings.JOB_TIME_LIMIT_BASE_S,
+            per_step_s=settings.JOB_TIME_LIMIT_PER_STEP_S,
+            grace_s=settings.JOB_TIME_LIMIT_GRACE_S,
+            on_hard_limit=give_up,
+        )
 
     def render_prompts(self, deadline: Deadline) -> list[Future]:
         """2. Render every prompt not stored yet; 3. hand each one's frames to the finisher thread."""
@@ -136,8 +142,14 @@ class JobAttempt:
             if index in done:
                 continue
             params = PromptParams(**values)
-            result = self.host.predict(params, loras=loras, scheduler=job.scheduler, step_cache=job.step_cache,
-                                       speed=job.speed, on_step=StepReporter(job, index, deadline))
+            result = self.host.predict(
+                params,
+                loras=loras,
+                scheduler=job.scheduler,
+                step_cache=job.step_cache,
+                speed=job.speed,
+                on_step=StepReporter(job, index, deadline),
+            )
             record = output_record(job, params, loras, result, names)
             stored.append(self.host.store_later(output_store, job, index, values, result, record))
         return stored
@@ -148,8 +160,14 @@ class JobAttempt:
             if job_lora.lora is None:
                 raise LoraMissing(f"LoRA {job_lora.name} ({job_lora.sha256[:12]}) was deleted after submission.")
             path = self.host.lora_path(job_lora.lora.file, job_lora.sha256)
-            specs.append(LoraSpec(path=str(path), sha256=job_lora.sha256, multiplier=job_lora.multiplier,
-                                  software_version=job_lora.lora.software_version or None))
+            specs.append(
+                LoraSpec(
+                    path=str(path),
+                    sha256=job_lora.sha256,
+                    multiplier=job_lora.multiplier,
+                    software_version=job_lora.lora.software_version or None,
+                )
+            )
         return specs
 
     def settle(self, stored: list[Future]) -> None:

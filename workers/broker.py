@@ -4,6 +4,7 @@ The database is the truth about jobs; this lets the reconciler tell a queued job
 whose message is gone (broker flushed or restarted) from one still waiting.
 Task ids are "<job id>.<nonce>", so messages are matched without decoding bodies.
 """
+
 from __future__ import annotations
 
 import json

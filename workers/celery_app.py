@@ -1,4 +1,5 @@
 """The Celery app: configured from Django settings (CELERY_*), JSON only, acks late, prefetch 1."""
+
 import os
 
 from celery import Celery

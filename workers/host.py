@@ -6,6 +6,7 @@ owns the warm runtime (which owns the LoRA residency), local copies of stored Lo
 finisher thread that encodes and stores outputs while the GPU renders the next prompt or job.
 A host that cannot load its model exits so its supervisor starts a fresh one.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -13,9 +14,9 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 from django.conf import settings
 
@@ -64,12 +65,17 @@ class GpuHost:
         if self._runtime is None:
             device = settings.WAN_DEVICE or default_device()
             config = RuntimeConfig.resolve(
-                settings.WAN_MODEL_PATH, device=device, lora_budget_bytes=settings.LORA_GPU_BUDGET_BYTES,
-                low_memory=settings.WAN_LOW_MEMORY, cfg_device=settings.WAN_CFG_DEVICE,
-                fast_mode=settings.WAN_FAST_MODE, fast_compile=settings.WAN_FAST_COMPILE,
+                settings.WAN_MODEL_PATH,
+                device=device,
+                lora_budget_bytes=settings.LORA_GPU_BUDGET_BYTES,
+                low_memory=settings.WAN_LOW_MEMORY,
+                cfg_device=settings.WAN_CFG_DEVICE,
+                fast_mode=settings.WAN_FAST_MODE,
+                fast_compile=settings.WAN_FAST_COMPILE,
                 # CPU workers compile nothing and keep peft's adapters (bit for bit the reference path).
                 exact_compile=settings.WAN_EXACT_COMPILE and device.startswith("cuda"),
-                cp_devices=settings.WAN_CP_DEVICES)
+                cp_devices=settings.WAN_CP_DEVICES,
+            )
             self._runtime = build_runtime(config)
         return self._runtime.load()
 

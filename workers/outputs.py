@@ -4,6 +4,7 @@ The files are encoded to a temporary folder and saved whole (with retries); the 
 written only after they are there, so nothing half-written is ever visible. Runs on the host's
 finisher thread while the GPU renders the next prompt.
 """
+
 from __future__ import annotations
 
 import functools
@@ -54,12 +55,18 @@ def software_versions() -> dict:
     return versions
 
 
-def output_record(job: GenerationJob, params: PromptParams, loras: list[LoraSpec], result: RenderResult,
-                  names: list[str]) -> dict:
+def output_record(
+    job: GenerationJob, params: PromptParams, loras: list[LoraSpec], result: RenderResult, names: list[str]
+) -> dict:
     """Everything needed to reproduce one output; stored with its row and inside the MP4."""
     return {
-        "job_id": str(job.id), "model": job.model, "checkpoint": settings.WAN_MODEL_PATH,
-        **params.as_dict(), "scheduler": result.scheduler, "speed": result.speed, "lora_math": result.lora_math,
+        "job_id": str(job.id),
+        "model": job.model,
+        "checkpoint": settings.WAN_MODEL_PATH,
+        **params.as_dict(),
+        "scheduler": result.scheduler,
+        "speed": result.speed,
+        "lora_math": result.lora_math,
         "step_cache": result.step_cache,
         "loras": [{"name": n, "sha256": s.sha256, "multiplier": s.multiplier} for n, s in zip(names, loras)],
         "software": software_versions(),
@@ -79,8 +86,7 @@ def output_store(job: GenerationJob, index: int, values: dict, result: RenderRes
         with mp4.open("rb") as fh:
             video = save_with_retry(f"{stem}.mp4", File(fh))
         poster = save_with_retry(f"{stem}.png", ContentFile(png_bytes(result.frames[0])))
-        webp = save_with_retry(f"{stem}.webp", ContentFile(webp_bytes(result.frames, fps=fps))) \
-            if job.webp else ""
+        webp = save_with_retry(f"{stem}.webp", ContentFile(webp_bytes(result.frames, fps=fps))) if job.webp else ""
         timings["save"] = time.perf_counter() - start
     record["timings"] = timings
     if not services.job_is_active(job=job):  # canceled while encoding: drop this prompt's files
@@ -88,7 +94,15 @@ def output_store(job: GenerationJob, index: int, values: dict, result: RenderRes
             if name:
                 default_storage.delete(name)
         raise RenderCanceled()
-    services.job_add_output(job=job, index=index, video=video, poster=poster, webp=webp, params=values,
-                            scheduler=result.scheduler, record=record)
+    services.job_add_output(
+        job=job,
+        index=index,
+        video=video,
+        poster=poster,
+        webp=webp,
+        params=values,
+        scheduler=result.scheduler,
+        record=record,
+    )
     log.info("job %s prompt %d stored: %s", job.id, index, timings)
     return timings

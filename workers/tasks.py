@@ -1,4 +1,5 @@
 """Celery tasks: thin, keyed by job id, safe to run twice. The work is in JobAttempt and GpuHost."""
+
 import logging
 import socket
 

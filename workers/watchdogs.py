@@ -3,13 +3,14 @@
 `JobAttempt` (attempt.py) starts and stops them; they decide nothing about the job themselves,
 except that a hard time limit ends the process (a stuck kernel never returns to Python).
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -38,8 +39,9 @@ class Deadline:
     plus so many seconds per denoising step, so a long healthy job is never cut and a stuck one still ends."""
 
     @classmethod
-    def for_steps(cls, steps: int, *, base_s: float, per_step_s: float, grace_s: float,
-                  on_hard_limit: Callable[[], None]) -> "Deadline":
+    def for_steps(
+        cls, steps: int, *, base_s: float, per_step_s: float, grace_s: float, on_hard_limit: Callable[[], None]
+    ) -> Deadline:
         soft_s = base_s + per_step_s * steps
         return cls(soft_s, soft_s + grace_s, on_hard_limit)
 
@@ -88,7 +90,7 @@ class Heartbeat:
         finally:
             connection.close()
 
-    def start(self) -> "Heartbeat":
+    def start(self) -> Heartbeat:
         self.beat()
         self._thread.start()
         return self

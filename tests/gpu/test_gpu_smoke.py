@@ -1,4 +1,5 @@
 """On a CUDA machine: the tiny pipeline renders through the worker runtime in bf16. Skipped without CUDA."""
+
 import pytest
 import torch
 
@@ -8,8 +9,7 @@ from workers.pipeline.runtime import LoraSpec, WanRuntime
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
-PARAMS = resolve_prompt({"prompt": "a cat", "width": 128, "height": 128, "num_frames": 9, "sample_steps": 2},
-                        index=0)
+PARAMS = resolve_prompt({"prompt": "a cat", "width": 128, "height": 128, "num_frames": 9, "sample_steps": 2}, index=0)
 
 
 def test_tiny_pipeline_renders_on_cuda(tiny_model):

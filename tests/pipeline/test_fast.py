@@ -4,6 +4,7 @@ On the CPU the weights take the same rowwise fp8 rounding (torchao's fp8 kernels
 GPU benchmark measures the real kernels. These tests pin what a user would notice: fast frames
 stay close to exact ones, every job gets exactly its own stack and multipliers, and fast jobs
 leave exact rendering untouched."""
+
 import numpy as np
 import pytest
 import torch
@@ -51,8 +52,10 @@ def test_fast_jobs_are_the_same_beside_the_exact_stack_adapter(runtime, tiny_mod
     stacked = WanRuntime(str(tiny_model), device="cpu", exact_compile=True)
     stack = [spec(lora_files["a"], 0.6), spec(lora_files["b"], -0.4)]
     stacked.render(PARAMS, loras=stack[:1])  # the stack adapter holds something else meanwhile
-    assert np.array_equal(stacked.render(PARAMS, loras=stack, speed="fast").frames,
-                          runtime.render(PARAMS, loras=stack, speed="fast").frames)
+    assert np.array_equal(
+        stacked.render(PARAMS, loras=stack, speed="fast").frames,
+        runtime.render(PARAMS, loras=stack, speed="fast").frames,
+    )
 
 
 def test_worker_without_fast_mode_renders_exactly_and_says_so(tiny_model, lora_files):
@@ -72,8 +75,11 @@ def test_lora_bias_deltas_are_merged_too(runtime, lora_files, tmp_path):
     path.parent.mkdir()
     save_file(tensors, str(path))
     gen = torch.Generator().manual_seed(0)
-    inputs = {"hidden_states": torch.randn(1, 16, 3, 16, 16, generator=gen), "timestep": torch.tensor([500.0]),
-              "encoder_hidden_states": torch.randn(1, 512, text_dim, generator=gen)}
+    inputs = {
+        "hidden_states": torch.randn(1, 16, 3, 16, 16, generator=gen),
+        "timestep": torch.tensor([500.0]),
+        "encoder_hidden_states": torch.randn(1, 512, text_dim, generator=gen),
+    }
 
     def forward(model):
         with torch.inference_mode():

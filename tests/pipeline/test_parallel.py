@@ -1,5 +1,6 @@
 """One job split across two ranks (here two CPU processes over gloo, as GPUs would be over NCCL):
 the frames one process renders, and every rank stops together."""
+
 import pytest
 
 from tests.pipeline.test_runtime import PARAMS, assert_within_rounding, render_canceled_at_once, spec

@@ -1,4 +1,5 @@
 """Resolving request prompts: defaults, snapping, seeds, trigger words, ai-toolkit inline flags."""
+
 import pytest
 
 from workers.pipeline.params import PromptError, parse_aitoolkit_prompt, resolve_prompt, snap_frames, snap_size
@@ -15,15 +16,32 @@ def test_sizes_floor_to_16(size, expected):
 
 
 def test_flags_are_parsed_as_ai_toolkit_does():
-    prompt, flags = parse_aitoolkit_prompt("a cat on a sofa --n blurry, low quality --w 832 --h 480 --seed 7 "
-                                           "--cfg 5.5 --steps 30 --m 0.8 --frames 81 --unknown x")
+    prompt, flags = parse_aitoolkit_prompt(
+        "a cat on a sofa --n blurry, low quality --w 832 --h 480 --seed 7 "
+        "--cfg 5.5 --steps 30 --m 0.8 --frames 81 --unknown x"
+    )
     assert prompt == "a cat on a sofa"
-    assert flags == {"neg": "blurry, low quality", "width": 832, "height": 480, "seed": 7, "guidance_scale": 5.5,
-                     "sample_steps": 30, "lora_scale": 0.8, "num_frames": 81}
+    assert flags == {
+        "neg": "blurry, low quality",
+        "width": 832,
+        "height": 480,
+        "seed": 7,
+        "guidance_scale": 5.5,
+        "sample_steps": 30,
+        "lora_scale": 0.8,
+        "num_frames": 81,
+    }
 
 
-@pytest.mark.parametrize("text,field", [("x --w wide", "width"), ("x --steps 0", "sample_steps"),
-                                        ("x --m 3", "lora_scale"), ("x --cfg 25", "guidance_scale")])
+@pytest.mark.parametrize(
+    "text,field",
+    [
+        ("x --w wide", "width"),
+        ("x --steps 0", "sample_steps"),
+        ("x --m 3", "lora_scale"),
+        ("x --cfg 25", "guidance_scale"),
+    ],
+)
 def test_bad_flag_values_are_errors(text, field):
     with pytest.raises(PromptError) as err:
         parse_aitoolkit_prompt(text)
@@ -31,8 +49,12 @@ def test_bad_flag_values_are_errors(text, field):
 
 
 def test_ai_toolkit_semantics_apply_flags_and_always_replace_placeholders():
-    params = resolve_prompt({"prompt": "[trigger] as [name] --w 512 --h 256 --m -0.5 --n ugly", "width": 1024},
-                            index=2, semantics="ai-toolkit", name="my_lora")
+    params = resolve_prompt(
+        {"prompt": "[trigger] as [name] --w 512 --h 256 --m -0.5 --n ugly", "width": 1024},
+        index=2,
+        semantics="ai-toolkit",
+        name="my_lora",
+    )
     assert (params.prompt, params.neg, params.width, params.height) == (" as my_lora", "ugly", 512, 256)
     assert (params.lora_scale, params.seed) == (-0.5, 44)
     assert resolve_prompt({"prompt": "[trigger] x"}, index=0, semantics="ai-toolkit").prompt == " x"

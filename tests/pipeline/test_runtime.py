@@ -1,5 +1,6 @@
 """The warm runtime renders what a plain diffusers WanPipeline call renders (tiny model, CPU, float32): bit for bit
 with peft's adapters (the default), within rounding with the stack adapter of WAN_EXACT_COMPILE."""
+
 import numpy as np
 import pytest
 import torch
@@ -11,8 +12,7 @@ from workers.pipeline.params import resolve_prompt
 from workers.pipeline.runtime import LoraSpec, RenderCanceled, WanRuntime, pick_scheduler
 from workers.pipeline.video import to_uint8
 
-PARAMS = resolve_prompt({"prompt": "sks a photo of a person", "neg": "blurry", **SMALL, "guidance_scale": 4.0},
-                        index=0)
+PARAMS = resolve_prompt({"prompt": "sks a photo of a person", "neg": "blurry", **SMALL, "guidance_scale": 4.0}, index=0)
 
 
 def spec(path, multiplier, version="0.9.4"):
@@ -30,16 +30,24 @@ def plain_diffusers(model, loras, scheduler="euler"):
     pipe = WanPipeline.from_pretrained(model, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     if scheduler == "euler":
-        pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, num_train_timesteps=1000,
-                                                         use_dynamic_shifting=False)
+        pipe.scheduler = FlowMatchEulerDiscreteScheduler(
+            shift=3.0, num_train_timesteps=1000, use_dynamic_shifting=False
+        )
     for i, (path, _) in enumerate(loras):
         pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=f"l{i}")
     if loras:
         pipe.set_adapters([f"l{i}" for i in range(len(loras))], [w for _, w in loras])
-    out = pipe(prompt=PARAMS.prompt, negative_prompt=PARAMS.neg, height=PARAMS.height, width=PARAMS.width,
-               num_frames=PARAMS.num_frames, num_inference_steps=PARAMS.sample_steps,
-               guidance_scale=PARAMS.guidance_scale, generator=torch.Generator("cpu").manual_seed(PARAMS.seed),
-               output_type="np")
+    out = pipe(
+        prompt=PARAMS.prompt,
+        negative_prompt=PARAMS.neg,
+        height=PARAMS.height,
+        width=PARAMS.width,
+        num_frames=PARAMS.num_frames,
+        num_inference_steps=PARAMS.sample_steps,
+        guidance_scale=PARAMS.guidance_scale,
+        generator=torch.Generator("cpu").manual_seed(PARAMS.seed),
+        output_type="np",
+    )
     return to_uint8(out.frames[0])
 
 
@@ -142,8 +150,11 @@ def test_switching_never_leaks_a_scale_or_reloads_the_base(tiny_model, lora_file
     base = runtime.pipe.transformer
     for path, weight in sequence:
         frames = runtime.render(PARAMS, loras=[spec(path, weight)], scheduler="euler").frames
-        fresh = WanRuntime(str(tiny_model), device="cpu").render(PARAMS, loras=[spec(path, weight)],
-                                                                   scheduler="euler").frames
+        fresh = (
+            WanRuntime(str(tiny_model), device="cpu")
+            .render(PARAMS, loras=[spec(path, weight)], scheduler="euler")
+            .frames
+        )
         assert np.array_equal(frames, fresh), (path.stem, weight)
     assert runtime.pipe.transformer is base
     assert sorted(runtime.resident_adapters) == sorted(WanRuntime.adapter_name(spec(p, 1).sha256) for p in (a, b))
@@ -152,8 +163,7 @@ def test_switching_never_leaks_a_scale_or_reloads_the_base(tiny_model, lora_file
 @pytest.mark.parametrize("exact_compile", [False, True])
 def test_least_recently_used_adapter_is_unloaded_over_budget(tiny_model, lora_files, exact_compile):
     a, b = lora_files["a"], lora_files["b"]
-    runtime = WanRuntime(str(tiny_model), device="cpu", lora_budget_bytes=a.stat().st_size,
-                         exact_compile=exact_compile)
+    runtime = WanRuntime(str(tiny_model), device="cpu", lora_budget_bytes=a.stat().st_size, exact_compile=exact_compile)
     runtime.render(PARAMS, loras=[spec(a, 1.0)])
     runtime.render(PARAMS, loras=[spec(b, 1.0)])
     assert runtime.resident_adapters == [WanRuntime.adapter_name(spec(b, 1).sha256)]
@@ -193,11 +203,19 @@ def test_cancel_from_the_step_callback_stops_the_render(runtime):
     assert render_canceled_at_once(runtime) == [1]
 
 
-@pytest.mark.parametrize("choice,version,expected", [
-    ("auto", "0.9.4", "euler"), ("auto", "1.2.0", "euler"), ("auto", "0.9.2", "unipc"), ("auto", "0.8.0", "unipc"),
-    ("auto", "0.9.3", "checkpoint"), ("auto", None, "checkpoint"), ("euler", "0.9.2", "euler"),
-    ("unipc", "0.9.4", "unipc"),
-])
+@pytest.mark.parametrize(
+    "choice,version,expected",
+    [
+        ("auto", "0.9.4", "euler"),
+        ("auto", "1.2.0", "euler"),
+        ("auto", "0.9.2", "unipc"),
+        ("auto", "0.8.0", "unipc"),
+        ("auto", "0.9.3", "checkpoint"),
+        ("auto", None, "checkpoint"),
+        ("euler", "0.9.2", "euler"),
+        ("unipc", "0.9.4", "unipc"),
+    ],
+)
 def test_scheduler_choice(choice, version, expected):
     loras = [LoraSpec("x", "0" * 64, 1.0, version)] if version else []
     assert pick_scheduler(choice, loras) == expected
@@ -239,6 +257,15 @@ def test_cfg_on_a_second_device_gives_the_same_frames(tiny_model, lora_files, ex
 @pytest.mark.parametrize("width,height,frames", [(1024, 1024, 1), (832, 480, 5), (1280, 720, 1)])
 def test_the_default_checkpoint_renders_sizes_past_512_px(runtime, width, height, frames):
     """The tiny checkpoint `make demo` writes has the 14B's rotary range, so the API's sizes render on it."""
-    params = resolve_prompt({"prompt": "x", "width": width, "height": height, "num_frames": frames,
-                             "sample_steps": 1, "guidance_scale": 1.0}, index=0)
+    params = resolve_prompt(
+        {
+            "prompt": "x",
+            "width": width,
+            "height": height,
+            "num_frames": frames,
+            "sample_steps": 1,
+            "guidance_scale": 1.0,
+        },
+        index=0,
+    )
     assert runtime.render(params).frames.shape == (frames, height, width, 3)

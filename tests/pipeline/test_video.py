@@ -1,4 +1,5 @@
 """Encoding: exact frame count and fps in H.264/yuv420p, odd sizes, the embedded record, the preview WebP."""
+
 import io
 
 import numpy as np

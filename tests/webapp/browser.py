@@ -1,4 +1,5 @@
 """Driving pages in headless Chromium: sign in, wait for a video, keep a screenshot of what was seen."""
+
 from __future__ import annotations
 
 import shutil
@@ -7,8 +8,10 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-needs_chromium = pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
-                                    reason="needs Debian's chromium and chromium-driver (scripts/browser.sh)")
+needs_chromium = pytest.mark.skipif(
+    not (shutil.which("chromium") and shutil.which("chromedriver")),
+    reason="needs Debian's chromium and chromium-driver (scripts/browser.sh)",
+)
 SIZE = (1400, 1000)
 
 
@@ -18,9 +21,17 @@ def start_chromium(*, javascript: bool = True):
 
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--autoplay-policy=no-user-gesture-required",
-                 f"--window-size={SIZE[0]},{SIZE[1]}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--autoplay-policy=no-user-gesture-required",
+        f"--window-size={SIZE[0]},{SIZE[1]}",
+    ):
         options.add_argument(flag)
     if not javascript:
         options.add_experimental_option("prefs", {"profile.managed_default_content_settings.javascript": 2})
@@ -45,8 +56,9 @@ def video_facts(driver, selector: str = "video"):
     from selenium.webdriver.support.ui import WebDriverWait
 
     script = f"const v = document.querySelector({selector!r});"
-    WebDriverWait(driver, 20).until(lambda d: d.execute_script(
-        script + "if (v && v.readyState === 0) v.load(); return v && v.readyState >= 1;"))
+    WebDriverWait(driver, 20).until(
+        lambda d: d.execute_script(script + "if (v && v.readyState === 0) v.load(); return v && v.readyState >= 1;")
+    )
     return driver.execute_script(script + "return [v.videoWidth, v.videoHeight, v.duration];")
 
 

@@ -1,4 +1,5 @@
 """A real browser for page tests (skipped where Chromium is not installed)."""
+
 import pytest
 
 

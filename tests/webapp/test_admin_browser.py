@@ -1,5 +1,6 @@
 """The admin pages in a real browser (headless Chromium, 1400x1000): what staff see, kept as screenshots under
 var/.../screenshots/admin-*.png."""
+
 import numpy as np
 import pytest
 from django.core.files import File
@@ -17,38 +18,93 @@ pytestmark = needs_chromium
 @pytest.fixture
 def admin_data(transactional_db, django_user_model, tmp_path, tiny_model, lora_files):
     """A staff user, two LoRAs, a prompt set, a finished job with a real MP4 and a running one."""
-    staff = django_user_model.objects.create_user("keeper", password="pw-keeper-123", is_staff=True,
-                                                  is_superuser=True)
+    staff = django_user_model.objects.create_user("keeper", password="pw-keeper-123", is_staff=True, is_superuser=True)
     a, b = lora_resolve(ref="job_a/job_a.safetensors"), lora_resolve(ref="job_b/job_b.safetensors")
     prompt_set = PromptSet.objects.create(name="beach walks", owner=staff, trigger_word="sks")
-    PromptItem.objects.create(prompt_set=prompt_set, position=0, prompt="[trigger] walking on a beach at sunset",
-                              width=192, height=128, num_frames=17)
+    PromptItem.objects.create(
+        prompt_set=prompt_set,
+        position=0,
+        prompt="[trigger] walking on a beach at sunset",
+        width=192,
+        height=128,
+        num_frames=17,
+    )
     PromptItem.objects.create(prompt_set=prompt_set, position=1, prompt="[trigger] waving", neg="blurry")
-    prompts = [{"prompt": "a ramp of colours", "neg": "", "width": 192, "height": 128, "num_frames": 17, "fps": 16,
-                "sample_steps": 4, "guidance_scale": 4.0, "seed": 42}]
+    prompts = [
+        {
+            "prompt": "a ramp of colours",
+            "neg": "",
+            "width": 192,
+            "height": 128,
+            "num_frames": 17,
+            "fps": 16,
+            "sample_steps": 4,
+            "guidance_scale": 4.0,
+            "seed": 42,
+        }
+    ]
     done = GenerationJob.objects.create(
-        owner=staff, status="succeeded", prompt_set=prompt_set, prompts=prompts,
+        owner=staff,
+        status="succeeded",
+        prompt_set=prompt_set,
+        prompts=prompts,
         progress={"prompt": 0, "prompts": 1, "step": 4, "steps": 4, "fraction": 1.0},
-        timings={"load": 41.237, "prompts": [{"lora_switch": 0.0312, "text_encode": 0.412, "denoise": 12.3456,
-                                              "denoise_per_step": 3.0864, "vae_decode": 1.5, "mp4_encode": 0.2,
-                                              "save": 0.05}]})
+        timings={
+            "load": 41.237,
+            "prompts": [
+                {
+                    "lora_switch": 0.0312,
+                    "text_encode": 0.412,
+                    "denoise": 12.3456,
+                    "denoise_per_step": 3.0864,
+                    "vae_decode": 1.5,
+                    "mp4_encode": 0.2,
+                    "save": 0.05,
+                }
+            ],
+        },
+    )
     for i, (lora, multiplier) in enumerate([(a, 0.6), (b, 1.2)]):
-        JobLora.objects.create(job=done, lora=lora, position=i, multiplier=multiplier, sha256=lora.sha256,
-                               name=lora.name)
+        JobLora.objects.create(
+            job=done, lora=lora, position=i, multiplier=multiplier, sha256=lora.sha256, name=lora.name
+        )
     ramp = np.linspace(0, 255, 17 * 128 * 192 * 3).reshape(17, 128, 192, 3).astype(np.uint8)
     with write_mp4(ramp, tmp_path / "v.mp4", fps=16).open("rb") as fh:
         video = default_storage.save(f"outputs/{done.id}/000.mp4", File(fh))
-    JobOutput.objects.create(job=done, index=0, video=video, width=192, height=128, num_frames=17, fps=16, seed=42,
-                             scheduler="euler", record={
-                                 "job_id": str(done.id), "model": "wan21_14b", **prompts[0], "scheduler": "euler",
-                                 "speed": "exact", "lora_math": "peft", "step_cache": None,
-                                 "loras": [{"name": a.name, "sha256": a.sha256, "multiplier": 0.6},
-                                           {"name": b.name, "sha256": b.sha256, "multiplier": 1.2}],
-                                 "software": {"python": "3.11.2", "torch": "2.7.1", "diffusers": "0.34.0"},
-                                 "timings": {"denoise": 12.3456, "save": 0.05}})
+    JobOutput.objects.create(
+        job=done,
+        index=0,
+        video=video,
+        width=192,
+        height=128,
+        num_frames=17,
+        fps=16,
+        seed=42,
+        scheduler="euler",
+        record={
+            "job_id": str(done.id),
+            "model": "wan21_14b",
+            **prompts[0],
+            "scheduler": "euler",
+            "speed": "exact",
+            "lora_math": "peft",
+            "step_cache": None,
+            "loras": [
+                {"name": a.name, "sha256": a.sha256, "multiplier": 0.6},
+                {"name": b.name, "sha256": b.sha256, "multiplier": 1.2},
+            ],
+            "software": {"python": "3.11.2", "torch": "2.7.1", "diffusers": "0.34.0"},
+            "timings": {"denoise": 12.3456, "save": 0.05},
+        },
+    )
     running = GenerationJob.objects.create(
-        owner=staff, status="running", priority=5, prompts=prompts * 2, worker="gpu0@host",
-        progress={"prompt": 0, "prompts": 2, "step": 3, "steps": 25, "fraction": 0.4})
+        owner=staff,
+        status="running",
+        priority=5,
+        prompts=prompts * 2,
+        worker="gpu0@host",
+        progress={"prompt": 0, "prompts": 2, "step": 3, "steps": 25, "fraction": 0.4},
+    )
     JobLora.objects.create(job=running, lora=a, position=0, multiplier=1.0, sha256=a.sha256, name=a.name)
     return {"staff": staff, "loras": (a, b), "prompt_set": prompt_set, "done": done, "running": running}
 
@@ -69,7 +125,8 @@ def test_admin_pages_in_a_browser(browser, live_server, admin_data):
     assert browser.execute_script("return document.documentElement.scrollWidth") <= 1400
     row_heights = browser.execute_script(
         "return [...document.querySelectorAll('#result_list td.field-short_id, #result_list th.field-short_id')]"
-        ".map(c => c.getBoundingClientRect().height)")
+        ".map(c => c.getBoundingClientRect().height)"
+    )
     assert row_heights and max(row_heights) < 60, row_heights
 
     browser.get(f"{base}/admin/jobs/generationjob/{done.id}/change/")
@@ -108,7 +165,8 @@ def test_admin_pages_in_a_browser(browser, live_server, admin_data):
     assert "object (" not in browser.page_source
     assert browser.execute_script("return document.documentElement.scrollWidth") <= 1400
     heights = browser.execute_script(
-        "return [...document.querySelectorAll('.inline-group tr.form-row')].map(r => r.getBoundingClientRect().height)")
+        "return [...document.querySelectorAll('.inline-group tr.form-row')].map(r => r.getBoundingClientRect().height)"
+    )
     assert heights and max(heights) < 120, heights
 
 
@@ -126,7 +184,8 @@ def test_submit_a_two_lora_job_in_a_browser(browser, live_server, admin_data):
     browser.find_element(By.NAME, "multiplier_2").send_keys("1.2")
     browser.find_element(By.NAME, "_save").click()
     WebDriverWait(browser, 20).until(
-        lambda d: "/add/" not in d.current_url or d.find_elements(By.CSS_SELECTOR, ".errornote"))
+        lambda d: "/add/" not in d.current_url or d.find_elements(By.CSS_SELECTOR, ".errornote")
+    )
     assert "/add/" not in browser.current_url, browser.find_element(By.ID, "content").text
     job = GenerationJob.objects.exclude(pk__in=[admin_data["done"].pk, admin_data["running"].pk]).get()
     assert [(jl.lora_id, jl.multiplier) for jl in job.job_loras.all()] == [(a.pk, 0.6), (b.pk, 1.2)]

@@ -1,4 +1,5 @@
 """The ai-toolkit-inference API: the same requests, defaults, statuses and error shape."""
+
 import json
 import uuid
 from pathlib import Path
@@ -16,8 +17,12 @@ def submit(api, body):
 
 
 def only_prompt(api, *prompts, **top):
-    body = {"model": "wan21_14b", "loras": [], "prompts": [{"prompt": p} if isinstance(p, str) else p for p in prompts],
-            **top}
+    body = {
+        "model": "wan21_14b",
+        "loras": [],
+        "prompts": [{"prompt": p} if isinstance(p, str) else p for p in prompts],
+        **top,
+    }
     response = submit(api, body)
     assert response.status_code == 200, response.json()
     return GenerationJob.objects.get(pk=response.json()["request_id"])
@@ -31,9 +36,18 @@ def test_minimal_request_is_accepted_verbatim(api):
     assert body["status_url"].endswith(f"/v1/requests/{body['request_id']}/status")
     assert body["result_url"].endswith(f"/v1/requests/{body['request_id']}/result")
     job = GenerationJob.objects.get(pk=body["request_id"])
-    assert job.prompts[0] == {"prompt": "sks a photo of a person", "neg": "", "width": 1024, "height": 1024,
-                              "num_frames": 41, "sample_steps": 25, "guidance_scale": 4.0, "seed": 42, "fps": 16,
-                              "lora_scale": None}
+    assert job.prompts[0] == {
+        "prompt": "sks a photo of a person",
+        "neg": "",
+        "width": 1024,
+        "height": 1024,
+        "num_frames": 41,
+        "sample_steps": 25,
+        "guidance_scale": 4.0,
+        "seed": 42,
+        "fps": 16,
+        "lora_scale": None,
+    }
     assert [(jl.name, jl.multiplier) for jl in job.job_loras.all()] == [("my_lora_job/my_lora", 1.0)]
 
     status = api.get(f"/v1/requests/{job.id}/status").json()
@@ -59,8 +73,12 @@ def test_defaults_are_the_wan21_14b_ones(api):
 
 
 def test_size_snaps_down_to_16_and_frames_to_4k_plus_1(api):
-    job = only_prompt(api, {"prompt": "x", "width": 1000, "height": 479, "num_frames": 40},
-                      {"prompt": "y", "num_frames": 43}, {"prompt": "z", "num_frames": 81, "width": 64})
+    job = only_prompt(
+        api,
+        {"prompt": "x", "width": 1000, "height": 479, "num_frames": 40},
+        {"prompt": "y", "num_frames": 43},
+        {"prompt": "z", "num_frames": 81, "width": 64},
+    )
     assert (job.prompts[0]["width"], job.prompts[0]["height"], job.prompts[0]["num_frames"]) == (992, 464, 41)
     assert job.prompts[1]["num_frames"] == 41
     assert (job.prompts[2]["num_frames"], job.prompts[2]["width"]) == (81, 64)
@@ -73,24 +91,35 @@ def test_seed_minus_one_draws_a_reported_seed(api):
 
 
 def test_trigger_word_replacement(api):
-    job = only_prompt(api, "[trigger] on a beach, [trigger]", {"prompt": "[trigger] b", "trigger_word": "zzz"},
-                      trigger_word="sks")
+    job = only_prompt(
+        api, "[trigger] on a beach, [trigger]", {"prompt": "[trigger] b", "trigger_word": "zzz"}, trigger_word="sks"
+    )
     assert job.prompts[0]["prompt"] == "sks on a beach, sks"
     assert job.prompts[1]["prompt"] == "zzz b"
     job = only_prompt(api, "[trigger] kept")
     assert job.prompts[0]["prompt"] == "[trigger] kept"
 
 
-@pytest.mark.parametrize("field,value,code", [
-    ("width", 63, "min_value"), ("width", 4097, "max_value"),
-    ("height", 63, "min_value"), ("height", 4097, "max_value"),
-    ("sample_steps", 0, "min_value"), ("sample_steps", 151, "max_value"),
-    ("guidance_scale", -0.5, "min_value"), ("guidance_scale", 20.5, "max_value"),
-    ("seed", -2, "min_value"),
-    ("num_frames", 0, "min_value"), ("num_frames", 1001, "max_value"),
-    ("fps", 0, "min_value"), ("fps", 121, "max_value"),
-    ("width", "wide", "invalid"), ("prompt", None, "null"),
-])
+@pytest.mark.parametrize(
+    "field,value,code",
+    [
+        ("width", 63, "min_value"),
+        ("width", 4097, "max_value"),
+        ("height", 63, "min_value"),
+        ("height", 4097, "max_value"),
+        ("sample_steps", 0, "min_value"),
+        ("sample_steps", 151, "max_value"),
+        ("guidance_scale", -0.5, "min_value"),
+        ("guidance_scale", 20.5, "max_value"),
+        ("seed", -2, "min_value"),
+        ("num_frames", 0, "min_value"),
+        ("num_frames", 1001, "max_value"),
+        ("fps", 0, "min_value"),
+        ("fps", 121, "max_value"),
+        ("width", "wide", "invalid"),
+        ("prompt", None, "null"),
+    ],
+)
 def test_out_of_range_prompt_field_is_rejected_with_its_code(api, field, value, code):
     prompt = {**MINIMAL["prompts"][0], field: value}
     response = submit(api, {**MINIMAL, "prompts": [prompt]})
@@ -108,14 +137,17 @@ def test_out_of_range_multiplier_is_rejected(api, multiplier, code):
     assert error["details"]["loras[0].network_multiplier"][0]["code"] == code
 
 
-@pytest.mark.parametrize("body,status,code", [
-    ({**MINIMAL, "model": "sdxl"}, 400, "UNKNOWN_MODEL"),
-    ({**MINIMAL, "loras": [{"path": "nope/none.safetensors"}]}, 404, "LORA_NOT_FOUND"),
-    ({**MINIMAL, "loras": [{"path": "../../etc/passwd"}]}, 404, "LORA_NOT_FOUND"),
-    ({**MINIMAL, "prompts": []}, 400, "VALIDATION_ERROR"),
-    ({k: v for k, v in MINIMAL.items() if k != "model"}, 400, "VALIDATION_ERROR"),
-    ({k: v for k, v in MINIMAL.items() if k != "loras"}, 400, "VALIDATION_ERROR"),
-])
+@pytest.mark.parametrize(
+    "body,status,code",
+    [
+        ({**MINIMAL, "model": "sdxl"}, 400, "UNKNOWN_MODEL"),
+        ({**MINIMAL, "loras": [{"path": "nope/none.safetensors"}]}, 404, "LORA_NOT_FOUND"),
+        ({**MINIMAL, "loras": [{"path": "../../etc/passwd"}]}, 404, "LORA_NOT_FOUND"),
+        ({**MINIMAL, "prompts": []}, 400, "VALIDATION_ERROR"),
+        ({k: v for k, v in MINIMAL.items() if k != "model"}, 400, "VALIDATION_ERROR"),
+        ({k: v for k, v in MINIMAL.items() if k != "loras"}, 400, "VALIDATION_ERROR"),
+    ],
+)
 def test_bad_requests_get_a_stable_code_and_create_nothing(api, body, status, code):
     response = submit(api, body)
     assert response.status_code == status

@@ -1,5 +1,6 @@
 """The job state table: every status reachable, every illegal move refused with its code, worker moves
 that lost the job are no-ops, and every door that makes a job carries every job option."""
+
 import pytest
 
 from tests.webapp.test_jobs_api import SMALL, submit
@@ -8,8 +9,14 @@ from webapp.jobs.models import GenerationJob, JobStatus
 from webapp.jobs.serializers import JobOptionsSerializer
 
 pytestmark = pytest.mark.django_db
-OPTIONS = {"priority": 7, "scheduler": "unipc", "prompt_semantics": "ai-toolkit", "webp": True, "step_cache": 0.1,
-           "speed": "exact"}
+OPTIONS = {
+    "priority": 7,
+    "scheduler": "unipc",
+    "prompt_semantics": "ai-toolkit",
+    "webp": True,
+    "step_cache": 0.1,
+    "speed": "exact",
+}
 
 
 def test_the_table_reaches_every_status_from_queued():
@@ -23,15 +30,18 @@ def test_the_table_reaches_every_status_from_queued():
     assert reached == set(JobStatus)
 
 
-@pytest.mark.parametrize("status,action,code", [
-    (JobStatus.SUCCEEDED, "cancel", "JOB_NOT_CANCELABLE"),
-    (JobStatus.FAILED, "cancel", "JOB_NOT_CANCELABLE"),
-    (JobStatus.QUEUED, "retry", "JOB_NOT_RETRYABLE"),
-    (JobStatus.RUNNING, "retry", "JOB_NOT_RETRYABLE"),
-    (JobStatus.SUCCEEDED, "retry", "JOB_NOT_RETRYABLE"),
-    (JobStatus.QUEUED, "succeed", "JOB_STATE_CONFLICT"),
-    (JobStatus.CANCELED, "start", "JOB_STATE_CONFLICT"),
-])
+@pytest.mark.parametrize(
+    "status,action,code",
+    [
+        (JobStatus.SUCCEEDED, "cancel", "JOB_NOT_CANCELABLE"),
+        (JobStatus.FAILED, "cancel", "JOB_NOT_CANCELABLE"),
+        (JobStatus.QUEUED, "retry", "JOB_NOT_RETRYABLE"),
+        (JobStatus.RUNNING, "retry", "JOB_NOT_RETRYABLE"),
+        (JobStatus.SUCCEEDED, "retry", "JOB_NOT_RETRYABLE"),
+        (JobStatus.QUEUED, "succeed", "JOB_STATE_CONFLICT"),
+        (JobStatus.CANCELED, "start", "JOB_STATE_CONFLICT"),
+    ],
+)
 def test_an_illegal_move_raises_one_error_type_with_a_stable_code(api, status, action, code):
     job_id = submit(api)["id"]
     GenerationJob.objects.filter(pk=job_id).update(status=status)
@@ -60,8 +70,11 @@ def test_job_options_are_named_once():
 
 def test_both_apis_and_rerun_carry_every_option(api):
     created = submit(api, **OPTIONS)
-    compat = api.post("/v1/inference", {"model": "wan21_14b", "loras": [], "prompts": [{"prompt": "a cat", **SMALL}],
-                                        **OPTIONS}, format="json")
+    compat = api.post(
+        "/v1/inference",
+        {"model": "wan21_14b", "loras": [], "prompts": [{"prompt": "a cat", **SMALL}], **OPTIONS},
+        format="json",
+    )
     assert compat.status_code == 200, compat.json()
     rerun = api.post(f"/api/v1/jobs/{created['id']}/rerun/").json()
     for job_id in (created["id"], compat.json()["request_id"], rerun["id"]):

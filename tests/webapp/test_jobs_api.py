@@ -1,4 +1,5 @@
 """/api/v1/jobs/: submit with a LoRA stack, validation, filters, cancel/retry, auth, and the OpenAPI pages."""
+
 import uuid
 
 import pytest
@@ -37,8 +38,18 @@ def test_create_with_inline_prompts_and_a_lora_stack(api):
     assert (job["priority"], job["scheduler"], job["prompt_set"]) == (5, "euler", None)
     assert [(jl["name"], jl["multiplier"]) for jl in job["loras"]] == [("job_a/job_a", 0.5), ("job_b/job_b", 1.0)]
     assert job["loras"][0]["sha256"] == Lora.objects.get(name="job_a/job_a").sha256
-    assert job["prompts"][0] == {"prompt": "sks walking", "neg": "", "width": 128, "height": 128, "num_frames": 9,
-                                 "sample_steps": 2, "guidance_scale": 4.0, "seed": 42, "fps": 16, "lora_scale": None}
+    assert job["prompts"][0] == {
+        "prompt": "sks walking",
+        "neg": "",
+        "width": 128,
+        "height": 128,
+        "num_frames": 9,
+        "sample_steps": 2,
+        "guidance_scale": 4.0,
+        "seed": 42,
+        "fps": 16,
+        "lora_scale": None,
+    }
     assert job["prompts"][1]["seed"] == 43
     assert job["progress"] == {"prompt": 0, "prompts": 2, "step": 0, "steps": 2, "fraction": 0.0}
     assert job["outputs"] == [] and job["started_at"] is None
@@ -51,11 +62,15 @@ def test_stack_uses_each_loras_own_default_multiplier(api):
     assert [jl["multiplier"] for jl in job["loras"]] == [0.8, 1.0]
 
 
-@pytest.mark.parametrize("body", [
-    {"loras": [], "prompt_set": 1, "prompts": [{"prompt": "x"}]},
-    {"loras": []},
-    {"loras": [], "prompts": []},
-], ids=["both", "neither", "empty-prompts"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"loras": [], "prompt_set": 1, "prompts": [{"prompt": "x"}]},
+        {"loras": []},
+        {"loras": [], "prompts": []},
+    ],
+    ids=["both", "neither", "empty-prompts"],
+)
 def test_prompt_set_or_prompts_exactly_one(api, body):
     response = api.post(URL, body, format="json")
     assert response.status_code == 400
@@ -66,19 +81,23 @@ def test_prompt_set_or_prompts_exactly_one(api, body):
 def test_unknown_prompt_set_and_lora_are_404(api):
     response = api.post(URL, {"prompt_set": 999999, "loras": []}, format="json")
     assert response.status_code == 404 and response.json()["error"]["code"] == "PROMPT_SET_NOT_FOUND"
-    response = api.post(URL, {"prompts": [{"prompt": "x"}], "loras": [{"lora": "nope/none.safetensors"}]},
-                        format="json")
+    response = api.post(
+        URL, {"prompts": [{"prompt": "x"}], "loras": [{"lora": "nope/none.safetensors"}]}, format="json"
+    )
     assert response.status_code == 404 and response.json()["error"]["code"] == "LORA_NOT_FOUND"
     assert not GenerationJob.objects.exists()
 
 
-@pytest.mark.parametrize("fields,detail,code", [
-    ({"loras": [{"lora": "job_a/job_a.safetensors"}] * 5}, "loras", "max_length"),
-    ({"loras": [{"lora": "job_a/job_a.safetensors", "multiplier": 2.5}]}, "loras[0].multiplier", "max_value"),
-    ({"priority": 10}, "priority", "max_value"),
-    ({"scheduler": "ddim"}, "scheduler", "invalid_choice"),
-    ({"prompts": [{"prompt": "x", "width": 5000}]}, "prompts[0].width", "max_value"),
-])
+@pytest.mark.parametrize(
+    "fields,detail,code",
+    [
+        ({"loras": [{"lora": "job_a/job_a.safetensors"}] * 5}, "loras", "max_length"),
+        ({"loras": [{"lora": "job_a/job_a.safetensors", "multiplier": 2.5}]}, "loras[0].multiplier", "max_value"),
+        ({"priority": 10}, "priority", "max_value"),
+        ({"scheduler": "ddim"}, "scheduler", "invalid_choice"),
+        ({"prompts": [{"prompt": "x", "width": 5000}]}, "prompts[0].width", "max_value"),
+    ],
+)
 def test_invalid_fields_are_400_with_details(api, fields, detail, code):
     response = api.post(URL, {"prompts": [{"prompt": "x"}], "loras": [], **fields}, format="json")
     assert response.status_code == 400
@@ -106,8 +125,11 @@ def test_list_filters_by_status_owner_and_lora(api, user, bob):
 
 
 def test_same_lora_twice_in_a_stack_is_refused(api):
-    response = api.post(URL, {"prompts": [{"prompt": "x"}],
-                              "loras": [{"lora": "job_a/job_a.safetensors", "multiplier": 0.5}] * 2}, format="json")
+    response = api.post(
+        URL,
+        {"prompts": [{"prompt": "x"}], "loras": [{"lora": "job_a/job_a.safetensors", "multiplier": 0.5}] * 2},
+        format="json",
+    )
     assert response.status_code == 400 and response.json()["error"]["code"] == "LORA_DUPLICATE"
 
 
@@ -152,8 +174,12 @@ def test_retry_requeues_a_canceled_job_only(api):
 
 def test_unauthenticated_requests_are_401(api):
     anonymous = APIClient()
-    for response in (anonymous.get(URL), anonymous.post(URL, {"prompts": [{"prompt": "x"}]}, format="json"),
-                     anonymous.get("/api/v1/loras/"), anonymous.get("/api/v1/prompt-sets/")):
+    for response in (
+        anonymous.get(URL),
+        anonymous.post(URL, {"prompts": [{"prompt": "x"}]}, format="json"),
+        anonymous.get("/api/v1/loras/"),
+        anonymous.get("/api/v1/prompt-sets/"),
+    ):
         assert response.status_code == 401
         assert response.json()["error"]["code"] == "NOT_AUTHENTICATED"
     bad_token = APIClient(HTTP_AUTHORIZATION="Token not-a-real-token")

@@ -1,4 +1,5 @@
 """LoRA URLs: the allowlist, public addresses only, redirects, size and time caps; no test needs the internet."""
+
 import http.client
 import io
 import socket
@@ -24,6 +25,7 @@ def code_of(**kwargs) -> ApiError:
 def allow(settings):
     def _allow(*hosts):
         settings.LORA_URL_ALLOWED_HOSTS = list(hosts)
+
     _allow("example.com", ".hf.example.org")
     return _allow
 
@@ -36,14 +38,16 @@ def dns(monkeypatch):
     def fake_getaddrinfo(host, port, *args, **kwargs):
         if host not in table:
             raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-        return [(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port))
-                for a in table[host]]
+        return [
+            (socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in table[host]
+        ]
 
     monkeypatch.setattr(fetch.socket, "getaddrinfo", fake_getaddrinfo)
     return table
 
 
 # --- refusals before any network -------------------------------------------------------------------------
+
 
 def test_urls_are_disabled_by_default(settings):
     settings.LORA_URL_ALLOWED_HOSTS = []
@@ -55,32 +59,55 @@ def test_http_is_refused(allow):
     assert code_of(url="ftp://example.com/a.safetensors").code == "LORA_URL_NOT_HTTPS"
 
 
-@pytest.mark.parametrize("url", ["https://user:pw@example.com/a.safetensors", "https://user@example.com/a.safetensors",
-                                 "https://example.com@evil.net/a.safetensors"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://user:pw@example.com/a.safetensors",
+        "https://user@example.com/a.safetensors",
+        "https://example.com@evil.net/a.safetensors",
+    ],
+)
 def test_userinfo_is_refused(allow, url):
     assert code_of(url=url).code == "LORA_URL_INVALID"
 
 
-@pytest.mark.parametrize("url", ["https://[::1/a.safetensors", "https://example.com:99999/a.safetensors",
-                                 "https://example.com:port/a.safetensors", "https:///a.safetensors",
-                                 "https://exa mple.com/a.safetensors", "https://example.com/a\n.safetensors"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://[::1/a.safetensors",
+        "https://example.com:99999/a.safetensors",
+        "https://example.com:port/a.safetensors",
+        "https:///a.safetensors",
+        "https://exa mple.com/a.safetensors",
+        "https://example.com/a\n.safetensors",
+    ],
+)
 def test_malformed_urls_are_refused(allow, url):
     assert code_of(url=url).code == "LORA_URL_INVALID"
 
 
-@pytest.mark.parametrize("host", ["evil.net", "notexample.com", "example.com.evil.net", "hf.example.org.evil.net",
-                                  "example.org"])
+@pytest.mark.parametrize(
+    "host", ["evil.net", "notexample.com", "example.com.evil.net", "hf.example.org.evil.net", "example.org"]
+)
 def test_host_not_on_the_allowlist_is_refused(allow, host):
     error = code_of(url=f"https://{host}/a.safetensors")
     assert error.code == "LORA_URL_HOST_NOT_ALLOWED"
     assert error.details["host"] == host
 
 
-@pytest.mark.parametrize("host,allowed", [
-    ("example.com", True), ("EXAMPLE.com", True), ("www.example.com", False),
-    ("hf.example.org", True), ("cdn.hf.example.org", True), ("a.b.hf.example.org", True),
-    ("xhf.example.org", False), ("example.org", False),
-])
+@pytest.mark.parametrize(
+    "host,allowed",
+    [
+        ("example.com", True),
+        ("EXAMPLE.com", True),
+        ("www.example.com", False),
+        ("hf.example.org", True),
+        ("cdn.hf.example.org", True),
+        ("a.b.hf.example.org", True),
+        ("xhf.example.org", False),
+        ("example.org", False),
+    ],
+)
 def test_allowlist_matches_exactly_or_by_leading_dot(host, allowed):
     assert _host_allowed(host=host, allowed=["Example.COM", ".hf.example.org"]) is allowed
 
@@ -90,13 +117,25 @@ def test_subdomain_rule_lets_the_url_through_to_address_checks(allow, dns):
     assert code_of(url="https://cdn.hf.example.org/x/a.safetensors").code == "LORA_URL_PRIVATE_ADDRESS"
 
 
-@pytest.mark.parametrize("path", ["/model.bin", "/", "", "/.safetensors", "/a.safetensors/", "/a.safetensors.zip",
-                                  "/x/a%2Fb.safetensors", "/a.ckpt?f=a.safetensors"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/model.bin",
+        "/",
+        "",
+        "/.safetensors",
+        "/a.safetensors/",
+        "/a.safetensors.zip",
+        "/x/a%2Fb.safetensors",
+        "/a.ckpt?f=a.safetensors",
+    ],
+)
 def test_path_must_name_a_safetensors_file(allow, path):
     assert code_of(url=f"https://example.com{path}").code == "LORA_URL_INVALID"
 
 
 # --- addresses --------------------------------------------------------------------------------------------
+
 
 def test_allowlisted_localhost_is_refused_after_resolution(allow):
     allow("localhost")
@@ -104,8 +143,9 @@ def test_allowlisted_localhost_is_refused_after_resolution(allow):
     assert error.code == "LORA_URL_PRIVATE_ADDRESS"
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "10.0.0.1", "169.254.169.254", "[::1]", "[::ffff:127.0.0.1]",
-                                  "0.0.0.0", "127.1"])
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1", "10.0.0.1", "169.254.169.254", "[::1]", "[::ffff:127.0.0.1]", "0.0.0.0", "127.1"]
+)
 def test_ip_literals_that_are_not_global_are_refused_even_when_allowlisted(allow, host):
     allow(host)
     assert code_of(url=f"https://{host}/a.safetensors").code == "LORA_URL_PRIVATE_ADDRESS"
@@ -116,14 +156,35 @@ def test_ip_literals_are_refused_by_the_allowlist_first(allow, host):
     assert code_of(url=f"https://{host}/a.safetensors").code == "LORA_URL_HOST_NOT_ALLOWED"
 
 
-@pytest.mark.parametrize("address,public", [
-    ("8.8.8.8", True), (PUBLIC_IP, True), ("2606:4700::1111", True), ("::ffff:8.8.8.8", True),
-    ("127.0.0.1", False), ("10.0.0.1", False), ("172.16.0.1", False), ("192.168.1.1", False),
-    ("169.254.169.254", False), ("100.64.0.1", False), ("0.0.0.0", False), ("224.0.0.1", False),
-    ("240.0.0.1", False), ("255.255.255.255", False), ("::1", False), ("::", False), ("fe80::1%eth0", False),
-    ("fc00::1", False), ("ff02::1", False), ("::ffff:127.0.0.1", False), ("::ffff:10.0.0.1", False),
-    ("64:ff9b::a00:1", False), ("2002:7f00:1::", False), ("not-an-ip", False),
-])
+@pytest.mark.parametrize(
+    "address,public",
+    [
+        ("8.8.8.8", True),
+        (PUBLIC_IP, True),
+        ("2606:4700::1111", True),
+        ("::ffff:8.8.8.8", True),
+        ("127.0.0.1", False),
+        ("10.0.0.1", False),
+        ("172.16.0.1", False),
+        ("192.168.1.1", False),
+        ("169.254.169.254", False),
+        ("100.64.0.1", False),
+        ("0.0.0.0", False),
+        ("224.0.0.1", False),
+        ("240.0.0.1", False),
+        ("255.255.255.255", False),
+        ("::1", False),
+        ("::", False),
+        ("fe80::1%eth0", False),
+        ("fc00::1", False),
+        ("ff02::1", False),
+        ("::ffff:127.0.0.1", False),
+        ("::ffff:10.0.0.1", False),
+        ("64:ff9b::a00:1", False),
+        ("2002:7f00:1::", False),
+        ("not-an-ip", False),
+    ],
+)
 def test_public_address_rule(address, public):
     assert _is_public(address=address) is public
 
@@ -163,21 +224,33 @@ def test_connection_goes_to_the_vetted_ip_with_sni_and_verification_for_the_host
 
 # --- redirects ----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("location,target", [
-    ("/v2/a.safetensors", "https://example.com/v2/a.safetensors"),
-    ("b.safetensors?sig=1", "https://example.com/files/b.safetensors?sig=1"),
-    ("https://EXAMPLE.com/c.safetensors", "https://EXAMPLE.com/c.safetensors"),
-    ("https://example.com:443/c.safetensors", "https://example.com:443/c.safetensors"),
-])
+
+@pytest.mark.parametrize(
+    "location,target",
+    [
+        ("/v2/a.safetensors", "https://example.com/v2/a.safetensors"),
+        ("b.safetensors?sig=1", "https://example.com/files/b.safetensors?sig=1"),
+        ("https://EXAMPLE.com/c.safetensors", "https://EXAMPLE.com/c.safetensors"),
+        ("https://example.com:443/c.safetensors", "https://example.com:443/c.safetensors"),
+    ],
+)
 def test_redirect_on_the_same_https_host_is_followed(location, target):
     assert _vet_redirect(current_url="https://example.com/files/a.safetensors", location=location) == target
 
 
-@pytest.mark.parametrize("location", [
-    "https://cdn.example.com/a.safetensors", "//evil.net/a.safetensors", "http://example.com/a.safetensors",
-    "https://example.com:8443/a.safetensors", "https://user@example.com/a.safetensors",
-    "https://127.0.0.1/a.safetensors", "file:///etc/passwd", "https://[::1/a",
-])
+@pytest.mark.parametrize(
+    "location",
+    [
+        "https://cdn.example.com/a.safetensors",
+        "//evil.net/a.safetensors",
+        "http://example.com/a.safetensors",
+        "https://example.com:8443/a.safetensors",
+        "https://user@example.com/a.safetensors",
+        "https://127.0.0.1/a.safetensors",
+        "file:///etc/passwd",
+        "https://[::1/a",
+    ],
+)
 def test_redirect_off_the_host_is_refused(location):
     with pytest.raises(ApiError) as info:
         _vet_redirect(current_url="https://example.com/files/a.safetensors", location=location)
@@ -185,6 +258,7 @@ def test_redirect_off_the_host_is_refused(location):
 
 
 # --- body size and time -------------------------------------------------------------------------------------
+
 
 class FakeResponse(io.BytesIO):
     """What _read_capped needs of an HTTPResponse: headers and reads; counts the bytes handed out."""
@@ -212,8 +286,9 @@ def far() -> float:
 
 def test_read_capped_returns_the_body_at_offset_zero():
     body = bytes(range(256)) * 20
-    out = _read_capped(response=FakeResponse(body, headers={"Content-Length": str(len(body))}), limit=len(body),
-                       deadline=far())
+    out = _read_capped(
+        response=FakeResponse(body, headers={"Content-Length": str(len(body))}), limit=len(body), deadline=far()
+    )
     assert out.tell() == 0 and out.read() == body
 
 
@@ -275,6 +350,7 @@ def test_watchdog_wakes_a_read_blocked_past_the_deadline():
 
 
 # --- the whole download with a scripted server ---------------------------------------------------------------
+
 
 @pytest.fixture
 def server(allow, dns, monkeypatch):
@@ -365,12 +441,15 @@ def test_download_refuses_a_declared_size_over_the_cap(server, settings):
     assert code_of(url="https://example.com/a.safetensors").code == "LORA_URL_TOO_LARGE"
 
 
-@pytest.mark.parametrize("exc,code", [
-    (ConnectionRefusedError("refused"), "LORA_URL_FETCH_FAILED"),
-    (ssl.SSLCertVerificationError("certificate verify failed"), "LORA_URL_FETCH_FAILED"),
-    (http.client.RemoteDisconnected("closed"), "LORA_URL_FETCH_FAILED"),
-    (TimeoutError("timed out"), "LORA_URL_TIMEOUT"),
-])
+@pytest.mark.parametrize(
+    "exc,code",
+    [
+        (ConnectionRefusedError("refused"), "LORA_URL_FETCH_FAILED"),
+        (ssl.SSLCertVerificationError("certificate verify failed"), "LORA_URL_FETCH_FAILED"),
+        (http.client.RemoteDisconnected("closed"), "LORA_URL_FETCH_FAILED"),
+        (TimeoutError("timed out"), "LORA_URL_TIMEOUT"),
+    ],
+)
 def test_network_errors_map_to_stable_codes(server, exc, code):
     routes, _ = server
     routes[("example.com", "/a.safetensors")] = exc
@@ -378,6 +457,7 @@ def test_network_errors_map_to_stable_codes(server, exc, code):
 
 
 # --- a job naming a LoRA by URL: accepted at once, fetched on the CPU queue ---------------------------------------
+
 
 @pytest.fixture
 def sent(monkeypatch, dns):
@@ -391,8 +471,14 @@ def sent(monkeypatch, dns):
 
 
 def submit_with_url(api, url, multiplier=0.5):
-    response = api.post("/api/v1/jobs/", {"loras": [{"lora": url, "multiplier": multiplier}],
-                                          "prompts": [{"prompt": "a cat", "width": 64, "height": 64}]}, format="json")
+    response = api.post(
+        "/api/v1/jobs/",
+        {
+            "loras": [{"lora": url, "multiplier": multiplier}],
+            "prompts": [{"prompt": "a cat", "width": 64, "height": 64}],
+        },
+        format="json",
+    )
     assert response.status_code == 201, response.json()
     return response.json()
 

@@ -1,4 +1,5 @@
 """/api/v1/loras/: upload with header metadata, dedup, list/detail/delete, refusals by code, and import_loras."""
+
 import io
 import pickle
 import struct
@@ -24,8 +25,15 @@ def upload(api, data: bytes, filename="lora.safetensors", **fields):
 
 @pytest.fixture
 def lora_bytes(tmp_path) -> bytes:
-    path = write_aitoolkit_lora(tmp_path / "beach_job.safetensors", shape=TINY_SHAPE, rank=8, seed=5,
-                                software_version="0.9.7", training_step=2500, trigger_words=("ohwx", "beach"))
+    path = write_aitoolkit_lora(
+        tmp_path / "beach_job.safetensors",
+        shape=TINY_SHAPE,
+        rank=8,
+        seed=5,
+        software_version="0.9.7",
+        training_step=2500,
+        trigger_words=("ohwx", "beach"),
+    )
     return path.read_bytes()
 
 
@@ -64,12 +72,15 @@ def test_same_bytes_with_the_same_fields_is_no_conflict(api, lora_bytes):
     assert again.status_code == 200 and again.json()["created"] is False
 
 
-@pytest.mark.parametrize("fields,differ", [
-    ({"name": "other"}, {"name": {"existing": "mine", "given": "other"}}),
-    ({"trigger_word": "yyy"}, {"trigger_word": {"existing": "zzz", "given": "yyy"}}),
-    ({"default_multiplier": "0.5", "name": "mine"}, {"default_multiplier": {"existing": 0.7, "given": 0.5}}),
-    ({"visibility": "private"}, {"visibility": {"existing": "team", "given": "private"}}),
-])
+@pytest.mark.parametrize(
+    "fields,differ",
+    [
+        ({"name": "other"}, {"name": {"existing": "mine", "given": "other"}}),
+        ({"trigger_word": "yyy"}, {"trigger_word": {"existing": "zzz", "given": "yyy"}}),
+        ({"default_multiplier": "0.5", "name": "mine"}, {"default_multiplier": {"existing": 0.7, "given": 0.5}}),
+        ({"visibility": "private"}, {"visibility": {"existing": "team", "given": "private"}}),
+    ],
+)
 def test_same_bytes_with_other_fields_is_refused_naming_the_lora(api, lora_bytes, fields, differ):
     lora = upload(api, lora_bytes, name="mine", trigger_word="zzz", default_multiplier="0.7").json()
     response = upload(api, lora_bytes, **fields)
@@ -153,23 +164,38 @@ def _lora_of(tmp_path, shape: WanShape) -> bytes:
     return write_aitoolkit_lora(tmp_path / "other_model.safetensors", shape=shape, rank=1).read_bytes()
 
 
-@pytest.mark.parametrize("make,status,code", [
-    pytest.param(lambda tmp, good: good[: len(good) // 2], 400, "LORA_FILE_TRUNCATED", id="cut-in-half"),
-    pytest.param(lambda tmp, good: good[:5], 400, "LORA_FILE_TRUNCATED", id="shorter-than-length-field"),
-    pytest.param(lambda tmp, good: _header_only(1000, b"{}"), 400, "LORA_FILE_TRUNCATED", id="header-past-end"),
-    pytest.param(lambda tmp, good: _header_only(9 * 2**20, b"{}"), 400, "LORA_HEADER_TOO_LARGE", id="huge-header"),
-    pytest.param(lambda tmp, good: _header_only(10, b"not json!!"), 400, "LORA_NOT_SAFETENSORS", id="not-json"),
-    pytest.param(lambda tmp, good: _header_only(10, b"{not json}"), 400, "LORA_NOT_SAFETENSORS", id="bad-json"),
-    pytest.param(lambda tmp, good: b"hello, world: a text file\n", 400, "LORA_NOT_SAFETENSORS", id="text-file"),
-    pytest.param(lambda tmp, good: _torch_pickle(), 400, "LORA_NOT_SAFETENSORS", id="torch-save-zip"),
-    pytest.param(lambda tmp, good: pickle.dumps({"a": [1.0, 2.0]}, protocol=2), 400, "LORA_NOT_SAFETENSORS",
-                 id="pickle-protocol-2"),
-    pytest.param(lambda tmp, good: _unrelated_safetensors(tmp), 400, "LORA_UNKNOWN_FORMAT", id="unrelated-keys"),
-    pytest.param(lambda tmp, good: _lora_of(tmp, WanShape(dim=5120, ffn_dim=13824, num_layers=2)), 400,
-                 "LORA_MODEL_MISMATCH", id="made-for-14b"),
-    pytest.param(lambda tmp, good: _lora_of(tmp, WanShape(dim=24, ffn_dim=32, num_layers=3)), 400,
-                 "LORA_MODEL_MISMATCH", id="more-blocks-than-model"),
-])
+@pytest.mark.parametrize(
+    "make,status,code",
+    [
+        pytest.param(lambda tmp, good: good[: len(good) // 2], 400, "LORA_FILE_TRUNCATED", id="cut-in-half"),
+        pytest.param(lambda tmp, good: good[:5], 400, "LORA_FILE_TRUNCATED", id="shorter-than-length-field"),
+        pytest.param(lambda tmp, good: _header_only(1000, b"{}"), 400, "LORA_FILE_TRUNCATED", id="header-past-end"),
+        pytest.param(lambda tmp, good: _header_only(9 * 2**20, b"{}"), 400, "LORA_HEADER_TOO_LARGE", id="huge-header"),
+        pytest.param(lambda tmp, good: _header_only(10, b"not json!!"), 400, "LORA_NOT_SAFETENSORS", id="not-json"),
+        pytest.param(lambda tmp, good: _header_only(10, b"{not json}"), 400, "LORA_NOT_SAFETENSORS", id="bad-json"),
+        pytest.param(lambda tmp, good: b"hello, world: a text file\n", 400, "LORA_NOT_SAFETENSORS", id="text-file"),
+        pytest.param(lambda tmp, good: _torch_pickle(), 400, "LORA_NOT_SAFETENSORS", id="torch-save-zip"),
+        pytest.param(
+            lambda tmp, good: pickle.dumps({"a": [1.0, 2.0]}, protocol=2),
+            400,
+            "LORA_NOT_SAFETENSORS",
+            id="pickle-protocol-2",
+        ),
+        pytest.param(lambda tmp, good: _unrelated_safetensors(tmp), 400, "LORA_UNKNOWN_FORMAT", id="unrelated-keys"),
+        pytest.param(
+            lambda tmp, good: _lora_of(tmp, WanShape(dim=5120, ffn_dim=13824, num_layers=2)),
+            400,
+            "LORA_MODEL_MISMATCH",
+            id="made-for-14b",
+        ),
+        pytest.param(
+            lambda tmp, good: _lora_of(tmp, WanShape(dim=24, ffn_dim=32, num_layers=3)),
+            400,
+            "LORA_MODEL_MISMATCH",
+            id="more-blocks-than-model",
+        ),
+    ],
+)
 def test_bad_files_are_refused_with_a_code_and_create_nothing(api, tmp_path, lora_bytes, make, status, code):
     response = upload(api, make(tmp_path, lora_bytes))
     assert response.status_code == status, response.json()
@@ -186,8 +212,9 @@ def test_zero_byte_file_is_truncated(api):
 
 def test_valid_lora_whose_header_length_ends_in_0x80_is_accepted(api, tmp_path):
     for extra in range(300):  # pad the metadata until the little-endian length starts with 0x80
-        data = write_aitoolkit_lora(tmp_path / "padded.safetensors", shape=TINY_SHAPE,
-                                    trigger_words=("sks", "x" * extra)).read_bytes()
+        data = write_aitoolkit_lora(
+            tmp_path / "padded.safetensors", shape=TINY_SHAPE, trigger_words=("sks", "x" * extra)
+        ).read_bytes()
         if data[0] == 0x80:
             break
     assert data[0] == 0x80 and data[8:9] == b"{"
@@ -197,8 +224,9 @@ def test_valid_lora_whose_header_length_ends_in_0x80_is_accepted(api, tmp_path):
 
 def test_import_loras_registers_an_aitoolkit_output_folder(api, user, tmp_path):
     write_aitoolkit_lora(tmp_path / "job_x" / "job_x.safetensors", shape=TINY_SHAPE, seed=11)
-    write_aitoolkit_lora(tmp_path / "job_x" / "job_x_000000500.safetensors", shape=TINY_SHAPE, seed=12,
-                         training_step=500)
+    write_aitoolkit_lora(
+        tmp_path / "job_x" / "job_x_000000500.safetensors", shape=TINY_SHAPE, seed=12, training_step=500
+    )
     out = io.StringIO()
     call_command("import_loras", str(tmp_path), "--owner", "alice", stdout=out)
     assert "registered job_x/job_x.safetensors" in out.getvalue()

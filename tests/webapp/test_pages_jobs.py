@@ -1,5 +1,6 @@
 """The jobs pages without a browser: queue filters and pages, buttons by permission, submitting from the
 form (limits as the API's), pre-fill, the job page, ETAs and the queue's query count."""
+
 import re
 import time
 
@@ -17,23 +18,52 @@ pytestmark = pytest.mark.django_db
 SIZE = {"width": 128, "height": 128, "num_frames": 9, "sample_steps": 4}
 
 
-def make_job(owner, *, status="queued", prompt="a cat on a beach", loras=(), outputs=0, step=0, prompts=1,
-             **fields) -> GenerationJob:
+def make_job(
+    owner, *, status="queued", prompt="a cat on a beach", loras=(), outputs=0, step=0, prompts=1, **fields
+) -> GenerationJob:
     """A job row as a worker would have left it (pages only read it)."""
-    items = [{"prompt": f"{prompt} {i}" if i else prompt, "neg": "", "guidance_scale": 4.0, "seed": 42 + i, "fps": 16,
-              "lora_scale": None,
-              **SIZE} for i in range(prompts)]
-    job = GenerationJob.objects.create(owner=owner, status=status, prompts=items, progress={
-        "prompt": 0, "prompts": prompts, "step": step, "steps": 4, "fraction": step / 4 / prompts}, **fields)
+    items = [
+        {
+            "prompt": f"{prompt} {i}" if i else prompt,
+            "neg": "",
+            "guidance_scale": 4.0,
+            "seed": 42 + i,
+            "fps": 16,
+            "lora_scale": None,
+            **SIZE,
+        }
+        for i in range(prompts)
+    ]
+    job = GenerationJob.objects.create(
+        owner=owner,
+        status=status,
+        prompts=items,
+        progress={"prompt": 0, "prompts": prompts, "step": step, "steps": 4, "fraction": step / 4 / prompts},
+        **fields,
+    )
     for position, (lora, multiplier) in enumerate(loras):
-        JobLora.objects.create(job=job, lora=lora, position=position, multiplier=multiplier, sha256=lora.sha256,
-                               name=lora.name)
+        JobLora.objects.create(
+            job=job, lora=lora, position=position, multiplier=multiplier, sha256=lora.sha256, name=lora.name
+        )
     for index in range(outputs):
-        JobOutput.objects.create(job=job, index=index, video=f"outputs/{job.pk}/{index:03d}.mp4",
-                                 poster=f"outputs/{job.pk}/{index:03d}.png", width=128, height=128, num_frames=9,
-                                 fps=16, seed=42, scheduler="euler", record={
-                                     "prompt": prompt, "seed": 42, "timings": {"denoise_per_step": 30.0},
-                                     "loras": [{"name": "job_a", "sha256": "ab" * 32, "multiplier": 0.6}]})
+        JobOutput.objects.create(
+            job=job,
+            index=index,
+            video=f"outputs/{job.pk}/{index:03d}.mp4",
+            poster=f"outputs/{job.pk}/{index:03d}.png",
+            width=128,
+            height=128,
+            num_frames=9,
+            fps=16,
+            seed=42,
+            scheduler="euler",
+            record={
+                "prompt": prompt,
+                "seed": 42,
+                "timings": {"denoise_per_step": 30.0},
+                "loras": [{"name": "job_a", "sha256": "ab" * 32, "multiplier": 0.6}],
+            },
+        )
     return job
 
 
@@ -75,8 +105,14 @@ def test_pages_need_a_signed_in_member(client, alice):
 def test_queue_filters_by_status_owner_lora_and_prompt_text(member, alice, bob, loras):
     a, b = loras
     mine = make_job(alice, prompt="a red fox in snow", loras=[(a, 0.6)])
-    failed = make_job(bob, status="failed", prompt="a red fox at night", loras=[(b, 1.0)], error_code="OOM",
-                      error_message="CUDA out of memory")
+    failed = make_job(
+        bob,
+        status="failed",
+        prompt="a red fox at night",
+        loras=[(b, 1.0)],
+        error_code="OOM",
+        error_message="CUDA out of memory",
+    )
     other = make_job(bob, prompt="a blue whale", loras=[(a, 1.0), (b, 0.5)])
     assert job_ids(member.get("/")) == {str(mine.pk), str(failed.pk), str(other.pk)}
     assert job_ids(member.get("/?status=failed")) == {str(failed.pk)}
@@ -158,7 +194,7 @@ def test_buttons_with_htmx_swap_the_row(member, alice, bob):
     response = member.post(f"/jobs/{job.pk}/cancel/", {"next": "/?q=cat"}, HTTP_HX_REQUEST="true")
     page = response.content.decode()
     assert response.status_code == 200 and page.strip().startswith(f'<tr id="job-{job.pk}"')
-    assert 'badge canceled' in page and f"/jobs/{job.pk}/retry/" in page and 'value="/?q=cat"' in page
+    assert "badge canceled" in page and f"/jobs/{job.pk}/retry/" in page and 'value="/?q=cat"' in page
     rerun = member.post(f"/jobs/{job.pk}/rerun/", HTTP_HX_REQUEST="true").content.decode()
     new = GenerationJob.objects.exclude(pk=job.pk).get()
     assert re.findall(r'<tr id="job-([0-9a-f-]+)"', rerun) == [str(new.pk), str(job.pk)]
@@ -178,7 +214,7 @@ def test_active_rows_poll_their_status_cell_and_finished_rows_do_not(member, ali
     GenerationJob.objects.filter(pk=running.pk).update(status="succeeded")
     final = member.get(f"/jobs/{running.pk}/status/?next=/")
     assert final["HX-Retarget"] == f"#job-{running.pk}" and final["HX-Reswap"] == "outerHTML"
-    assert 'hx-trigger' not in final.content.decode() and "Re-run" in final.content.decode()
+    assert "hx-trigger" not in final.content.decode() and "Re-run" in final.content.decode()
     detail = member.get(f"/jobs/{done.pk}/status/?view=detail")
     assert detail["HX-Refresh"] == "true"
 
@@ -199,17 +235,38 @@ def test_eta_from_measured_step_times(member, alice, bob):
 
 
 def form_data(**fields) -> dict:
-    return {"prompt_rows": "3", "scheduler": "auto", "speed": "exact", "priority": "0",
-            "prompt_semantics": "reference", **fields}
+    return {
+        "prompt_rows": "3",
+        "scheduler": "auto",
+        "speed": "exact",
+        "priority": "0",
+        "prompt_semantics": "reference",
+        **fields,
+    }
 
 
 def test_member_submits_a_two_lora_stack_at_chosen_multipliers(member, alice, loras):
     a, b = loras
-    response = member.post("/jobs/new/", form_data(**{
-        "prompt-0-prompt": "[trigger] dancing", "prompt-0-width": "128", "prompt-0-height": "128",
-        "prompt-0-num_frames": "9", "prompt-0-sample_steps": "2", "prompt-1-prompt": "a second prompt",
-        "lora-0-lora": str(a.pk), "lora-0-multiplier": "0.6", "lora-2-lora": str(b.pk), "lora-2-multiplier": "1.2",
-        "trigger_word": "sks", "priority": "3", "webp": "on"}))
+    response = member.post(
+        "/jobs/new/",
+        form_data(
+            **{
+                "prompt-0-prompt": "[trigger] dancing",
+                "prompt-0-width": "128",
+                "prompt-0-height": "128",
+                "prompt-0-num_frames": "9",
+                "prompt-0-sample_steps": "2",
+                "prompt-1-prompt": "a second prompt",
+                "lora-0-lora": str(a.pk),
+                "lora-0-multiplier": "0.6",
+                "lora-2-lora": str(b.pk),
+                "lora-2-multiplier": "1.2",
+                "trigger_word": "sks",
+                "priority": "3",
+                "webp": "on",
+            }
+        ),
+    )
     job = GenerationJob.objects.get()
     assert response.status_code == 302 and response["Location"] == f"/jobs/{job.pk}/"
     assert job.owner == alice and not alice.is_staff
@@ -229,29 +286,41 @@ def test_an_empty_multiplier_takes_the_loras_default(member, loras):
 
 def test_submit_shows_the_apis_errors_next_to_the_fields(member, loras):
     a, b = loras
-    response = member.post("/jobs/new/", form_data(**{
-        "prompt-1-prompt": "a cat", "prompt-1-width": "5000", "lora-0-lora": str(a.pk), "lora-0-multiplier": "3",
-        "priority": "12"}))
+    response = member.post(
+        "/jobs/new/",
+        form_data(
+            **{
+                "prompt-1-prompt": "a cat",
+                "prompt-1-width": "5000",
+                "lora-0-lora": str(a.pk),
+                "lora-0-multiplier": "3",
+                "priority": "12",
+            }
+        ),
+    )
     page = response.content.decode()
     assert response.status_code == 400 and GenerationJob.objects.count() == 0
     assert page.count("Ensure this value is less than or equal to") == 3  # width, multiplier, priority
     assert 'name="prompt-1-width"' in page and 'value="5000"' in page  # what was typed stays
     width_field = page.index('name="prompt-1-width"')
     assert page.index("less than or equal to 4096", width_field) < page.index('name="prompt-1-sample_steps"')
-    conflict = member.post("/jobs/new/", form_data(**{"prompt-0-prompt": "a cat", "speed": "fast",
-                                                      "step_cache": "0.1"})).content.decode()
+    conflict = member.post(
+        "/jobs/new/", form_data(**{"prompt-0-prompt": "a cat", "speed": "fast", "step_cache": "0.1"})
+    ).content.decode()
     assert "OPTIONS_CONFLICT" in conflict
     nothing = member.post("/jobs/new/", form_data()).content.decode()
     assert "Give either prompt_set or prompts." in nothing
-    duplicate = member.post("/jobs/new/", form_data(**{"prompt-0-prompt": "a cat", "lora-0-lora": str(a.pk),
-                                                       "lora-1-lora": str(a.pk)})).content.decode()
+    duplicate = member.post(
+        "/jobs/new/", form_data(**{"prompt-0-prompt": "a cat", "lora-0-lora": str(a.pk), "lora-1-lora": str(a.pk)})
+    ).content.decode()
     assert "LORA_DUPLICATE" in duplicate
     assert GenerationJob.objects.count() == 0
 
 
 def test_submit_from_a_prompt_set(member, alice):
-    prompt_set = prompt_set_create(owner=alice, name="beach", trigger_word="sks",
-                                   items=[{"prompt": "[trigger] on a beach", **SIZE}])
+    prompt_set = prompt_set_create(
+        owner=alice, name="beach", trigger_word="sks", items=[{"prompt": "[trigger] on a beach", **SIZE}]
+    )
     page = member.get(f"/jobs/new/?prompt_set={prompt_set.pk}").content.decode()
     assert f'<option value="{prompt_set.pk}" selected>beach</option>' in page
     response = member.post("/jobs/new/", form_data(prompt_set=str(prompt_set.pk)))
@@ -261,8 +330,9 @@ def test_submit_from_a_prompt_set(member, alice):
 
 def test_prefill_from_a_job_and_from_a_lora(member, alice, bob, loras):
     a, b = loras
-    job = make_job(bob, status="succeeded", prompt="a fox", prompts=2, loras=[(a, 0.6), (b, 1.2)], priority=4,
-                   speed="fast")
+    job = make_job(
+        bob, status="succeeded", prompt="a fox", prompts=2, loras=[(a, 0.6), (b, 1.2)], priority=4, speed="fast"
+    )
     page = member.get(f"/jobs/new/?from={job.pk}").content.decode()
     assert "\na fox</textarea>" in page and "\na fox 1</textarea>" in page
     assert re.search(rf'<option value="{a.pk}"[^>]* selected>', page)
@@ -280,12 +350,33 @@ def test_prefill_from_a_job_and_from_a_lora(member, alice, bob, loras):
 
 def test_job_page_reads_like_a_person_would(member, alice, loras):
     a, _ = loras
-    job = make_job(alice, status="succeeded", prompt="sks on a beach", loras=[(a, 0.6)], outputs=1, worker="gpu-3",
-                   attempts=1, timings={"load": 12.5, "prompts": [{"text_encode": 0.5, "denoise": 120.0}]})
+    job = make_job(
+        alice,
+        status="succeeded",
+        prompt="sks on a beach",
+        loras=[(a, 0.6)],
+        outputs=1,
+        worker="gpu-3",
+        attempts=1,
+        timings={"load": 12.5, "prompts": [{"text_encode": 0.5, "denoise": 120.0}]},
+    )
     page = member.get(f"/jobs/{job.pk}/").content.decode()
-    for text in ["sks on a beach", "128 × 128", "9 at 16 fps", "job_a/job_a</a>", "@ 0.6", "gpu-3", "12.50 s",
-                 "120.00 s", f"/api/v1/outputs/{job.outputs.get().pk}/video", "poster=", "<details>",
-                 "denoise_per_step 30.00 s", f"/jobs/new/?from={job.pk}", "Reproduction record"]:
+    for text in [
+        "sks on a beach",
+        "128 × 128",
+        "9 at 16 fps",
+        "job_a/job_a</a>",
+        "@ 0.6",
+        "gpu-3",
+        "12.50 s",
+        "120.00 s",
+        f"/api/v1/outputs/{job.outputs.get().pk}/video",
+        "poster=",
+        "<details>",
+        "denoise_per_step 30.00 s",
+        f"/jobs/new/?from={job.pk}",
+        "Reproduction record",
+    ]:
         assert text in page, text
     failed = make_job(alice, status="failed", error_code="TIMEOUT", error_message="past its time limit")
     page = member.get(f"/jobs/{failed.pk}/").content.decode()
@@ -293,15 +384,22 @@ def test_job_page_reads_like_a_person_would(member, alice, loras):
     assert member.get("/jobs/00000000-0000-0000-0000-000000000000/").status_code == 404
 
 
-def test_the_queue_of_50_jobs_takes_a_constant_number_of_queries(member, alice, bob, loras, monkeypatch,
-                                                                  django_assert_max_num_queries):
+def test_the_queue_of_50_jobs_takes_a_constant_number_of_queries(
+    member, alice, bob, loras, monkeypatch, django_assert_max_num_queries
+):
     monkeypatch.setattr(views, "QUEUE_PAGE_SIZE", 50)
     statuses = ["queued", "running", "succeeded", "failed", "canceled"]
 
     def fill(jobs: int):
         for i in range(GenerationJob.objects.count(), jobs):
-            make_job([alice, bob][i % 2], status=statuses[i % 5], loras=list(zip(loras, (0.6, 1.2))),
-                     outputs=2 if statuses[i % 5] == "succeeded" else 0, prompts=2, step=1)
+            make_job(
+                [alice, bob][i % 2],
+                status=statuses[i % 5],
+                loras=list(zip(loras, (0.6, 1.2))),
+                outputs=2 if statuses[i % 5] == "succeeded" else 0,
+                prompts=2,
+                step=1,
+            )
 
     fill(5)
     with CaptureQueriesContext(connection) as few:

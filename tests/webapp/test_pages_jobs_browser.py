@@ -1,6 +1,7 @@
 """The jobs pages in headless Chromium, as a team member who is not staff: submit a LoRA stack, watch
 progress change in place while a video keeps playing, filter, cancel and retry, play a job's video,
 and read the pages with JavaScript off."""
+
 import numpy as np
 import pytest
 from django.core.files.base import ContentFile
@@ -18,8 +19,17 @@ from workers.pipeline.video import png_bytes, write_mp4
 
 pytestmark = needs_chromium
 PASSWORD = "pw-mia-12345"
-PROMPT = {"neg": "", "width": 192, "height": 128, "num_frames": 49, "sample_steps": 4, "guidance_scale": 4.0,
-          "seed": 42, "fps": 16, "lora_scale": None}
+PROMPT = {
+    "neg": "",
+    "width": 192,
+    "height": 128,
+    "num_frames": 49,
+    "sample_steps": 4,
+    "guidance_scale": 4.0,
+    "seed": 42,
+    "fps": 16,
+    "lora_scale": None,
+}
 
 
 @pytest.fixture
@@ -36,11 +46,17 @@ def loras(transactional_db, tiny_model, lora_files):
 
 
 def make_job(owner, *, prompt: str, status="queued", step=0, loras=(), **fields) -> GenerationJob:
-    job = GenerationJob.objects.create(owner=owner, status=status, prompts=[{"prompt": prompt, **PROMPT}], progress={
-        "prompt": 0, "prompts": 1, "step": step, "steps": 4, "fraction": step / 4}, **fields)
+    job = GenerationJob.objects.create(
+        owner=owner,
+        status=status,
+        prompts=[{"prompt": prompt, **PROMPT}],
+        progress={"prompt": 0, "prompts": 1, "step": step, "steps": 4, "fraction": step / 4},
+        **fields,
+    )
     for position, (lora, multiplier) in enumerate(loras):
-        JobLora.objects.create(job=job, lora=lora, position=position, multiplier=multiplier, sha256=lora.sha256,
-                               name=lora.name)
+        JobLora.objects.create(
+            job=job, lora=lora, position=position, multiplier=multiplier, sha256=lora.sha256, name=lora.name
+        )
     return job
 
 
@@ -50,18 +66,41 @@ def rendered(mia, loras, tmp_path):
     x = np.arange(192)[None, None, :] + 4 * np.arange(49)[:, None, None] + np.arange(128)[None, :, None] // 2
     red, green = (x * 3) % 256, (np.arange(49)[:, None, None] * 5 + np.zeros((1, 128, 192))) % 256
     frames = np.stack([red, green, 255 - red], axis=-1).astype(np.uint8)
-    job = make_job(mia, prompt="sks sliding stripes of colour", status="succeeded", step=4, loras=[(loras[0], 0.8)],
-                   attempts=1, worker="gpu-0@render-1", timings={"load": 3.2, "prompts": [
-                       {"text_encode": 0.4, "denoise": 8.0, "denoise_per_step": 2.0, "vae_decode": 0.7}]})
+    job = make_job(
+        mia,
+        prompt="sks sliding stripes of colour",
+        status="succeeded",
+        step=4,
+        loras=[(loras[0], 0.8)],
+        attempts=1,
+        worker="gpu-0@render-1",
+        timings={
+            "load": 3.2,
+            "prompts": [{"text_encode": 0.4, "denoise": 8.0, "denoise_per_step": 2.0, "vae_decode": 0.7}],
+        },
+    )
     mp4 = write_mp4(frames, tmp_path / "clip.mp4", fps=16)
     video = default_storage.save(f"outputs/{job.pk}/000.mp4", ContentFile(mp4.read_bytes()))
     poster = default_storage.save(f"outputs/{job.pk}/000.png", ContentFile(png_bytes(frames[0])))
-    job_add_output(job=job, index=0, video=video, poster=poster, webp="", params=PROMPT | {"seed": 42},
-                   scheduler="euler", record={"job_id": str(job.pk), "model": "wan21_14b", **PROMPT,
-                                              "prompt": job.prompts[0]["prompt"], "scheduler": "euler",
-                                              "speed": "exact", "loras": [{"name": loras[0].name, "multiplier": 0.8,
-                                                                           "sha256": loras[0].sha256}],
-                                              "timings": {"denoise_per_step": 2.0, "vae_decode": 0.7}})
+    job_add_output(
+        job=job,
+        index=0,
+        video=video,
+        poster=poster,
+        webp="",
+        params=PROMPT | {"seed": 42},
+        scheduler="euler",
+        record={
+            "job_id": str(job.pk),
+            "model": "wan21_14b",
+            **PROMPT,
+            "prompt": job.prompts[0]["prompt"],
+            "scheduler": "euler",
+            "speed": "exact",
+            "loras": [{"name": loras[0].name, "multiplier": 0.8, "sha256": loras[0].sha256}],
+            "timings": {"denoise_per_step": 2.0, "vae_decode": 0.7},
+        },
+    )
     return job
 
 
@@ -123,30 +162,46 @@ def test_submit_errors_show_next_to_the_fields(browser, live_server, mia, loras)
 
 
 def test_progress_updates_in_place_while_a_video_keeps_playing(browser, live_server, mia, rendered, loras):
-    running = make_job(mia, prompt="a lighthouse in a storm", status="running", step=1, loras=[(loras[1], 1.0)],
-                       worker="gpu-1@render-2", attempts=1, started_at=timezone.now(), heartbeat_at=timezone.now())
+    running = make_job(
+        mia,
+        prompt="a lighthouse in a storm",
+        status="running",
+        step=1,
+        loras=[(loras[1], 1.0)],
+        worker="gpu-1@render-2",
+        attempts=1,
+        started_at=timezone.now(),
+        heartbeat_at=timezone.now(),
+    )
     sign_in(browser, live_server.url, "mia", PASSWORD)
     assert "prompt 1/1 · step 1/4" in browser.page_source
     video_facts(browser, f"#job-{rendered.pk} video")
-    browser.execute_script("""
+    browser.execute_script(
+        """
         const v = document.querySelector(arguments[0]);
         window.__marker = 1; window.__video = v; window.__ticks = 0;
         v.addEventListener("timeupdate", () => { window.__ticks += 1; });
-        v.muted = true; v.play();""", f"#job-{rendered.pk} video")
+        v.muted = true; v.play();""",
+        f"#job-{rendered.pk} video",
+    )
     wait(browser, lambda d: d.execute_script("return window.__ticks > 2"))
-    GenerationJob.objects.filter(pk=running.pk).update(progress={"prompt": 0, "prompts": 1, "step": 3, "steps": 4,
-                                                                 "fraction": 0.75})
+    GenerationJob.objects.filter(pk=running.pk).update(
+        progress={"prompt": 0, "prompts": 1, "step": 3, "steps": 4, "fraction": 0.75}
+    )
     wait(browser, lambda d: "step 3/4" in d.find_element(By.ID, f"job-{running.pk}-status").text)
     ticks = browser.execute_script("return window.__ticks")
     wait(browser, lambda d: d.execute_script("return window.__ticks") > ticks + 2)
-    assert browser.execute_script("""
+    assert browser.execute_script(
+        """
         const v = document.querySelector(arguments[0]);
         return [window.__marker, v === window.__video, v.paused, v.currentTime > 0];""",
-        f"#job-{rendered.pk} video") == [1, True, False, True]  # no reload, same element, still playing
+        f"#job-{rendered.pk} video",
+    ) == [1, True, False, True]  # no reload, same element, still playing
     assert "ETA" in browser.find_element(By.ID, f"job-{running.pk}-status").text
     screenshot(browser, "queue")
-    GenerationJob.objects.filter(pk=running.pk).update(status="failed", error_code="CUDA_OOM",
-                                                       error_message="CUDA out of memory at 1920x1080")
+    GenerationJob.objects.filter(pk=running.pk).update(
+        status="failed", error_code="CUDA_OOM", error_message="CUDA out of memory at 1920x1080"
+    )
     wait(browser, lambda d: "CUDA_OOM" in d.find_element(By.ID, f"job-{running.pk}").text)
     row = browser.find_element(By.ID, f"job-{running.pk}")
     assert "CUDA out of memory" in row.text and "Retry" in row.text  # the finished row, with its buttons
@@ -155,8 +210,14 @@ def test_progress_updates_in_place_while_a_video_keeps_playing(browser, live_ser
 
 def test_filter_the_queue(browser, live_server, mia, django_user_model, loras):
     other = django_user_model.objects.create_user("noor", password="pw-noor-123")
-    make_job(mia, prompt="a red fox in the snow", status="failed", error_code="TIMEOUT",
-             error_message="past its time limit", loras=[(loras[0], 0.6)])
+    make_job(
+        mia,
+        prompt="a red fox in the snow",
+        status="failed",
+        error_code="TIMEOUT",
+        error_message="past its time limit",
+        loras=[(loras[0], 0.6)],
+    )
     make_job(other, prompt="a red fox at night", loras=[(loras[1], 1.0)])
     make_job(other, prompt="a blue whale", status="failed", error_code="CUDA_OOM", error_message="out of memory")
     sign_in(browser, live_server.url, "mia", PASSWORD)
@@ -199,8 +260,15 @@ def test_job_page_plays_its_video(browser, live_server, mia, rendered):
     browser.execute_script("const v = document.querySelector('video'); v.muted = true; v.play();")
     wait(browser, lambda d: d.execute_script("return document.querySelector('video').currentTime > 0.3"))
     page = browser.find_element(By.TAG_NAME, "main").text.lower()
-    for text in ["sks sliding stripes of colour", "192 × 128", "gpu-0@render-1", "reproduction record",
-                 "edit and re-run", "re-run", "job_a/job_a @ 0.8"]:
+    for text in [
+        "sks sliding stripes of colour",
+        "192 × 128",
+        "gpu-0@render-1",
+        "reproduction record",
+        "edit and re-run",
+        "re-run",
+        "job_a/job_a @ 0.8",
+    ]:
         assert text in page, text
     box = browser.execute_script("return document.querySelector('video').getBoundingClientRect().width")
     assert box < 700  # a player, not a wall

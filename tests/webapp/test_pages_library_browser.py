@@ -1,4 +1,5 @@
 """The LoRA library and a prompt set in real Chromium, as a member who is not staff (and with JavaScript off)."""
+
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
@@ -13,14 +14,25 @@ from webapp.prompts.services import prompt_set_create
 from workers.pipeline.checkpoints import write_aitoolkit_lora
 
 # a job's prompts are stored resolved, as job_submit stores them
-RESOLVED = {"prompt": "a prompt", "neg": "", "width": 128, "height": 128, "num_frames": 9, "fps": 16,
-            "sample_steps": 4, "guidance_scale": 4.0, "seed": 42}
+RESOLVED = {
+    "prompt": "a prompt",
+    "neg": "",
+    "width": 128,
+    "height": 128,
+    "num_frames": 9,
+    "fps": 16,
+    "sample_steps": 4,
+    "guidance_scale": 4.0,
+    "seed": 42,
+}
 
 pytestmark = needs_chromium
 
-ITEMS = [{"prompt": "[trigger] walking on a beach at sunset", "width": 832, "height": 480, "num_frames": 33},
-         {"prompt": "[trigger] in the snow, slow pan", "seed": 7, "guidance_scale": 5.0},
-         {"prompt": "close-up portrait of [trigger], studio light", "neg": "blurry, low quality"}]
+ITEMS = [
+    {"prompt": "[trigger] walking on a beach at sunset", "width": 832, "height": 480, "num_frames": 33},
+    {"prompt": "[trigger] in the snow, slow pan", "seed": 7, "guidance_scale": 5.0},
+    {"prompt": "close-up portrait of [trigger], studio light", "neg": "blurry, low quality"},
+]
 
 
 @pytest.fixture
@@ -33,11 +45,19 @@ def library(member, django_user_model, tmp_path):
     """A few LoRAs of two people, one used by two jobs."""
     colleague = django_user_model.objects.create_user("tom", password="pw-tom-123")
     loras = []
-    for seed, (owner, name, trigger) in enumerate([(colleague, "anime-style", "anm"),
-                                                   (colleague, "watercolor_v2", "wtrclr"),
-                                                   (member, "maria-portrait", "mrx")], start=1):
-        path = write_aitoolkit_lora(tmp_path / f"{name}.safetensors", shape=TINY_SHAPE, seed=seed, rank=4 * seed,
-                                    software_version="0.9.7", training_step=500 * seed, trigger_words=(trigger,))
+    for seed, (owner, name, trigger) in enumerate(
+        [(colleague, "anime-style", "anm"), (colleague, "watercolor_v2", "wtrclr"), (member, "maria-portrait", "mrx")],
+        start=1,
+    ):
+        path = write_aitoolkit_lora(
+            tmp_path / f"{name}.safetensors",
+            shape=TINY_SHAPE,
+            seed=seed,
+            rank=4 * seed,
+            software_version="0.9.7",
+            training_step=500 * seed,
+            trigger_words=(trigger,),
+        )
         with path.open("rb") as fh:
             loras.append(lora_upload(fh=fh, filename=path.name, owner=owner, name=name).lora)
     for _ in range(2):
@@ -59,8 +79,15 @@ def wait_value(driver, name: str, value: str, timeout: float = 20):
 
 def test_upload_twice_search_and_open_a_lora(browser, live_server, member, library, tmp_path):
     sign_in(browser, live_server.url, "maria", "pw-maria-123")
-    path = write_aitoolkit_lora(tmp_path / "beach_job.safetensors", shape=TINY_SHAPE, seed=40, rank=8,
-                                software_version="0.9.7", training_step=2500, trigger_words=("ohwx",))
+    path = write_aitoolkit_lora(
+        tmp_path / "beach_job.safetensors",
+        shape=TINY_SHAPE,
+        seed=40,
+        rank=8,
+        software_version="0.9.7",
+        training_step=2500,
+        trigger_words=("ohwx",),
+    )
     for attempt in range(2):
         browser.get(f"{live_server.url}/loras/")
         browser.find_element(By.NAME, "file").send_keys(str(path))
@@ -144,7 +171,10 @@ def test_pages_read_fine_without_javascript(live_server, member, library):
         driver.find_element(By.CSS_SELECTOR, 'button[value="save"]').click()
         wait_text(driver, "Saved beach tour")
         assert [item["prompt"] for item in PromptSet.objects.get(pk=prompt_set.pk).request_items()] == [
-            ITEMS[0]["prompt"], ITEMS[2]["prompt"], ITEMS[1]["prompt"]]
+            ITEMS[0]["prompt"],
+            ITEMS[2]["prompt"],
+            ITEMS[1]["prompt"],
+        ]
         screenshot(driver, "prompt-set-nojs")
 
         toms = prompt_set_create(owner=library[0].owner, name="tom's set", items=ITEMS[:2], trigger_word="anm")

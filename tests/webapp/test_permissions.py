@@ -1,4 +1,5 @@
 """Who may do what: shared queue, owner-or-staff changes, private LoRAs, throttles, CSRF, auth, production settings."""
+
 import os
 import subprocess
 import sys
@@ -55,8 +56,9 @@ def submit_v1(client, loras=(), status=200):
 
 def upload(client, tmp_path, seed, **fields) -> dict:
     data = write_aitoolkit_lora(tmp_path / f"up{seed}.safetensors", shape=TINY_SHAPE, seed=seed).read_bytes()
-    response = client.post(LORAS, {"file": SimpleUploadedFile(f"up{seed}.safetensors", data), **fields},
-                           format="multipart")
+    response = client.post(
+        LORAS, {"file": SimpleUploadedFile(f"up{seed}.safetensors", data), **fields}, format="multipart"
+    )
     assert response.status_code == 201, response.json()
     return response.json()
 
@@ -71,6 +73,7 @@ def status_of(job_id):
 
 
 # --- the shared queue; owner-or-staff changes -------------------------------------------------------------
+
 
 def test_everyone_sees_the_shared_queue(api, bob):
     job = submit(api)
@@ -102,10 +105,16 @@ def test_staff_may_cancel_retry_and_delete_any_job(api, staff):
     assert list(GenerationJob.objects.values_list("pk", flat=True)) == [uuid.UUID(second)]
 
 
-@pytest.mark.parametrize("status,deleted", [
-    (JobStatus.QUEUED, False), (JobStatus.RUNNING, False),
-    (JobStatus.SUCCEEDED, True), (JobStatus.FAILED, True), (JobStatus.CANCELED, True),
-])
+@pytest.mark.parametrize(
+    "status,deleted",
+    [
+        (JobStatus.QUEUED, False),
+        (JobStatus.RUNNING, False),
+        (JobStatus.SUCCEEDED, True),
+        (JobStatus.FAILED, True),
+        (JobStatus.CANCELED, True),
+    ],
+)
 def test_owner_deletes_only_finished_jobs(api, status, deleted):
     job_id = submit(api)["id"]
     GenerationJob.objects.filter(pk=job_id).update(status=status)
@@ -128,12 +137,16 @@ def test_only_owner_or_staff_may_delete_a_lora(api, bob, staff, tmp_path):
 
 def test_only_owner_or_staff_may_change_a_prompt_set(api, bob):
     prompt_set = api.post("/api/v1/prompt-sets/", {"name": "mine", "items": [{"prompt": "x"}]}, format="json").json()
-    expect(bob.patch(f"/api/v1/prompt-sets/{prompt_set['id']}/", {"name": "taken"}, format="json"),
-           403, "PERMISSION_DENIED")
+    expect(
+        bob.patch(f"/api/v1/prompt-sets/{prompt_set['id']}/", {"name": "taken"}, format="json"),
+        403,
+        "PERMISSION_DENIED",
+    )
     expect(bob.delete(f"/api/v1/prompt-sets/{prompt_set['id']}/"), 403, "PERMISSION_DENIED")
 
 
 # --- LoRA visibility ----------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["42", "a" * 64, "job_a/job_a.safetensors", "x.safetensors", "team/x"])
 def test_upload_names_cannot_shadow_other_references(api, tmp_path, name):
@@ -166,8 +179,11 @@ def test_private_lora_is_invisible_to_others(api, bob, staff, secret):
 def test_private_lora_is_unusable_by_others_by_any_reference(api, bob, secret):
     for ref in refs(secret):
         expect(bob.post(JOBS, {"loras": [{"lora": ref}], "prompts": [PROMPT]}, format="json"), 404, "LORA_NOT_FOUND")
-        expect(bob.post(V1, {"model": "wan21_14b", "loras": [{"path": ref}], "prompts": [PROMPT]}, format="json"),
-               404, "LORA_NOT_FOUND")
+        expect(
+            bob.post(V1, {"model": "wan21_14b", "loras": [{"path": ref}], "prompts": [PROMPT]}, format="json"),
+            404,
+            "LORA_NOT_FOUND",
+        )
     assert not GenerationJob.objects.exists() and Lora.objects.count() == 1
     for ref in refs(secret):
         assert submit(api, [{"lora": ref}])["loras"][0]["lora"] == secret["id"]
@@ -198,6 +214,7 @@ def test_rerun_of_a_job_with_someone_elses_private_lora_is_lora_missing(api, bob
 
 # --- rate limits and the queued-job cap ------------------------------------------------------------------
 
+
 @pytest.fixture
 def submit_rate(settings, monkeypatch):
     cache.clear()
@@ -213,8 +230,9 @@ def submit_rate(settings, monkeypatch):
 def test_fourth_submission_in_a_minute_is_rate_limited(api, submit_rate, send):
     for _ in range(3):
         send(api)
-    response = api.post(JOBS if send is submit else V1,
-                        {"model": "wan21_14b", "loras": [], "prompts": [PROMPT]}, format="json")
+    response = api.post(
+        JOBS if send is submit else V1, {"model": "wan21_14b", "loras": [], "prompts": [PROMPT]}, format="json"
+    )
     expect(response, 429, "RATE_LIMITED")
     assert int(response["Retry-After"]) > 0
     assert GenerationJob.objects.count() == 3
@@ -234,8 +252,11 @@ def test_queued_job_cap_per_user_with_staff_exempt(api, staff, settings):
     settings.MAX_QUEUED_JOBS_PER_USER = 2
     first, _ = submit(api), submit(api)
     expect(api.post(JOBS, {"loras": [], "prompts": [PROMPT]}, format="json"), 429, "TOO_MANY_QUEUED_JOBS")
-    expect(api.post(V1, {"model": "wan21_14b", "loras": [], "prompts": [PROMPT]}, format="json"),
-           429, "TOO_MANY_QUEUED_JOBS")
+    expect(
+        api.post(V1, {"model": "wan21_14b", "loras": [], "prompts": [PROMPT]}, format="json"),
+        429,
+        "TOO_MANY_QUEUED_JOBS",
+    )
     expect(api.post(f"{JOBS}{first['id']}/rerun/"), 429, "TOO_MANY_QUEUED_JOBS")
     assert GenerationJob.objects.count() == 2
 
@@ -257,6 +278,7 @@ def test_retry_respects_the_queued_job_cap(api, settings):
 
 # --- sessions, CSRF, anonymous access -----------------------------------------------------------------------
 
+
 def test_session_posts_need_a_csrf_token(user, tiny_model, lora_files):
     client = Client(enforce_csrf_checks=True)
     client.force_login(user)
@@ -268,8 +290,9 @@ def test_session_posts_need_a_csrf_token(user, tiny_model, lora_files):
 
     assert client.get("/admin/login/").status_code == 200
     token = client.cookies["csrftoken"].value
-    expect(client.post(JOBS, body, content_type="application/json", HTTP_X_CSRFTOKEN="x" * 32), 403,
-           "PERMISSION_DENIED")
+    expect(
+        client.post(JOBS, body, content_type="application/json", HTTP_X_CSRFTOKEN="x" * 32), 403, "PERMISSION_DENIED"
+    )
     accepted = client.post(JOBS, body, content_type="application/json", HTTP_X_CSRFTOKEN=token)
     assert accepted.status_code == 201 and accepted.json()["owner"] == user.username
 
@@ -283,16 +306,36 @@ def test_token_clients_need_no_csrf_token(user, tiny_model, lora_files):
 ANY_ID = uuid.uuid4()
 
 
-@pytest.mark.parametrize("method,path", [
-    ("get", "/api/v1/"), ("get", JOBS), ("post", JOBS), ("get", f"{JOBS}{ANY_ID}/"), ("delete", f"{JOBS}{ANY_ID}/"),
-    ("post", f"{JOBS}{ANY_ID}/cancel/"), ("post", f"{JOBS}{ANY_ID}/retry/"), ("post", f"{JOBS}{ANY_ID}/rerun/"),
-    ("get", LORAS), ("post", LORAS), ("get", f"{LORAS}1/"), ("delete", f"{LORAS}1/"),
-    ("get", "/api/v1/prompt-sets/"), ("post", "/api/v1/prompt-sets/"), ("get", "/api/v1/prompt-sets/1/"),
-    ("patch", "/api/v1/prompt-sets/1/"), ("delete", "/api/v1/prompt-sets/1/"),
-    ("get", "/api/v1/outputs/1/video"), ("get", "/api/v1/outputs/1/poster"), ("get", "/api/v1/outputs/1/webp"),
-    ("post", V1), ("get", f"/v1/requests/{ANY_ID}/status"), ("get", f"/v1/requests/{ANY_ID}/result"),
-    ("post", f"/v1/requests/{ANY_ID}/cancel"), ("get", "/v1/models"),
-])
+@pytest.mark.parametrize(
+    "method,path",
+    [
+        ("get", "/api/v1/"),
+        ("get", JOBS),
+        ("post", JOBS),
+        ("get", f"{JOBS}{ANY_ID}/"),
+        ("delete", f"{JOBS}{ANY_ID}/"),
+        ("post", f"{JOBS}{ANY_ID}/cancel/"),
+        ("post", f"{JOBS}{ANY_ID}/retry/"),
+        ("post", f"{JOBS}{ANY_ID}/rerun/"),
+        ("get", LORAS),
+        ("post", LORAS),
+        ("get", f"{LORAS}1/"),
+        ("delete", f"{LORAS}1/"),
+        ("get", "/api/v1/prompt-sets/"),
+        ("post", "/api/v1/prompt-sets/"),
+        ("get", "/api/v1/prompt-sets/1/"),
+        ("patch", "/api/v1/prompt-sets/1/"),
+        ("delete", "/api/v1/prompt-sets/1/"),
+        ("get", "/api/v1/outputs/1/video"),
+        ("get", "/api/v1/outputs/1/poster"),
+        ("get", "/api/v1/outputs/1/webp"),
+        ("post", V1),
+        ("get", f"/v1/requests/{ANY_ID}/status"),
+        ("get", f"/v1/requests/{ANY_ID}/result"),
+        ("post", f"/v1/requests/{ANY_ID}/cancel"),
+        ("get", "/v1/models"),
+    ],
+)
 def test_anonymous_is_401_on_every_api_resource(method, path):
     expect(getattr(APIClient(), method)(path), 401, "NOT_AUTHENTICATED")
     assert not GenerationJob.objects.exists()
@@ -309,11 +352,15 @@ SETUP = "import django, os; os.environ['DJANGO_SETTINGS_MODULE']='webapp.setting
 
 
 def run_settings(tmp_path, code, **env):
-    environ = {k: v for k, v in os.environ.items()
-               if k not in ("SECRET_KEY", "DEBUG", "ALLOWED_HOSTS", "DJANGO_SETTINGS_MODULE")}
+    environ = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("SECRET_KEY", "DEBUG", "ALLOWED_HOSTS", "DJANGO_SETTINGS_MODULE")
+    }
     environ.update(DJANGO_ENV="production", VAR_DIR=str(tmp_path), **env)
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=environ, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=environ, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_production_refuses_to_start_without_a_secret_key(tmp_path):
@@ -323,8 +370,10 @@ def test_production_refuses_to_start_without_a_secret_key(tmp_path):
 
 
 def test_production_turns_debug_off_and_cookies_secure(tmp_path):
-    code = SETUP + ("; from django.conf import settings; print(settings.DEBUG, settings.SESSION_COOKIE_SECURE, "
-                    "settings.CSRF_COOKIE_SECURE, settings.ALLOWED_HOSTS)")
+    code = SETUP + (
+        "; from django.conf import settings; print(settings.DEBUG, settings.SESSION_COOKIE_SECURE, "
+        "settings.CSRF_COOKIE_SECURE, settings.ALLOWED_HOSTS)"
+    )
     result = run_settings(tmp_path, code, SECRET_KEY="s" * 50, ALLOWED_HOSTS="queue.example.com, api.example.com")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False True True ['queue.example.com', 'api.example.com']"

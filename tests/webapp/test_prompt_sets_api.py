@@ -1,4 +1,5 @@
 """/api/v1/prompt-sets/: CRUD with nested ordered items, item validation, and jobs keeping their own copy."""
+
 import pytest
 
 from webapp.prompts.models import PromptItem, PromptSet
@@ -56,14 +57,17 @@ def test_delete_removes_the_set_and_its_items(api):
     assert api.get(f"{URL}{prompt_set['id']}/").json()["error"]["code"] == "NOT_FOUND"
 
 
-@pytest.mark.parametrize("items,field,code", [
-    ([{"prompt": "x", "width": 5000}], "items[0].width", "max_value"),
-    ([{"prompt": "ok"}, {"prompt": "x", "sample_steps": 0}], "items[1].sample_steps", "min_value"),
-    ([{"prompt": "x", "guidance_scale": 21}], "items[0].guidance_scale", "max_value"),
-    ([{"prompt": "x", "seed": -2}], "items[0].seed", "min_value"),
-    ([{"width": 128}], "items[0].prompt", "required"),
-    ([], "items", "empty"),
-])
+@pytest.mark.parametrize(
+    "items,field,code",
+    [
+        ([{"prompt": "x", "width": 5000}], "items[0].width", "max_value"),
+        ([{"prompt": "ok"}, {"prompt": "x", "sample_steps": 0}], "items[1].sample_steps", "min_value"),
+        ([{"prompt": "x", "guidance_scale": 21}], "items[0].guidance_scale", "max_value"),
+        ([{"prompt": "x", "seed": -2}], "items[0].seed", "min_value"),
+        ([{"width": 128}], "items[0].prompt", "required"),
+        ([], "items", "empty"),
+    ],
+)
 def test_invalid_items_are_rejected_by_field(api, items, field, code):
     response = api.post(URL, {"name": "bad", "items": items}, format="json")
     assert response.status_code == 400

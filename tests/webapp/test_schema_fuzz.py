@@ -1,4 +1,5 @@
 """Property-based fuzzing of every documented operation (schemathesis): no 500s, responses match the schema."""
+
 import pytest
 import schemathesis
 from django.core import signals
@@ -29,9 +30,11 @@ def test_api_never_fails_and_matches_its_schema(api_schema, django_user_model):
     assert len(operations) > 20
 
     for operation in operations:
+
         @given(case=operation.as_strategy())
-        @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, suppress_health_check=list(HealthCheck),
-                  database=None)
+        @settings(
+            max_examples=EXAMPLES_PER_OPERATION, deadline=None, suppress_health_check=list(HealthCheck), database=None
+        )
         def check(case):
             # Schema-valid requests may still name things that do not exist (a LoRA, a login):
             # those 4xx are correct, so "positive data acceptance" is not checked.

@@ -1,4 +1,5 @@
 """The whole path: API submit -> real Celery worker process -> MP4 in storage -> result endpoint."""
+
 import os
 import subprocess
 import sys
@@ -7,8 +8,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, SMALL, wait_for
-from tests.webapp.test_compat_api import MINIMAL
 from tests.mp4 import read_mp4, read_mp4_record
+from tests.webapp.test_compat_api import MINIMAL
 
 
 def download(api, url, tmp_path, name="video.mp4"):
@@ -20,22 +21,29 @@ def download(api, url, tmp_path, name="video.mp4"):
 
 
 def finished_job(api, job_id):
-    job = wait_for(lambda: (j := api.get(f"/api/v1/jobs/{job_id}/").json())["status"]
-                   in ("succeeded", "failed", "canceled") and j)
+    job = wait_for(
+        lambda: (j := api.get(f"/api/v1/jobs/{job_id}/").json())["status"] in ("succeeded", "failed", "canceled") and j
+    )
     assert job["status"] == "succeeded", job
     return job
 
 
 @pytest.mark.django_db(transaction=True)
 def test_reference_request_renders_on_postgres_and_redis(api, celery_worker, tmp_path):
-    prompts = [{**MINIMAL["prompts"][0], **SMALL, "fps": 12},
-               {"prompt": "[trigger] walking", "width": 96, "height": 64, "num_frames": 6, "sample_steps": 2}]
+    prompts = [
+        {**MINIMAL["prompts"][0], **SMALL, "fps": 12},
+        {"prompt": "[trigger] walking", "width": 96, "height": 64, "num_frames": 6, "sample_steps": 2},
+    ]
     response = api.post("/v1/inference", {**MINIMAL, "prompts": prompts}, format="json")
     assert response.status_code == 200, response.json()
     request_id = response.json()["request_id"]
 
-    status = wait_for(lambda: (s := api.get(f"/v1/requests/{request_id}/status").json())["status"]
-                      in ("succeeded", "failed", "canceled") and s)
+    status = wait_for(
+        lambda: (
+            (s := api.get(f"/v1/requests/{request_id}/status").json())["status"] in ("succeeded", "failed", "canceled")
+            and s
+        )
+    )
     assert status["status"] == "succeeded", status
     assert status["started_at"] and status["finished_at"]
 
@@ -61,10 +69,13 @@ def test_reference_request_renders_on_postgres_and_redis(api, celery_worker, tmp
 
 @pytest.mark.django_db(transaction=True)
 def test_stacked_loras_webp_record_and_rerun(api, celery_worker, tmp_path):
-    body = {"loras": [{"lora": "job_a/job_a.safetensors", "multiplier": 0.5}, {"lora": "job_b/job_b.safetensors"}],
-            "prompts": [{"prompt": "[trigger] by [name] --w 96 --h 64 --steps 2 --m 0.7 --n blurry", **SMALL,
-                         "seed": -1}],
-            "trigger_word": "sks", "prompt_semantics": "ai-toolkit", "webp": True}
+    body = {
+        "loras": [{"lora": "job_a/job_a.safetensors", "multiplier": 0.5}, {"lora": "job_b/job_b.safetensors"}],
+        "prompts": [{"prompt": "[trigger] by [name] --w 96 --h 64 --steps 2 --m 0.7 --n blurry", **SMALL, "seed": -1}],
+        "trigger_word": "sks",
+        "prompt_semantics": "ai-toolkit",
+        "webp": True,
+    }
     response = api.post("/api/v1/jobs/", body, format="json")
     assert response.status_code == 201, response.json()
     job = finished_job(api, response.json()["id"])
@@ -72,7 +83,10 @@ def test_stacked_loras_webp_record_and_rerun(api, celery_worker, tmp_path):
     assert (output["width"], output["height"], output["scheduler"]) == (96, 64, "euler")  # LoRA A: ai-toolkit 0.9.4
     record = output["record"]
     assert record["prompt"] == "sks by job_a" and record["neg"] == "blurry" and record["lora_scale"] == 0.7
-    assert [(lora["name"], lora["multiplier"]) for lora in record["loras"]] == [("job_a/job_a", 0.5), ("job_b/job_b", 1.0)]
+    assert [(lora["name"], lora["multiplier"]) for lora in record["loras"]] == [
+        ("job_a/job_a", 0.5),
+        ("job_b/job_b", 1.0),
+    ]
     assert record["timings"]["denoise"] > 0 and record["software"]["diffusers"]
 
     frames, _ = download(api, output["url"], tmp_path, "first.mp4")
@@ -92,8 +106,11 @@ def test_stacked_loras_webp_record_and_rerun(api, celery_worker, tmp_path):
 
 @pytest.mark.django_db(transaction=True)
 def test_fast_job_renders_fast_and_its_rerun_stays_fast(api, celery_worker, tmp_path):
-    body = {"loras": [{"lora": "job_a/job_a.safetensors", "multiplier": 0.8}],
-            "prompts": [{"prompt": "sks walking", **SMALL}], "speed": "fast"}
+    body = {
+        "loras": [{"lora": "job_a/job_a.safetensors", "multiplier": 0.8}],
+        "prompts": [{"prompt": "sks walking", **SMALL}],
+        "speed": "fast",
+    }
     response = api.post("/api/v1/jobs/", body, format="json")
     assert response.status_code == 201, response.json()
     job = finished_job(api, response.json()["id"])
@@ -112,11 +129,18 @@ def test_fast_job_renders_fast_and_its_rerun_stays_fast(api, celery_worker, tmp_
 @pytest.mark.processes
 def test_demo_on_embedded_defaults(tmp_path):
     """`make demo`'s path with no settings: SQLite, filesystem broker, files under VAR_DIR."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("DATABASE_URL", "REDIS_URL", "WAN_MODEL_PATH", "MEDIA_ROOT", "LORA_ROOT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "REDIS_URL", "WAN_MODEL_PATH", "MEDIA_ROOT", "LORA_ROOT")
+    }
     env["VAR_DIR"] = str(tmp_path / "var")
-    run = lambda *args: subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env,  # noqa: E731
-                                       capture_output=True, text=True, timeout=600)
+
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+        )
+
     assert run("migrate", "--noinput").returncode == 0
     demo = run("demo")
     assert demo.returncode == 0, demo.stdout + demo.stderr

@@ -1,5 +1,6 @@
 """Jobs under faults, on real worker processes: cancel, SIGKILL, a flushed broker, priorities,
 time limits, out-of-memory and a broken CUDA context (decisions injected on CPU)."""
+
 import pytest
 import redis
 import torch
@@ -116,8 +117,9 @@ def test_higher_priority_starts_first_then_first_come_first_served(api, start_wo
 def test_worker_lost_after_the_attempt_limit(user):
     job_row = submit_short(user)
     long_ago = timezone.now() - timezone.timedelta(hours=1)
-    GenerationJob.objects.filter(pk=job_row.pk).update(status=JobStatus.RUNNING, attempts=settings.JOB_MAX_ATTEMPTS,
-                                                       heartbeat_at=long_ago, worker="gone@host")
+    GenerationJob.objects.filter(pk=job_row.pk).update(
+        status=JobStatus.RUNNING, attempts=settings.JOB_MAX_ATTEMPTS, heartbeat_at=long_ago, worker="gone@host"
+    )
     assert services.jobs_reconcile(broker_job_ids=set()) == {"requeued": 1, "resent": 0}
     failed = job(job_row.pk)
     assert (failed.status, failed.error_code) == ("failed", "WORKER_LOST")
@@ -147,13 +149,16 @@ def test_out_of_memory_fails_the_job_and_the_worker_carries_on(user, tiny_model,
     assert job(next_job.pk).status == "succeeded"
 
 
-@pytest.mark.parametrize("exc,on_cuda,healthy,expected", [
-    (RuntimeError("CUDA error: an illegal memory access"), True, False, Decision("CUDA_ERROR", True, True)),
-    (RuntimeError("shape mismatch"), True, True, Decision("RENDER_FAILED")),
-    (RuntimeError("shape mismatch"), False, False, Decision("RENDER_FAILED")),
-    (torch.cuda.OutOfMemoryError("oom"), False, True, Decision("OUT_OF_MEMORY")),
-    (ParallelFailed("rank 2 failed"), True, True, Decision("PARALLEL_FAILED", True, True)),
-])
+@pytest.mark.parametrize(
+    "exc,on_cuda,healthy,expected",
+    [
+        (RuntimeError("CUDA error: an illegal memory access"), True, False, Decision("CUDA_ERROR", True, True)),
+        (RuntimeError("shape mismatch"), True, True, Decision("RENDER_FAILED")),
+        (RuntimeError("shape mismatch"), False, False, Decision("RENDER_FAILED")),
+        (torch.cuda.OutOfMemoryError("oom"), False, True, Decision("OUT_OF_MEMORY")),
+        (ParallelFailed("rank 2 failed"), True, True, Decision("PARALLEL_FAILED", True, True)),
+    ],
+)
 def test_failure_decisions(exc, on_cuda, healthy, expected):
     assert failure_decision(exc, on_cuda=on_cuda, cuda_healthy=lambda: healthy) == expected
 

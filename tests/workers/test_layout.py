@@ -1,5 +1,6 @@
 """The layout the architecture page promises: no import cycle among the worker modules, and a pipeline
 package that imports no Django (it takes plain parameters and returns frames and facts)."""
+
 import ast
 from pathlib import Path
 
@@ -22,7 +23,9 @@ def imports_of(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             found |= {base} | {f"{base}.{alias.name}" for alias in node.names}
     return found
 
@@ -38,7 +41,7 @@ def test_no_import_cycle_among_worker_modules():
         if state.get(module) == "done":
             return
         if state.get(module) == "open":
-            pytest.fail("import cycle: " + " -> ".join(trail[trail.index(module):] + [module]))
+            pytest.fail("import cycle: " + " -> ".join(trail[trail.index(module) :] + [module]))
         state[module] = "open"
         for target in sorted(edges[module]):
             visit(target, trail + [module])
@@ -49,6 +52,9 @@ def test_no_import_cycle_among_worker_modules():
 
 
 def test_the_pipeline_imports_no_django():
-    offenders = {m: sorted(i for i in imports if i.split(".")[0] in ("django", "webapp", "rest_framework"))
-                 for m, imports in GRAPH.items() if m.startswith("workers.pipeline")}
+    offenders = {
+        m: sorted(i for i in imports if i.split(".")[0] in ("django", "webapp", "rest_framework"))
+        for m, imports in GRAPH.items()
+        if m.startswith("workers.pipeline")
+    }
     assert {m: i for m, i in offenders.items() if i} == {}

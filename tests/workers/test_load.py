@@ -1,5 +1,6 @@
 """Load: 20 concurrent clients submit 200 jobs and poll status against gunicorn while a worker is busy;
 no errors, no lost or duplicated jobs, and the queue drains. Latencies go to var/.../load.json."""
+
 import json
 import os
 import socket
@@ -27,11 +28,17 @@ def web_server(transactional_db):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     db = settings.DATABASES["default"]
-    env = dict(os.environ, DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/"
-                                        f"{connection.settings_dict['NAME']}")
+    env = dict(
+        os.environ, DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{connection.settings_dict['NAME']}"
+    )
     log = open(Path(settings.VAR_DIR) / "gunicorn.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "gunicorn", "webapp.wsgi", "-b", f"127.0.0.1:{port}",
-                               "-w", "4", "--timeout", "60"], cwd=ROOT, env=env, stdout=log, stderr=log)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "webapp.wsgi", "-b", f"127.0.0.1:{port}", "-w", "4", "--timeout", "60"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=log,
+    )
     url = f"http://127.0.0.1:{port}"
 
     def up():
@@ -49,11 +56,21 @@ def web_server(transactional_db):
 
 
 def test_two_hundred_jobs_from_concurrent_clients(web_server, start_worker, django_user_model):
-    tokens = [Token.objects.create(user=django_user_model.objects.create_user(f"client{i}")).key
-              for i in range(CLIENTS)]
+    tokens = [
+        Token.objects.create(user=django_user_model.objects.create_user(f"client{i}")).key for i in range(CLIENTS)
+    ]
     owner = django_user_model.objects.get(username="client0")
-    busy = job_submit(owner=owner, spec=job_spec(owner=owner, loras=[], options={}, prompts=[
-        {"prompt": "keeps the worker busy", "width": 512, "height": 512, "num_frames": 17, "sample_steps": 40}]))
+    busy = job_submit(
+        owner=owner,
+        spec=job_spec(
+            owner=owner,
+            loras=[],
+            options={},
+            prompts=[
+                {"prompt": "keeps the worker busy", "width": 512, "height": 512, "num_frames": 17, "sample_steps": 40}
+            ],
+        ),
+    )
     start_worker("load")
 
     result = run_load(web_server, tokens, jobs_per_client=JOBS_EACH, status_polls=POLLS)

@@ -1,4 +1,5 @@
 """LoRAs and outputs on S3 through django-storages, against a real S3-compatible server process (moto)."""
+
 import socket
 import subprocess
 import sys
@@ -11,9 +12,9 @@ from django.core.files.base import ContentFile
 from storages.backends.s3 import S3Storage
 
 from tests.conftest import SMALL, wait_for
+from tests.mp4 import read_mp4
 from tests.webapp.test_compat_api import MINIMAL
 from workers.outputs import StorageFailed, save_with_retry
-from tests.mp4 import read_mp4
 
 BUCKET = "renders"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_S3_REGION_NAME": "us-east-1"}
@@ -24,11 +25,19 @@ def s3_endpoint():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     endpoint = f"http://127.0.0.1:{port}"
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                          aws_secret_access_key="testing")
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -66,19 +75,30 @@ def test_lora_and_outputs_live_on_s3(api, on_s3, start_worker, lora_files, tmp_p
     sha = upload.json()["sha256"]
     assert f"loras/{sha[:2]}/{sha}.safetensors" in keys(client)
 
-    start_worker("s3", AWS_STORAGE_BUCKET_NAME=BUCKET, AWS_S3_ENDPOINT_URL=endpoint,
-                 LORA_CACHE_DIR=tmp_path / "lora-cache", **CREDENTIALS)
-    body = {**MINIMAL, "loras": [{"path": "on-s3", "network_multiplier": 0.8}],
-            "prompts": [{**MINIMAL["prompts"][0], **SMALL}]}
+    start_worker(
+        "s3",
+        AWS_STORAGE_BUCKET_NAME=BUCKET,
+        AWS_S3_ENDPOINT_URL=endpoint,
+        LORA_CACHE_DIR=tmp_path / "lora-cache",
+        **CREDENTIALS,
+    )
+    body = {
+        **MINIMAL,
+        "loras": [{"path": "on-s3", "network_multiplier": 0.8}],
+        "prompts": [{**MINIMAL["prompts"][0], **SMALL}],
+    }
     request_id = api.post("/v1/inference", body, format="json").json()["request_id"]
-    status = wait_for(lambda: (s := api.get(f"/v1/requests/{request_id}/status").json())["status"]
-                      in ("succeeded", "failed") and s)
+    status = wait_for(
+        lambda: (s := api.get(f"/v1/requests/{request_id}/status").json())["status"] in ("succeeded", "failed") and s
+    )
     assert status["status"] == "succeeded", status
     assert (tmp_path / "lora-cache" / f"{sha}.safetensors").exists()  # fetched from S3 and verified
 
     video = api.get(f"/v1/requests/{request_id}/result").json()["outputs"]["videos"][0]
     assert {k for k in keys(client) if k.startswith(f"outputs/{request_id}/")} == {
-        f"outputs/{request_id}/000_seed42.mp4", f"outputs/{request_id}/000_seed42.png"}
+        f"outputs/{request_id}/000_seed42.mp4",
+        f"outputs/{request_id}/000_seed42.png",
+    }
     redirect = api.get(video["url"])
     assert redirect.status_code == 302 and "X-Amz-Signature=" in redirect["Location"]  # presigned
     (tmp_path / "v.mp4").write_bytes(urllib.request.urlopen(redirect["Location"]).read())

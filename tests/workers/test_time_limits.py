@@ -1,4 +1,5 @@
 """A job's time limit scales with its work: long healthy jobs are never cut, stuck ones still end."""
+
 import pytest
 
 from workers.watchdogs import Deadline

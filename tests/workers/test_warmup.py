@@ -1,4 +1,5 @@
 """WAN_WARMUP: a GPU worker compiles both speeds for the listed sizes when it starts (CPU: fast mode's copy)."""
+
 from workers.host import GpuHost
 
 

@@ -1,4 +1,5 @@
 """The models this deployment serves and the transformer shapes LoRAs must fit."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,8 @@ from pathlib import Path
 
 from django.conf import settings
 
-from workers.pipeline.shapes import WAN_14B_TRANSFORMER, WanShape
 from workers.pipeline.params import LIMITS, MODEL_IDS
+from workers.pipeline.shapes import WAN_14B_TRANSFORMER, WanShape
 
 from .errors import ApiError
 
@@ -20,8 +21,11 @@ MODEL_DESCRIPTIONS = {"wan21_14b": "Wan 2.1 T2V 14B (text to video)"}
 
 def model_check(model_id: str) -> str:
     if model_id not in MODEL_IDS:
-        raise ApiError("UNKNOWN_MODEL", f"Unknown model {model_id!r}; available: {', '.join(MODEL_IDS)}.",
-                       details={"model": model_id, "available": list(MODEL_IDS)})
+        raise ApiError(
+            "UNKNOWN_MODEL",
+            f"Unknown model {model_id!r}; available: {', '.join(MODEL_IDS)}.",
+            details={"model": model_id, "available": list(MODEL_IDS)},
+        )
     return model_id
 
 

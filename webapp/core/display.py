@@ -1,4 +1,5 @@
 """JSON facts shown to people in the admin: key/value tables, with the raw JSON one click away."""
+
 import json
 
 from django.utils.html import format_html, format_html_join
@@ -33,8 +34,11 @@ def kv_value(value, depth: int = 0):
         if not value:
             return "-"
         if all(isinstance(v, dict) for v in value):
-            return format_html_join(format_html("<br>"), "{}", (
-                (", ".join(f"{k}: {scalar(v)}" for k, v in item.items()),) for item in value))
+            return format_html_join(
+                format_html("<br>"),
+                "{}",
+                ((", ".join(f"{k}: {scalar(v)}" for k, v in item.items()),) for item in value),
+            )
         return scalar(", ".join(scalar(v) for v in value))
     return scalar(value)
 
@@ -50,11 +54,19 @@ def kv_table(data: dict, depth: int = 0, order=()) -> SafeString | str:
     """A dict as a two-column table."""
     if not data:
         return "-"
-    return format_html('<table class="kv"><tbody>{}</tbody></table>', format_html_join(
-        "", '<tr><th scope="row">{}</th><td>{}</td></tr>',
-        ((key, kv_value(value, depth)) for key, value in ordered(data, order))))
+    return format_html(
+        '<table class="kv"><tbody>{}</tbody></table>',
+        format_html_join(
+            "",
+            '<tr><th scope="row">{}</th><td>{}</td></tr>',
+            ((key, kv_value(value, depth)) for key, value in ordered(data, order)),
+        ),
+    )
 
 
 def raw_json(data, summary: str = "raw JSON") -> SafeString:
-    return format_html('<details class="raw-json"><summary>{}</summary><pre>{}</pre></details>', summary,
-                       json.dumps(data, indent=2, sort_keys=True, default=str))
+    return format_html(
+        '<details class="raw-json"><summary>{}</summary><pre>{}</pre></details>',
+        summary,
+        json.dumps(data, indent=2, sort_keys=True, default=str),
+    )

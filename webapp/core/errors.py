@@ -3,6 +3,7 @@
 Services raise `ApiError` (or a subclass) with a stable `code`; DRF's own
 exceptions are mapped onto the same shape so a client can switch on `code`.
 """
+
 from __future__ import annotations
 
 from django.core.exceptions import PermissionDenied
@@ -116,11 +117,24 @@ def add_error_responses(result, generator, request, public):
     checkers know each 4xx body is {"error": {"code", "message", "details"}}."""
     components = result.setdefault("components", {}).setdefault("schemas", {})
     components["Error"] = {
-        "type": "object", "required": ["error"],
-        "properties": {"error": {"type": "object", "required": ["code", "message", "details"], "properties": {
-            "code": {"type": "string"}, "message": {"type": "string"}, "details": {"type": "object"}}}},
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message", "details"],
+                "properties": {
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                    "details": {"type": "object"},
+                },
+            }
+        },
     }
-    error = {"description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    error = {
+        "description": "Error",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
     for path in result.get("paths", {}).values():
         for operation in path.values():
             for status_code in ("400", "401", "403", "404", "409", "429", "502", "504"):

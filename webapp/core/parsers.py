@@ -6,6 +6,7 @@ request is kept verbatim with its job, ignored keys included, so a body that
 carries either anywhere is refused with the same error DRF's CharField gives,
 under the path of the offending value.
 """
+
 from rest_framework.exceptions import ErrorDetail, ValidationError
 from rest_framework.parsers import JSONParser
 
@@ -15,8 +16,9 @@ def _problem(text: str) -> ErrorDetail | None:
         return ErrorDetail("Null characters are not allowed.", code="null_characters_not_allowed")
     surrogate = next((c for c in text if "\ud800" <= c <= "\udfff"), None)
     if surrogate:
-        return ErrorDetail(f"Surrogate characters are not allowed: U+{ord(surrogate):X}.",
-                           code="surrogate_characters_not_allowed")
+        return ErrorDetail(
+            f"Surrogate characters are not allowed: U+{ord(surrogate):X}.", code="surrogate_characters_not_allowed"
+        )
     return None
 
 

@@ -1,4 +1,5 @@
 """Where files live: local disk (a path) or an object store (a URL, presigned when the bucket is private)."""
+
 from django.core.files.storage import default_storage
 
 

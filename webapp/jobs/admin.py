@@ -1,4 +1,5 @@
 """Admin: submit jobs from a prompt set and LoRAs, watch progress, play outputs, cancel and retry."""
+
 from django import forms
 from django.contrib import admin, messages
 from django.http import HttpResponseRedirect
@@ -7,8 +8,8 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from webapp.core.catalog import MAX_LORAS, MULTIPLIER_HIGH, MULTIPLIER_LOW, model_check
-from webapp.core.errors import ApiError
 from webapp.core.display import kv_table, ordered, raw_json
+from webapp.core.errors import ApiError
 from webapp.loras.models import Lora
 from webapp.prompts.models import PromptSet
 
@@ -17,11 +18,39 @@ from .serializers import JobOptionsSerializer, output_urls
 from .services import JOB_OPTIONS, job_cancel, job_prompts_resolve, job_rerun, job_retry, job_spec, job_submit
 
 LORA_ROWS = range(1, MAX_LORAS + 1)
-RECORD_ORDER = ["job_id", "model", "checkpoint", "prompt", "neg", "width", "height", "num_frames", "fps",
-                "sample_steps", "guidance_scale", "seed", "lora_scale", "scheduler", "speed", "lora_math", "step_cache",
-                "loras", "software", "timings"]
-TIMING_ORDER = ["load", "lora_switch", "fast_merge", "text_encode", "denoise", "denoise_per_step", "vae_decode",
-                "mp4_encode", "save"]
+RECORD_ORDER = [
+    "job_id",
+    "model",
+    "checkpoint",
+    "prompt",
+    "neg",
+    "width",
+    "height",
+    "num_frames",
+    "fps",
+    "sample_steps",
+    "guidance_scale",
+    "seed",
+    "lora_scale",
+    "scheduler",
+    "speed",
+    "lora_math",
+    "step_cache",
+    "loras",
+    "software",
+    "timings",
+]
+TIMING_ORDER = [
+    "load",
+    "lora_switch",
+    "fast_merge",
+    "text_encode",
+    "denoise",
+    "denoise_per_step",
+    "vae_decode",
+    "mp4_encode",
+    "save",
+]
 
 
 class LoraChoiceField(forms.ModelChoiceField):
@@ -77,13 +106,13 @@ class JobSubmitBase(forms.ModelForm):
         if not prompt_set.items.exists():
             raise forms.ValidationError("This prompt set has no prompts.")
         try:
-            spec = job_spec(owner=self.current_user, loras=stack, options=checked.validated_data,
-                            prompt_set=prompt_set)
+            spec = job_spec(owner=self.current_user, loras=stack, options=checked.validated_data, prompt_set=prompt_set)
             model_check(spec.model)
             if any(not item.get("prompt") for item in spec.prompts):
                 raise ApiError("NO_PROMPTS", "Every prompt of the set needs its text.")
-            job_prompts_resolve(spec.prompts, trigger_word=spec.trigger_word,
-                                semantics=spec.options["prompt_semantics"])
+            job_prompts_resolve(
+                spec.prompts, trigger_word=spec.trigger_word, semantics=spec.options["prompt_semantics"]
+            )
         except ApiError as exc:
             raise forms.ValidationError(f"{exc.code}: {exc.message}") from None
         self.spec = spec
@@ -95,8 +124,12 @@ def _lora_row_fields() -> dict:
     for i in LORA_ROWS:
         fields[f"lora_{i}"] = LoraChoiceField(Lora.objects.order_by("name"), required=False, label=f"LoRA {i}")
         fields[f"multiplier_{i}"] = forms.FloatField(
-            min_value=MULTIPLIER_LOW, max_value=MULTIPLIER_HIGH, required=False, label="multiplier",
-            widget=forms.NumberInput(attrs={"step": "0.05", "placeholder": "default", "style": "width: 6em"}))
+            min_value=MULTIPLIER_LOW,
+            max_value=MULTIPLIER_HIGH,
+            required=False,
+            label="multiplier",
+            widget=forms.NumberInput(attrs={"step": "0.05", "placeholder": "default", "style": "width: 6em"}),
+        )
     return fields
 
 
@@ -117,16 +150,20 @@ class JobLoraInline(admin.TabularInline):
     @admin.display(description="LoRA")
     def lora_link(self, job_lora):
         if job_lora.lora_id is not None:
-            return format_html('<a href="{}">{}</a>', reverse("admin:loras_lora_change", args=[job_lora.lora_id]),
-                               job_lora.name)
+            return format_html(
+                '<a href="{}">{}</a>', reverse("admin:loras_lora_change", args=[job_lora.lora_id]), job_lora.name
+            )
         if job_lora.pending:
             return format_html("{} (not fetched yet)", job_lora.url)
         return format_html("{} (deleted since)", job_lora.name)
 
     @admin.display(description="sha256")
     def short_sha256(self, job_lora):
-        return format_html('<code title="{}">{}…</code>', job_lora.sha256, job_lora.sha256[:12]) \
-            if job_lora.sha256 else "-"
+        return (
+            format_html('<code title="{}">{}…</code>', job_lora.sha256, job_lora.sha256[:12])
+            if job_lora.sha256
+            else "-"
+        )
 
 
 class JobOutputInline(admin.StackedInline):
@@ -143,13 +180,17 @@ class JobOutputInline(admin.StackedInline):
     @admin.display(description="video")
     def player(self, output):
         urls = output_urls(output, None)
-        return format_html('<video controls width="480" poster="{}" src="{}"></video>', urls["poster_url"] or "",
-                           urls["url"])
+        return format_html(
+            '<video controls width="480" poster="{}" src="{}"></video>', urls["poster_url"] or "", urls["url"]
+        )
 
     @admin.display(description="files")
     def files(self, output):
-        links = [(label, field.url) for label, field in
-                 (("MP4", output.video), ("poster", output.poster), ("WebP", output.webp)) if field]
+        links = [
+            (label, field.url)
+            for label, field in (("MP4", output.video), ("poster", output.poster), ("WebP", output.webp))
+            if field
+        ]
         return format_html_join(" · ", '<a href="{1}">{0}</a>', links) or "-"
 
     @admin.display(description="reproduction record")
@@ -158,9 +199,17 @@ class JobOutputInline(admin.StackedInline):
             return "-"
         shown = dict(output.record)
         if isinstance(shown.get("loras"), list) and all(isinstance(x, dict) for x in shown["loras"]):
-            shown["loras"] = format_html_join(format_html("<br>"), '{} @ {} <code title="{}">{}…</code>', (
-                (x.get("name"), f"{x.get('multiplier')}", x.get("sha256") or "", (x.get("sha256") or "")[:12])
-                for x in shown["loras"])) or "-"
+            shown["loras"] = (
+                format_html_join(
+                    format_html("<br>"),
+                    '{} @ {} <code title="{}">{}…</code>',
+                    (
+                        (x.get("name"), f"{x.get('multiplier')}", x.get("sha256") or "", (x.get("sha256") or "")[:12])
+                        for x in shown["loras"]
+                    ),
+                )
+                or "-"
+            )
         if isinstance(shown.get("timings"), dict):  # seconds, rounded (the raw JSON has them exact)
             shown["timings"] = {key: f"{_seconds(value)} s" for key, value in ordered(shown["timings"], TIMING_ORDER)}
         return format_html("{}{}", kv_table(shown, order=RECORD_ORDER), raw_json(output.record))
@@ -174,27 +223,56 @@ def _seconds(value) -> str:
 
 @admin.register(GenerationJob)
 class GenerationJobAdmin(admin.ModelAdmin):
-    list_display = ["short_id", "owner", "status", "progress_percent", "priority", "lora_stack", "prompt_count",
-                    "created"]
+    list_display = [
+        "short_id",
+        "owner",
+        "status",
+        "progress_percent",
+        "priority",
+        "lora_stack",
+        "prompt_count",
+        "created",
+    ]
     list_filter = ["status", "owner", "speed", "scheduler"]
     list_per_page = 50
     search_fields = ["id", "prompts", "job_loras__name"]
     actions = ["cancel_jobs", "retry_jobs", "rerun_jobs"]
     fieldsets = [
-        (None, {"fields": ["id", ("owner", "status", "priority"), "progress_text", ("model", "prompt_set"),
-                           ("created_at", "started_at", "finished_at")]}),
+        (
+            None,
+            {
+                "fields": [
+                    "id",
+                    ("owner", "status", "priority"),
+                    "progress_text",
+                    ("model", "prompt_set"),
+                    ("created_at", "started_at", "finished_at"),
+                ]
+            },
+        ),
         ("Options", {"fields": [("scheduler", "speed"), ("prompt_semantics", "webp", "step_cache")]}),
         ("Prompts", {"fields": ["effective_prompts", "request_json"]}),
-        ("Worker", {"fields": [("attempts", "worker", "heartbeat_at"), ("error_code", "error_message"),
-                               "timings_table"]}),
+        (
+            "Worker",
+            {"fields": [("attempts", "worker", "heartbeat_at"), ("error_code", "error_message"), "timings_table"]},
+        ),
     ]
-    readonly_fields = [name for _, options in fieldsets for line in options["fields"]
-                       for name in (line if isinstance(line, tuple) else (line,))]
+    readonly_fields = [
+        name
+        for _, options in fieldsets
+        for line in options["fields"]
+        for name in (line if isinstance(line, tuple) else (line,))
+    ]
     add_fieldsets = [
         (None, {"fields": ["prompt_set"]}),
-        ("LoRAs", {"fields": [(f"lora_{i}", f"multiplier_{i}") for i in LORA_ROWS],
-                   "description": f"Up to {MAX_LORAS} LoRAs, stacked in this order. An empty multiplier takes the "
-                                  f"LoRA's default ({MULTIPLIER_LOW:g} to {MULTIPLIER_HIGH:g})."}),
+        (
+            "LoRAs",
+            {
+                "fields": [(f"lora_{i}", f"multiplier_{i}") for i in LORA_ROWS],
+                "description": f"Up to {MAX_LORAS} LoRAs, stacked in this order. An empty multiplier takes the "
+                f"LoRA's default ({MULTIPLIER_LOW:g} to {MULTIPLIER_HIGH:g}).",
+            },
+        ),
         ("Options", {"fields": list(JOB_OPTIONS)}),
     ]
     inlines = [JobLoraInline, JobOutputInline]
@@ -253,8 +331,12 @@ class GenerationJobAdmin(admin.ModelAdmin):
 
     @admin.display(description="LoRAs")
     def lora_stack(self, job):
-        return format_html_join(format_html("<br>"), "{}@{}",
-                                ((jl.name, f"{jl.multiplier:g}") for jl in job.job_loras.all())) or "-"
+        return (
+            format_html_join(
+                format_html("<br>"), "{}@{}", ((jl.name, f"{jl.multiplier:g}") for jl in job.job_loras.all())
+            )
+            or "-"
+        )
 
     @admin.display(description="prompts")
     def prompt_count(self, job):
@@ -278,9 +360,23 @@ class GenerationJobAdmin(admin.ModelAdmin):
     @admin.display(description="prompts (as rendered)")
     def effective_prompts(self, job):
         return format_html_join(
-            "", "<p><b>{}</b>{}<br>{}x{}, {} frames @ {} fps, {} steps, guidance {}, seed {}</p>",
-            ((p["prompt"], format_html("<br>neg: {}", p["neg"]) if p.get("neg") else "", p["width"], p["height"],
-              p["num_frames"], p["fps"], p["sample_steps"], p["guidance_scale"], p["seed"]) for p in job.prompts))
+            "",
+            "<p><b>{}</b>{}<br>{}x{}, {} frames @ {} fps, {} steps, guidance {}, seed {}</p>",
+            (
+                (
+                    p["prompt"],
+                    format_html("<br>neg: {}", p["neg"]) if p.get("neg") else "",
+                    p["width"],
+                    p["height"],
+                    p["num_frames"],
+                    p["fps"],
+                    p["sample_steps"],
+                    p["guidance_scale"],
+                    p["seed"],
+                )
+                for p in job.prompts
+            ),
+        )
 
     @admin.display(description="request")
     def request_json(self, job):
@@ -296,16 +392,33 @@ class GenerationJobAdmin(admin.ModelAdmin):
         columns = [key for key, _ in ordered({key: None for p in prompts for key in p}, TIMING_ORDER)]
         parts = []
         if overall:
-            parts.append(format_html('<table class="kv"><tbody>{}</tbody></table>', format_html_join(
-                "", '<tr><th scope="row">{}</th><td class="num">{}</td></tr>',
-                ((key, _seconds(value)) for key, value in ordered(overall, TIMING_ORDER)))))
+            parts.append(
+                format_html(
+                    '<table class="kv"><tbody>{}</tbody></table>',
+                    format_html_join(
+                        "",
+                        '<tr><th scope="row">{}</th><td class="num">{}</td></tr>',
+                        ((key, _seconds(value)) for key, value in ordered(overall, TIMING_ORDER)),
+                    ),
+                )
+            )
         if prompts:
             head = format_html_join("", "<th>{}</th>", ((c.replace("_", " "),) for c in columns))
-            rows = format_html_join("", "<tr><th scope=\"row\">{}</th>{}</tr>", (
-                (i + 1, format_html_join("", '<td class="num">{}</td>', ((_seconds(p.get(c)),) for c in columns)))
-                for i, p in enumerate(prompts)))
-            parts.append(format_html('<table class="timings"><thead><tr><th>prompt</th>{}</tr></thead>'
-                                     '<tbody>{}</tbody></table>', head, rows))
+            rows = format_html_join(
+                "",
+                '<tr><th scope="row">{}</th>{}</tr>',
+                (
+                    (i + 1, format_html_join("", '<td class="num">{}</td>', ((_seconds(p.get(c)),) for c in columns)))
+                    for i, p in enumerate(prompts)
+                ),
+            )
+            parts.append(
+                format_html(
+                    '<table class="timings"><thead><tr><th>prompt</th>{}</tr></thead><tbody>{}</tbody></table>',
+                    head,
+                    rows,
+                )
+            )
         others = {key: value for key, value in timings.items() if key not in overall and key != "prompts"}
         if others:
             parts.append(kv_table(others))

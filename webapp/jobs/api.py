@@ -1,4 +1,5 @@
 """REST resources /api/v1/jobs/ (submit, list, detail, cancel, retry) and output downloads."""
+
 from django.core.files.storage import default_storage
 from django.http import FileResponse, HttpResponseRedirect
 from django_filters import rest_framework as filters
@@ -27,8 +28,7 @@ class JobFilter(filters.FilterSet):
         fields = ["status", "owner", "model", "lora", "prompt_set"]
 
 
-class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin,
-                 viewsets.GenericViewSet):
+class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet):
     queryset = job_list()
     serializer_class = JobSerializer
     filterset_class = JobFilter
@@ -54,8 +54,9 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Destro
         return self._job_response(job, status.HTTP_201_CREATED)
 
     def _job_response(self, job, status_code=status.HTTP_200_OK):
-        return Response(JobSerializer(job_get(job_id=job.pk), context={"request": self.request}).data,
-                        status=status_code)
+        return Response(
+            JobSerializer(job_get(job_id=job.pk), context={"request": self.request}).data, status=status_code
+        )
 
     @extend_schema(request=None, responses={200: JobSerializer})
     @action(detail=True, methods=["post"])

@@ -4,6 +4,7 @@ Clients written for the reference server work unchanged; statuses map
 queued->in_queue and running->in_progress. Unlike the reference, requests
 survive restarts (they are job rows) and can be canceled.
 """
+
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
@@ -32,8 +33,13 @@ class InferenceRequestSerializer(JobOptionsSerializer):
     loras = CompatLoraSerializer(many=True, allow_empty=True, max_length=MAX_LORAS)
     prompts = prompts_field()
     trigger_word = serializers.CharField(max_length=200, required=False, allow_blank=True, allow_null=True)
-    hf_token = serializers.CharField(required=False, allow_blank=True, allow_null=True, write_only=True,
-                                     help_text="Accepted for compatibility and ignored; never stored.")
+    hf_token = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        allow_null=True,
+        write_only=True,
+        help_text="Accepted for compatibility and ignored; never stored.",
+    )
 
     def validate_model(self, value):
         return model_check(value)
@@ -45,21 +51,41 @@ def _status(job: GenerationJob) -> str:
 
 def status_body(job: GenerationJob) -> dict:
     return {
-        "request_id": str(job.id), "status": _status(job), "created_at": job.created_at,
-        "started_at": job.started_at, "finished_at": job.finished_at,
-        "error": job.error_message or None, "error_code": job.error_code or None, "progress": job.progress,
+        "request_id": str(job.id),
+        "status": _status(job),
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "error": job.error_message or None,
+        "error_code": job.error_code or None,
+        "progress": job.progress,
         "stale": job.is_stale,
     }
 
 
 def result_body(job: GenerationJob, request) -> dict:
-    videos = [{"format": "mp4", "width": o.width, "height": o.height, "num_frames": o.num_frames, "fps": o.fps,
-               "seed": o.seed, "scheduler": o.scheduler, **output_urls(o, request)} for o in job.outputs.all()]
+    videos = [
+        {
+            "format": "mp4",
+            "width": o.width,
+            "height": o.height,
+            "num_frames": o.num_frames,
+            "fps": o.fps,
+            "seed": o.seed,
+            "scheduler": o.scheduler,
+            **output_urls(o, request),
+        }
+        for o in job.outputs.all()
+    ]
     inference_time = (job.finished_at - job.started_at).total_seconds() if job.finished_at and job.started_at else None
     return {
-        "request_id": str(job.id), "status": _status(job), "outputs": {"images": [], "videos": videos},
-        "error": job.error_message or None, "error_code": job.error_code or None,
-        "created_at": job.created_at, "finished_at": job.finished_at,
+        "request_id": str(job.id),
+        "status": _status(job),
+        "outputs": {"images": [], "videos": videos},
+        "error": job.error_message or None,
+        "error_code": job.error_code or None,
+        "created_at": job.created_at,
+        "finished_at": job.finished_at,
         "metadata": {"model": job.model, "inference_time": inference_time, "timings": job.timings},
     }
 
@@ -70,24 +96,34 @@ def inference_submit(*, body: dict, user) -> GenerationJob:
     payload.is_valid(raise_exception=True)
     data = payload.validated_data
     stored = {k: v for k, v in body.items() if k != "hf_token"}
-    spec = job_spec(owner=user, loras=[(item["path"], item["network_multiplier"]) for item in data["loras"]],
-                    options=data, prompts=data["prompts"], model=data["model"], trigger_word=data.get("trigger_word"),
-                    request=stored)
+    spec = job_spec(
+        owner=user,
+        loras=[(item["path"], item["network_multiplier"]) for item in data["loras"]],
+        options=data,
+        prompts=data["prompts"],
+        model=data["model"],
+        trigger_word=data.get("trigger_word"),
+        request=stored,
+    )
     return job_submit(owner=user, spec=spec)
 
 
 class InferenceView(APIView):
     throttle_classes = [ScopedRateThrottle]
     throttle_scope = "submit"
+
     @extend_schema(request=InferenceRequestSerializer, responses={200: dict}, operation_id="v1_inference")
     def post(self, request):
         job = inference_submit(body=request.data, user=request.user)
-        return Response({
-            "request_id": str(job.id), "status": "queued",
-            "status_url": request.build_absolute_uri(reverse("v1-status", args=[job.id])),
-            "result_url": request.build_absolute_uri(reverse("v1-result", args=[job.id])),
-            "created_at": job.created_at,
-        })
+        return Response(
+            {
+                "request_id": str(job.id),
+                "status": "queued",
+                "status_url": request.build_absolute_uri(reverse("v1-status", args=[job.id])),
+                "result_url": request.build_absolute_uri(reverse("v1-result", args=[job.id])),
+                "created_at": job.created_at,
+            }
+        )
 
 
 class RequestStatusView(APIView):

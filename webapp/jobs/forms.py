@@ -4,6 +4,7 @@ The submit form's Django forms only collect and redisplay what was typed (every 
 string); `JobSubmitForm.is_valid` builds the API's request body from it and validates that with
 `JobCreateSerializer`, so the limits, defaults and messages are the API's own.
 """
+
 from __future__ import annotations
 
 import re
@@ -30,16 +31,23 @@ class QueueFilterForm(forms.Form):
     status = forms.ChoiceField(choices=[("", "any status"), *((s, s) for s in JobStatus.values)], required=False)
     owner = forms.ChoiceField(required=False)
     lora = forms.TypedChoiceField(coerce=int, empty_value=None, required=False, label="LoRA")
-    q = forms.CharField(max_length=200, required=False, label="Prompt text",
-                        widget=forms.TextInput(attrs={"type": "search", "placeholder": "words of a prompt"}))
+    q = forms.CharField(
+        max_length=200,
+        required=False,
+        label="Prompt text",
+        widget=forms.TextInput(attrs={"type": "search", "placeholder": "words of a prompt"}),
+    )
 
     def __init__(self, data, *, user):
         super().__init__(data)
-        usernames = get_user_model().objects.filter(is_active=True).order_by("username").values_list(
-            "username", flat=True)
+        usernames = (
+            get_user_model().objects.filter(is_active=True).order_by("username").values_list("username", flat=True)
+        )
         self.fields["owner"].choices = [("", "anyone"), *((name, name) for name in usernames)]
-        self.fields["lora"].choices = [("", "any LoRA"), *lora_list(user=user).order_by("name").values_list(
-            "pk", "name")]
+        self.fields["lora"].choices = [
+            ("", "any LoRA"),
+            *lora_list(user=user).order_by("name").values_list("pk", "name"),
+        ]
 
     def filters(self) -> dict:
         """The valid filters (an invalid one is shown with its error and left out)."""
@@ -51,24 +59,36 @@ def _number(name: str, label: str, *, step: str = "1", placeholder=None, help_te
     """A per-prompt number: its default as placeholder, the API's limits as min and max."""
     low, high = LIMITS[name]
     default = DEFAULTS.get(name) if placeholder is None else placeholder
-    return forms.CharField(required=False, label=label, help_text=help_text, widget=forms.NumberInput(
-        attrs={"min": low, "max": high, "step": step, "placeholder": default}))
+    return forms.CharField(
+        required=False,
+        label=label,
+        help_text=help_text,
+        widget=forms.NumberInput(attrs={"min": low, "max": high, "step": step, "placeholder": default}),
+    )
 
 
 class PromptRowForm(forms.Form):
-    prompt = forms.CharField(required=False, strip=False, widget=forms.Textarea(
-        attrs={"rows": 2, "maxlength": settings.PROMPT_MAX_CHARS, "placeholder": "a prompt; [trigger] becomes the "
-                                                                                 "trigger word"}))
+    prompt = forms.CharField(
+        required=False,
+        strip=False,
+        widget=forms.Textarea(
+            attrs={
+                "rows": 2,
+                "maxlength": settings.PROMPT_MAX_CHARS,
+                "placeholder": "a prompt; [trigger] becomes the trigger word",
+            }
+        ),
+    )
     width = _number("width", "width")
     height = _number("height", "height")
     num_frames = _number("num_frames", "frames")
     sample_steps = _number("sample_steps", "steps")
     guidance_scale = _number("guidance_scale", "guidance", step="any")
-    seed = _number("seed", "seed", placeholder="auto",
-                   help_text=f"empty: {SEED_BASE} + the prompt's index; -1: random")
+    seed = _number("seed", "seed", placeholder="auto", help_text=f"empty: {SEED_BASE} + the prompt's index; -1: random")
     fps = _number("fps", "fps")
-    neg = forms.CharField(required=False, strip=False, label="negative prompt",
-                          widget=forms.TextInput(attrs={"placeholder": "none"}))
+    neg = forms.CharField(
+        required=False, strip=False, label="negative prompt", widget=forms.TextInput(attrs={"placeholder": "none"})
+    )
 
     def request_item(self) -> dict:
         """The row as a request prompt: the fields typed, or {} for an empty row."""
@@ -79,31 +99,46 @@ class PromptRowForm(forms.Form):
 
 class LoraRowForm(forms.Form):
     lora = forms.CharField(required=False, label="LoRA")  # a select of the visible LoRAs, in the template
-    multiplier = forms.CharField(required=False, widget=forms.NumberInput(
-        attrs={"min": MULTIPLIER_LOW, "max": MULTIPLIER_HIGH, "step": "0.05", "placeholder": "default"}))
+    multiplier = forms.CharField(
+        required=False,
+        widget=forms.NumberInput(
+            attrs={"min": MULTIPLIER_LOW, "max": MULTIPLIER_HIGH, "step": "0.05", "placeholder": "default"}
+        ),
+    )
 
 
 class JobOptionsForm(forms.Form):
     prompt_set = forms.CharField(required=False, label="or a prompt set")
-    trigger_word = forms.CharField(required=False, label="trigger word", help_text=(
-        "Replaces [trigger]; default: the prompt set's, else the first LoRA's that has one."))
+    trigger_word = forms.CharField(
+        required=False,
+        label="trigger word",
+        help_text=("Replaces [trigger]; default: the prompt set's, else the first LoRA's that has one."),
+    )
     scheduler = forms.CharField(label="scheduler", widget=forms.Select(choices=Scheduler.choices))
-    speed = forms.CharField(label="speed", widget=forms.Select(choices=Speed.choices),
-                            help_text=OPTION_FIELDS["speed"].help_text)
-    priority = forms.CharField(label="priority", widget=forms.NumberInput(attrs={"min": 0, "max": 9}),
-                               help_text="0-9; higher starts first.")
-    step_cache = forms.CharField(required=False, label="step cache", widget=forms.NumberInput(
-        attrs={"min": 0.01, "max": 1.0, "step": 0.01, "placeholder": "off (exact)"}),
-        help_text="FirstBlockCache threshold: faster, not exact.")
+    speed = forms.CharField(
+        label="speed", widget=forms.Select(choices=Speed.choices), help_text=OPTION_FIELDS["speed"].help_text
+    )
+    priority = forms.CharField(
+        label="priority", widget=forms.NumberInput(attrs={"min": 0, "max": 9}), help_text="0-9; higher starts first."
+    )
+    step_cache = forms.CharField(
+        required=False,
+        label="step cache",
+        widget=forms.NumberInput(attrs={"min": 0.01, "max": 1.0, "step": 0.01, "placeholder": "off (exact)"}),
+        help_text="FirstBlockCache threshold: faster, not exact.",
+    )
     webp = forms.BooleanField(required=False, label="also write an animated WebP")
-    prompt_semantics = forms.CharField(label="prompt semantics", widget=forms.Select(
-        choices=[(s, s) for s in OPTION_FIELDS["prompt_semantics"].choices]),
-        help_text="ai-toolkit: inline --flags in prompts, [trigger]/[name] always replaced.")
+    prompt_semantics = forms.CharField(
+        label="prompt semantics",
+        widget=forms.Select(choices=[(s, s) for s in OPTION_FIELDS["prompt_semantics"].choices]),
+        help_text="ai-toolkit: inline --flags in prompts, [trigger]/[name] always replaced.",
+    )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["prompt_set"].widget = forms.Select(choices=[("", "— none: the prompts above —"),
-                                                                 *prompt_set_choices()])
+        self.fields["prompt_set"].widget = forms.Select(
+            choices=[("", "— none: the prompts above —"), *prompt_set_choices()]
+        )
         for name, default in OPTION_DEFAULTS.items():
             field = self.fields[name]
             field.initial = default
@@ -118,13 +153,18 @@ class JobSubmitForm:
         rows = data.get("prompt_rows", "") if data else ""
         rows = int(rows) if rows.isdigit() else max(PROMPT_ROWS, len(prompts) + 1)
         rows = min(max(rows, 1), settings.JOB_MAX_PROMPTS)
-        self.loras = list(lora_list(user=user).order_by("name").values(
-            "pk", "name", "default_multiplier", "trigger_word"))
+        self.loras = list(
+            lora_list(user=user).order_by("name").values("pk", "name", "default_multiplier", "trigger_word")
+        )
         self.options = JobOptionsForm(data, initial=options or {})
-        self.prompt_rows = [PromptRowForm(data, prefix=f"prompt-{i}", initial=prompts[i] if i < len(prompts) else None)
-                            for i in range(rows)]
-        self.lora_rows = [LoraRowForm(data, prefix=f"lora-{i}", initial=loras[i] if i < len(loras) else None)
-                          for i in range(MAX_LORAS)]
+        self.prompt_rows = [
+            PromptRowForm(data, prefix=f"prompt-{i}", initial=prompts[i] if i < len(prompts) else None)
+            for i in range(rows)
+        ]
+        self.lora_rows = [
+            LoraRowForm(data, prefix=f"lora-{i}", initial=loras[i] if i < len(loras) else None)
+            for i in range(MAX_LORAS)
+        ]
         for row in self.lora_rows:  # the LoRA picked in the row, for its trigger word
             row.choice = next((lora for lora in self.loras if str(lora["pk"]) == str(row["lora"].value())), None)
         self.errors: list[str] = []  # about the whole request
@@ -163,8 +203,9 @@ class JobSubmitForm:
             if prompt.get("lora_scale") is not None and job.prompt_semantics == "ai-toolkit":
                 item["prompt"] = f"{item['prompt']} --m {prompt['lora_scale']}"
             prompts.append(item)
-        usable = set(lora_list(user=user).filter(pk__in=[jl.lora_id for jl in job.job_loras.all()]).values_list(
-            "pk", flat=True))
+        usable = set(
+            lora_list(user=user).filter(pk__in=[jl.lora_id for jl in job.job_loras.all()]).values_list("pk", flat=True)
+        )
         loras, notes = [], []
         for job_lora in job.job_loras.all():
             if job_lora.lora_id in usable:
@@ -189,8 +230,10 @@ class JobSubmitForm:
         if prompt_rows:
             body["prompts"] = [self.prompt_rows[i].request_item() for i in prompt_rows]
         lora_rows = [i for i, row in enumerate(self.lora_rows) if row["lora"].value()]
-        body["loras"] = [{"lora": self.lora_rows[i]["lora"].value(),
-                          "multiplier": self.lora_rows[i]["multiplier"].value() or None} for i in lora_rows]
+        body["loras"] = [
+            {"lora": self.lora_rows[i]["lora"].value(), "multiplier": self.lora_rows[i]["multiplier"].value() or None}
+            for i in lora_rows
+        ]
         return body, prompt_rows, lora_rows
 
     def is_valid(self) -> bool:
@@ -236,8 +279,9 @@ class JobSubmitForm:
                 self.prompt_errors += _messages(problems)
 
     def _add_row_error(self, section: str, index: int, field: str, messages) -> None:
-        rows, forms_ = (self._prompt_rows, self.prompt_rows) if section == "prompts" else (self._lora_rows,
-                                                                                            self.lora_rows)
+        rows, forms_ = (
+            (self._prompt_rows, self.prompt_rows) if section == "prompts" else (self._lora_rows, self.lora_rows)
+        )
         if index >= len(rows):  # a prompt of the chosen prompt set: no row to mark
             return
         form = forms_[rows[index]]
@@ -248,4 +292,3 @@ def _messages(problems) -> list[str]:
     if isinstance(problems, dict):
         return [m for value in problems.values() for m in _messages(value)]
     return [str(problem) for problem in problems]
-

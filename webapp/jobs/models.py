@@ -1,4 +1,5 @@
 """Generation jobs: the row is the truth about a render, the worker only moves it forward."""
+
 import uuid
 
 from django.conf import settings
@@ -32,21 +33,32 @@ class Speed(models.TextChoices):
 
 class GenerationJob(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                              related_name="jobs")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"
+    )
     model = models.CharField(max_length=50, default="wan21_14b")
     status = models.CharField(max_length=20, choices=JobStatus.choices, default=JobStatus.QUEUED, db_index=True)
     priority = models.SmallIntegerField(default=0, help_text="0-9; higher starts first.")
     scheduler = models.CharField(max_length=10, choices=Scheduler.choices, default=Scheduler.AUTO)
     prompt_semantics = models.CharField(
-        max_length=20, choices=[(s, s) for s in PROMPT_SEMANTICS], default="reference",
-        help_text="ai-toolkit: inline --flags in prompts, [trigger]/[name] always replaced.")
+        max_length=20,
+        choices=[(s, s) for s in PROMPT_SEMANTICS],
+        default="reference",
+        help_text="ai-toolkit: inline --flags in prompts, [trigger]/[name] always replaced.",
+    )
     webp = models.BooleanField(default=False, help_text="Also write the animated WebP of training previews.")
-    step_cache = models.FloatField(null=True, blank=True,
-                                   help_text="Opt-in FirstBlockCache threshold (faster, lossy); empty: exact.")
+    step_cache = models.FloatField(
+        null=True, blank=True, help_text="Opt-in FirstBlockCache threshold (faster, lossy); empty: exact."
+    )
     speed = models.CharField(max_length=10, choices=Speed.choices, default=Speed.EXACT)
-    prompt_set = models.ForeignKey("prompts.PromptSet", null=True, blank=True, on_delete=models.SET_NULL,
-                                   related_name="jobs", help_text="Where the prompts were copied from.")
+    prompt_set = models.ForeignKey(
+        "prompts.PromptSet",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="jobs",
+        help_text="Where the prompts were copied from.",
+    )
     prompts = models.JSONField(help_text="Resolved prompts as they render (defaults, seed, snapping applied).")
     request = models.JSONField(default=dict, blank=True, help_text="The request as submitted (no secrets).")
     progress = models.JSONField(default=dict, blank=True)
@@ -91,8 +103,11 @@ class JobLora(models.Model):
 
     job = models.ForeignKey(GenerationJob, on_delete=models.CASCADE, related_name="job_loras")
     lora = models.ForeignKey("loras.Lora", null=True, on_delete=models.SET_NULL, related_name="job_uses")
-    url = models.CharField(max_length=1000, blank=True,
-                           help_text="An https URL the CPU queue fetches before the job renders (lora empty till then).")
+    url = models.CharField(
+        max_length=1000,
+        blank=True,
+        help_text="An https URL the CPU queue fetches before the job renders (lora empty till then).",
+    )
     position = models.PositiveSmallIntegerField(default=0)
     multiplier = models.FloatField(default=1.0)
     sha256 = models.CharField(max_length=64)

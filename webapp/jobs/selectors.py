@@ -1,4 +1,5 @@
 """Reads of generation jobs: lookups, the queue page's filters, and ETAs from measured step times."""
+
 from __future__ import annotations
 
 import statistics
@@ -50,7 +51,8 @@ def step_seconds_by_shape() -> dict[tuple[int, int, int], float]:
     """Median measured denoising seconds per step of recent outputs, by (width, height, num_frames)."""
     measured = defaultdict(list)
     recent = JobOutput.objects.order_by("-created_at").values_list(
-        "width", "height", "num_frames", "record__timings__denoise_per_step")[:ETA_SAMPLE]
+        "width", "height", "num_frames", "record__timings__denoise_per_step"
+    )[:ETA_SAMPLE]
     for width, height, frames, seconds in recent:
         if isinstance(seconds, int | float):
             measured[width, height, frames].append(seconds)
@@ -81,8 +83,11 @@ def job_etas(*, jobs) -> dict:
         return {}
     per_step = step_seconds_by_shape()
     # A queued row is written only when it is enqueued (submit, retry, requeue): updated_at is its place in line.
-    active = GenerationJob.objects.filter(status__in=(JobStatus.QUEUED, JobStatus.RUNNING)).order_by(
-        "-priority", "updated_at").values("id", "status", "prompts", "progress")
+    active = (
+        GenerationJob.objects.filter(status__in=(JobStatus.QUEUED, JobStatus.RUNNING))
+        .order_by("-priority", "updated_at")
+        .values("id", "status", "prompts", "progress")
+    )
     running = [job for job in active if job["status"] == JobStatus.RUNNING]
     queued = [job for job in active if job["status"] == JobStatus.QUEUED]
     etas = {job["id"]: _seconds_left(job, per_step) for job in running}

@@ -1,4 +1,5 @@
 """Job representations shared by the resource API and the reference-compatible API."""
+
 from django.conf import settings
 from django.urls import reverse
 from rest_framework import serializers
@@ -21,8 +22,11 @@ def output_urls(output: JobOutput, request) -> dict:
     def url(kind):
         return build(reverse("output-file", kwargs={"pk": output.pk, "kind": kind}))
 
-    return {"url": url("video"), "poster_url": url("poster") if output.poster else None,
-            "webp_url": url("webp") if output.webp else None}
+    return {
+        "url": url("video"),
+        "poster_url": url("poster") if output.poster else None,
+        "webp_url": url("webp") if output.webp else None,
+    }
 
 
 class JobOptionsSerializer(serializers.Serializer):
@@ -32,17 +36,29 @@ class JobOptionsSerializer(serializers.Serializer):
     scheduler = serializers.ChoiceField(choices=Scheduler.choices, default=Scheduler.AUTO)
     prompt_semantics = serializers.ChoiceField(choices=PROMPT_SEMANTICS, default="reference")
     webp = serializers.BooleanField(default=False)
-    step_cache = serializers.FloatField(min_value=0.01, max_value=1.0, required=False, allow_null=True, default=None,
-                                        help_text="Opt into step caching (FirstBlockCache) at this threshold: faster, "
-                                                  "not exact. Leave empty for exact rendering.")
-    speed = serializers.ChoiceField(choices=Speed.choices, default=Speed.EXACT,
-                                    help_text="fast: fp8 transformer with the LoRAs merged into it, about 1.4x "
-                                              "faster per step, not exact. Not combinable with step_cache.")
+    step_cache = serializers.FloatField(
+        min_value=0.01,
+        max_value=1.0,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="Opt into step caching (FirstBlockCache) at this threshold: faster, "
+        "not exact. Leave empty for exact rendering.",
+    )
+    speed = serializers.ChoiceField(
+        choices=Speed.choices,
+        default=Speed.EXACT,
+        help_text="fast: fp8 transformer with the LoRAs merged into it, about 1.4x "
+        "faster per step, not exact. Not combinable with step_cache.",
+    )
 
     def validate(self, attrs):
         if attrs.get("speed") == Speed.FAST and attrs.get("step_cache"):
-            raise ApiError("OPTIONS_CONFLICT", "speed 'fast' and step_cache cannot be combined; choose one.",
-                           details={"speed": [{"code": "conflict", "message": "not combinable with step_cache"}]})
+            raise ApiError(
+                "OPTIONS_CONFLICT",
+                "speed 'fast' and step_cache cannot be combined; choose one.",
+                details={"speed": [{"code": "conflict", "message": "not combinable with step_cache"}]},
+            )
         return super().validate(attrs)
 
 
@@ -65,21 +81,50 @@ class JobSerializer(serializers.ModelSerializer):
     owner = serializers.StringRelatedField()
     loras = JobLoraSerializer(source="job_loras", many=True)
     outputs = JobOutputSerializer(many=True)
-    stale = serializers.BooleanField(source="is_stale", read_only=True,
-                                     help_text="Running, but its worker stopped sending heartbeats.")
+    stale = serializers.BooleanField(
+        source="is_stale", read_only=True, help_text="Running, but its worker stopped sending heartbeats."
+    )
 
     class Meta:
         model = GenerationJob
-        fields = ["id", "owner", "model", "status", "priority", "scheduler", "prompt_semantics", "webp", "step_cache",
-                  "speed", "prompt_set", "prompts", "loras",
-                  "progress", "stale", "error_code", "error_message", "attempts", "worker", "timings", "outputs",
-                  "created_at", "started_at", "heartbeat_at", "finished_at"]
+        fields = [
+            "id",
+            "owner",
+            "model",
+            "status",
+            "priority",
+            "scheduler",
+            "prompt_semantics",
+            "webp",
+            "step_cache",
+            "speed",
+            "prompt_set",
+            "prompts",
+            "loras",
+            "progress",
+            "stale",
+            "error_code",
+            "error_message",
+            "attempts",
+            "worker",
+            "timings",
+            "outputs",
+            "created_at",
+            "started_at",
+            "heartbeat_at",
+            "finished_at",
+        ]
 
 
 class JobLoraInputSerializer(serializers.Serializer):
     lora = serializers.CharField(max_length=1000, help_text="LoRA id, name, sha256 or relative path.")
-    multiplier = serializers.FloatField(min_value=MULTIPLIER_LOW, max_value=MULTIPLIER_HIGH, required=False,
-                                        allow_null=True, help_text="Defaults to the LoRA's default multiplier.")
+    multiplier = serializers.FloatField(
+        min_value=MULTIPLIER_LOW,
+        max_value=MULTIPLIER_HIGH,
+        required=False,
+        allow_null=True,
+        help_text="Defaults to the LoRA's default multiplier.",
+    )
 
 
 class JobCreateSerializer(JobOptionsSerializer):

@@ -9,6 +9,7 @@ Every door that makes a job (both APIs, the admin, re-run) builds a `JobSpec` wi
 hands it to `job_submit`; a new job option is one name in `JOB_OPTIONS`, one model field and one
 field of `JobOptionsSerializer`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -52,14 +53,14 @@ class Transition:
 # A job is created QUEUED (job_submit). Every later move of its status is one of these.
 TRANSITIONS = {
     # action     from                           to         by
-    "start":   Transition(frozenset({QUEUED}), RUNNING, "a worker claiming a delivery"),
+    "start": Transition(frozenset({QUEUED}), RUNNING, "a worker claiming a delivery"),
     "succeed": Transition(frozenset({RUNNING}), SUCCEEDED, "the attempt that owns it, all outputs stored"),
-    "fail":    Transition(frozenset({RUNNING}), FAILED, "the attempt that owns it (or its hard time limit)"),
+    "fail": Transition(frozenset({RUNNING}), FAILED, "the attempt that owns it (or its hard time limit)"),
     "requeue": Transition(frozenset({RUNNING}), QUEUED, "a worker that must exit; the reconciler (worker gone)"),
     "give_up": Transition(frozenset({RUNNING}), FAILED, "the reconciler, after JOB_MAX_ATTEMPTS (WORKER_LOST)"),
-    "reject":  Transition(frozenset({QUEUED}), FAILED, "the CPU queue, when a LoRA URL cannot be fetched"),
-    "cancel":  Transition(frozenset({QUEUED, RUNNING}), CANCELED, "its owner or staff", "JOB_NOT_CANCELABLE"),
-    "retry":   Transition(frozenset({FAILED, CANCELED}), QUEUED, "its owner or staff", "JOB_NOT_RETRYABLE"),
+    "reject": Transition(frozenset({QUEUED}), FAILED, "the CPU queue, when a LoRA URL cannot be fetched"),
+    "cancel": Transition(frozenset({QUEUED, RUNNING}), CANCELED, "its owner or staff", "JOB_NOT_CANCELABLE"),
+    "retry": Transition(frozenset({FAILED, CANCELED}), QUEUED, "its owner or staff", "JOB_NOT_RETRYABLE"),
 }
 JOB_OPTIONS = ("priority", "scheduler", "prompt_semantics", "webp", "step_cache", "speed")
 
@@ -70,9 +71,11 @@ class IllegalTransition(Conflict):
     def __init__(self, action: str, job: GenerationJob):
         self.job = job
         allowed = " or ".join(sorted(TRANSITIONS[action].sources))
-        super().__init__(TRANSITIONS[action].refusal,
-                         f"Cannot {action.replace('_', ' ')} a job that is {job.status}; only one that is {allowed}.",
-                         details={"status": job.status, "action": action})
+        super().__init__(
+            TRANSITIONS[action].refusal,
+            f"Cannot {action.replace('_', ' ')} a job that is {job.status}; only one that is {allowed}.",
+            details={"status": job.status, "action": action},
+        )
 
 
 @contextlib.contextmanager
@@ -86,7 +89,8 @@ def job_transition(job_id, action: str, *, attempt: GenerationJob | None = None)
         if job is None:
             raise NotFound("JOB_NOT_FOUND", f"No job with id {job_id}.", details={"id": str(job_id)})
         if job.status not in move.sources or (
-                attempt is not None and (job.worker, job.attempts) != (attempt.worker, attempt.attempts)):
+            attempt is not None and (job.worker, job.attempts) != (attempt.worker, attempt.attempts)
+        ):
             raise IllegalTransition(action, job)
         job.status = move.target
         if move.target in FINISHED:
@@ -106,8 +110,9 @@ def job_enqueue(*, job: GenerationJob) -> None:
     def send():
         # kombu's Redis priorities run 0 (first) to 9 (last); jobs use 9 as the most urgent.
         # The task id starts with the job id so the reconciler can find the message (workers/broker.py).
-        celery_app.send_task(task, args=[job_id], queue=queue, priority=9 - priority,
-                             task_id=f"{job_id}.{uuid.uuid4().hex[:12]}")
+        celery_app.send_task(
+            task, args=[job_id], queue=queue, priority=9 - priority, task_id=f"{job_id}.{uuid.uuid4().hex[:12]}"
+        )
 
     # robust: a broker outage must not turn a created job into a 500; the reconciler re-sends it.
     transaction.on_commit(send, robust=True)
@@ -148,9 +153,17 @@ class JobSpec:
     request: dict = field(default_factory=dict)  # what the client sent, as stored with the job
 
 
-def job_spec(*, owner, loras: list[tuple[Lora | str, float | None]], options: dict, prompts: list[dict] | None = None,
-             prompt_set: PromptSet | int | None = None, model: str = DEFAULT_MODEL, trigger_word: str | None = None,
-             request: dict | None = None) -> JobSpec:
+def job_spec(
+    *,
+    owner,
+    loras: list[tuple[Lora | str, float | None]],
+    options: dict,
+    prompts: list[dict] | None = None,
+    prompt_set: PromptSet | int | None = None,
+    model: str = DEFAULT_MODEL,
+    trigger_word: str | None = None,
+    request: dict | None = None,
+) -> JobSpec:
     """Resolve what a door hands over into a JobSpec: LoRAs as references (id, name, sha256, path under
     LORA_ROOT, URL) or rows, each with a multiplier or None for its default; prompts, or a prompt set
     (id or row) whose trigger word applies unless the request gives one; options by JOB_OPTIONS name
@@ -169,16 +182,29 @@ def job_spec(*, owner, loras: list[tuple[Lora | str, float | None]], options: di
         default = lora.default_multiplier if isinstance(lora, Lora) else 1.0
         stack.append((lora, default if multiplier is None else multiplier))
     defaults = {name: GenerationJob._meta.get_field(name).get_default() for name in JOB_OPTIONS}
-    return JobSpec(loras=stack, prompts=list(prompts or []), options={**defaults, **{
-        name: options[name] for name in JOB_OPTIONS if name in options}}, model=model, trigger_word=trigger_word,
-        prompt_set=prompt_set, request=request or {})
+    return JobSpec(
+        loras=stack,
+        prompts=list(prompts or []),
+        options={**defaults, **{name: options[name] for name in JOB_OPTIONS if name in options}},
+        model=model,
+        trigger_word=trigger_word,
+        prompt_set=prompt_set,
+        request=request or {},
+    )
 
 
 def job_spec_from_request(*, owner, data: dict, request: dict) -> JobSpec:
     """A JobSpec from a request the resource API's JobCreateSerializer validated (the API, the submit page)."""
-    return job_spec(owner=owner, loras=[(item["lora"], item.get("multiplier")) for item in data["loras"]],
-                    options=data, prompts=data.get("prompts"), prompt_set=data.get("prompt_set"), model=data["model"],
-                    trigger_word=data.get("trigger_word"), request=request)
+    return job_spec(
+        owner=owner,
+        loras=[(item["lora"], item.get("multiplier")) for item in data["loras"]],
+        options=data,
+        prompts=data.get("prompts"),
+        prompt_set=data.get("prompt_set"),
+        model=data["model"],
+        trigger_word=data.get("trigger_word"),
+        request=request,
+    )
 
 
 @transaction.atomic
@@ -196,19 +222,32 @@ def job_submit(*, owner, spec: JobSpec) -> GenerationJob:
     name = first.info.get("output_name") or first.name if isinstance(first, Lora) else first  # [name]
     # [trigger]: the request's trigger word, else that of the stack's first LoRA that has one.
     trigger_word = spec.trigger_word or next(
-        (lora.trigger_word for lora, _ in loras if isinstance(lora, Lora) and lora.trigger_word), None)
-    resolved = job_prompts_resolve(prompts, trigger_word=trigger_word, semantics=spec.options["prompt_semantics"],
-                                   name=name)
+        (lora.trigger_word for lora, _ in loras if isinstance(lora, Lora) and lora.trigger_word), None
+    )
+    resolved = job_prompts_resolve(
+        prompts, trigger_word=trigger_word, semantics=spec.options["prompt_semantics"], name=name
+    )
     job = GenerationJob.objects.create(
-        owner=owner, model=spec.model, prompt_set=spec.prompt_set, prompts=resolved, request=spec.request,
-        progress={"prompt": 0, "prompts": len(resolved), "step": 0,
-                  "steps": resolved[0]["sample_steps"], "fraction": 0.0},
+        owner=owner,
+        model=spec.model,
+        prompt_set=spec.prompt_set,
+        prompts=resolved,
+        request=spec.request,
+        progress={
+            "prompt": 0,
+            "prompts": len(resolved),
+            "step": 0,
+            "steps": resolved[0]["sample_steps"],
+            "fraction": 0.0,
+        },
         **spec.options,
     )
     JobLora.objects.bulk_create(
         JobLora(job=job, lora=lora, position=i, multiplier=multiplier, sha256=lora.sha256, name=lora.name)
-        if isinstance(lora, Lora) else JobLora(job=job, url=lora, position=i, multiplier=multiplier, name=lora)
-        for i, (lora, multiplier) in enumerate(loras))
+        if isinstance(lora, Lora)
+        else JobLora(job=job, url=lora, position=i, multiplier=multiplier, name=lora)
+        for i, (lora, multiplier) in enumerate(loras)
+    )
     job_enqueue(job=job)
     return job
 
@@ -218,9 +257,11 @@ def _check_queue_cap(owner) -> None:
         return
     queued = GenerationJob.objects.filter(owner=owner, status=JobStatus.QUEUED).count()
     if queued >= settings.MAX_QUEUED_JOBS_PER_USER:
-        raise ApiError("TOO_MANY_QUEUED_JOBS",
-                       f"You have {queued} jobs waiting; at most {settings.MAX_QUEUED_JOBS_PER_USER} may be queued.",
-                       status_code=status.HTTP_429_TOO_MANY_REQUESTS)
+        raise ApiError(
+            "TOO_MANY_QUEUED_JOBS",
+            f"You have {queued} jobs waiting; at most {settings.MAX_QUEUED_JOBS_PER_USER} may be queued.",
+            status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+        )
 
 
 def job_prompts_resolve(prompts: list[dict], **options) -> list[dict]:
@@ -230,9 +271,11 @@ def job_prompts_resolve(prompts: list[dict], **options) -> list[dict]:
         try:
             resolved.append(resolve_prompt(item, index=index, **options).as_dict())
         except PromptError as exc:
-            raise ApiError("INVALID_PROMPT_FLAG", exc.message,
-                           details={f"prompts[{index}].{exc.field}": [{"code": "invalid", "message": exc.message}]}
-                           ) from None
+            raise ApiError(
+                "INVALID_PROMPT_FLAG",
+                exc.message,
+                details={f"prompts[{index}].{exc.field}": [{"code": "invalid", "message": exc.message}]},
+            ) from None
     return resolved
 
 
@@ -243,8 +286,14 @@ def job_rerun(*, job: GenerationJob, owner) -> GenerationJob:
         if job_lora.lora is None or not lora_list(user=owner).filter(pk=job_lora.lora_id).exists():
             raise Conflict("LORA_MISSING", f"LoRA {job_lora.name} is gone or not yours to use; cannot re-run.")
         loras.append((job_lora.lora, job_lora.multiplier))
-    spec = JobSpec(loras=loras, prompts=job.prompts, options={name: getattr(job, name) for name in JOB_OPTIONS},
-                   model=job.model, prompt_set=job.prompt_set, request={"rerun_of": str(job.id)})
+    spec = JobSpec(
+        loras=loras,
+        prompts=job.prompts,
+        options={name: getattr(job, name) for name in JOB_OPTIONS},
+        model=job.model,
+        prompt_set=job.prompt_set,
+        request={"rerun_of": str(job.id)},
+    )
     return job_submit(owner=owner, spec=spec)
 
 
@@ -262,8 +311,7 @@ def job_start(*, job_id: str | uuid.UUID, worker: str) -> GenerationJob | None:
 
 def _running(job: GenerationJob):
     """The job row while it is still this attempt's: running, on this worker, not retried since."""
-    return GenerationJob.objects.filter(pk=job.pk, status=JobStatus.RUNNING, worker=job.worker,
-                                        attempts=job.attempts)
+    return GenerationJob.objects.filter(pk=job.pk, status=JobStatus.RUNNING, worker=job.worker, attempts=job.attempts)
 
 
 def job_is_active(*, job: GenerationJob) -> bool:
@@ -279,8 +327,13 @@ def job_report_progress(*, job: GenerationJob, prompt_index: int, step: int, ste
     """Store progress; returns False when the job is no longer this worker's (the worker should stop)."""
     total = sum(p["sample_steps"] for p in job.prompts)
     done = sum(p["sample_steps"] for p in job.prompts[:prompt_index]) + step
-    job.progress = {"prompt": prompt_index, "prompts": len(job.prompts), "step": step, "steps": steps,
-                    "fraction": round(done / total, 4)}
+    job.progress = {
+        "prompt": prompt_index,
+        "prompts": len(job.prompts),
+        "step": step,
+        "steps": steps,
+        "fraction": round(done / total, 4),
+    }
     now = timezone.now()
     return bool(_running(job).update(progress=job.progress, heartbeat_at=now, updated_at=now))
 
@@ -315,8 +368,7 @@ def jobs_reconcile(*, broker_job_ids: set[str] | None, dead_worker: str | None =
     lost = running.filter(heartbeat_at__lt=stale_before)
     if dead_worker:
         lost = lost | running.filter(worker=dead_worker)
-    requeued = [job_requeue(job_id=pk, reason="worker stopped responding")
-                for pk in lost.values_list("pk", flat=True)]
+    requeued = [job_requeue(job_id=pk, reason="worker stopped responding") for pk in lost.values_list("pk", flat=True)]
     resent = 0
     if broker_job_ids is not None:
         settled_before = now - timedelta(seconds=settings.JOB_RECONCILE_GRACE_S)
@@ -328,13 +380,25 @@ def jobs_reconcile(*, broker_job_ids: set[str] | None, dead_worker: str | None =
     return {"requeued": len(requeued), "resent": resent}
 
 
-def job_add_output(*, job: GenerationJob, index: int, video: str, poster: str, webp: str, params: dict,
-                   scheduler: str, record: dict) -> JobOutput:
+def job_add_output(
+    *, job: GenerationJob, index: int, video: str, poster: str, webp: str, params: dict, scheduler: str, record: dict
+) -> JobOutput:
     output, _ = JobOutput.objects.update_or_create(
-        job=job, index=index,
-        defaults=dict(video=video, poster=poster, webp=webp, width=params["width"], height=params["height"],
-                      num_frames=params["num_frames"], fps=params["fps"], seed=params["seed"],
-                      scheduler=scheduler, record=record))
+        job=job,
+        index=index,
+        defaults=dict(
+            video=video,
+            poster=poster,
+            webp=webp,
+            width=params["width"],
+            height=params["height"],
+            num_frames=params["num_frames"],
+            fps=params["fps"],
+            seed=params["seed"],
+            scheduler=scheduler,
+            record=record,
+        ),
+    )
     return output
 
 

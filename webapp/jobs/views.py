@@ -1,5 +1,6 @@
 """The jobs pages: the queue with rows that update in place, submitting a job, one job's page, and the
 cancel / retry / re-run buttons (plain POST forms; with htmx they swap the job's row)."""
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,7 @@ class JobRow:
 def job_rows(jobs, *, user) -> list[JobRow]:
     jobs = list(jobs)
     etas = job_etas(jobs=jobs)
-    return [JobRow(job, can_manage(user, job), "" if job.is_finished else eta_text(etas.get(job.pk)))
-            for job in jobs]
+    return [JobRow(job, can_manage(user, job), "" if job.is_finished else eta_text(etas.get(job.pk))) for job in jobs]
 
 
 def eta_text(seconds: float | None) -> str:
@@ -56,9 +56,17 @@ def eta_text(seconds: float | None) -> str:
 def queue_page(request):
     filters = QueueFilterForm(request.GET, user=request.user)
     page = Paginator(job_filter(**filters.filters()), QUEUE_PAGE_SIZE).get_page(request.GET.get("page"))
-    return render(request, "jobs/queue.html", {"nav": "queue", "filters": filters, "page": page,
-                                               "rows": job_rows(page, user=request.user),
-                                               "next": request.get_full_path()})
+    return render(
+        request,
+        "jobs/queue.html",
+        {
+            "nav": "queue",
+            "filters": filters,
+            "page": page,
+            "rows": job_rows(page, user=request.user),
+            "next": request.get_full_path(),
+        },
+    )
 
 
 @login_required
@@ -100,9 +108,17 @@ def job_new_page(request):
 @login_required
 def job_page(request, pk):
     job = _job_or_404(pk)
-    return render(request, "jobs/detail.html", {
-        "job": job, "row": job_rows([job], user=request.user)[0], "prompts": prompt_outputs(job),
-        "timings": timing_table(job.timings), "next": request.get_full_path()})
+    return render(
+        request,
+        "jobs/detail.html",
+        {
+            "job": job,
+            "row": job_rows([job], user=request.user)[0],
+            "prompts": prompt_outputs(job),
+            "timings": timing_table(job.timings),
+            "next": request.get_full_path(),
+        },
+    )
 
 
 def prompt_outputs(job: GenerationJob) -> list[dict]:
@@ -111,9 +127,15 @@ def prompt_outputs(job: GenerationJob) -> list[dict]:
     items = []
     for index, params in enumerate(job.prompts):
         output = outputs.get(index)
-        items.append({"params": params, "output": output, "urls": output_urls(output, None) if output else {},
-                      "record": record_rows(output.record) if output else [],
-                      "record_json": json.dumps(output.record, indent=2) if output else ""})
+        items.append(
+            {
+                "params": params,
+                "output": output,
+                "urls": output_urls(output, None) if output else {},
+                "record": record_rows(output.record) if output else [],
+                "record_json": json.dumps(output.record, indent=2) if output else "",
+            }
+        )
     return items
 
 
@@ -122,8 +144,10 @@ def record_rows(record: dict) -> list[tuple[str, str]]:
     rows = []
     for key, value in record.items():
         if key == "loras":
-            value = ", ".join(f"{lora['name']} @ {lora['multiplier']} (sha256 {lora['sha256'][:12]}…)"
-                              for lora in value) or "none"
+            value = (
+                ", ".join(f"{lora['name']} @ {lora['multiplier']} (sha256 {lora['sha256'][:12]}…)" for lora in value)
+                or "none"
+            )
         elif key == "timings":
             value = ", ".join(f"{name} {_seconds(v)}" for name, v in value.items())
         elif isinstance(value, dict):
@@ -136,9 +160,11 @@ def timing_table(timings: dict) -> dict:
     """A finished job's timings: the job-wide ones, and each stage's seconds for every prompt."""
     prompts = timings.get("prompts") or []
     stages = list(dict.fromkeys(name for prompt in prompts for name in prompt))
-    return {"overall": [(name, _seconds(value)) for name, value in timings.items() if name != "prompts"],
-            "prompts": range(1, len(prompts) + 1),
-            "stages": [(name.replace("_", " "), [_seconds(prompt.get(name)) for prompt in prompts]) for name in stages]}
+    return {
+        "overall": [(name, _seconds(value)) for name, value in timings.items() if name != "prompts"],
+        "prompts": range(1, len(prompts) + 1),
+        "stages": [(name.replace("_", " "), [_seconds(prompt.get(name)) for prompt in prompts]) for name in stages],
+    }
 
 
 def _seconds(value) -> str:

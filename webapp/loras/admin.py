@@ -11,8 +11,25 @@ from webapp.core.errors import ApiError
 from .models import Lora
 from .services import lora_register, validate_upload_name
 
-INFO_ORDER = ["key_format", "rank", "alpha", "hidden_size", "num_blocks", "target_modules", "dtype", "tensor_count",
-              "base_model", "software", "training_step", "training_epoch", "output_name", "trigger_words", "metadata"]
+INFO_ORDER = [
+    "key_format",
+    "rank",
+    "alpha",
+    "hidden_size",
+    "num_blocks",
+    "target_modules",
+    "dtype",
+    "tensor_count",
+    "base_model",
+    "software",
+    "training_step",
+    "training_epoch",
+    "output_name",
+    "trigger_words",
+    "metadata",
+]
+
+
 class LoraUploadForm(forms.ModelForm):
     class Meta:
         model = Lora
@@ -26,11 +43,14 @@ class LoraUploadForm(forms.ModelForm):
         if upload:
             try:
                 self.instance = lora_register(
-                    fh=upload, filename=upload.name, owner=self.current_user,
+                    fh=upload,
+                    filename=upload.name,
+                    owner=self.current_user,
                     name=data.get("name") or None,
                     trigger_word=data.get("trigger_word") or "",
                     default_multiplier=1.0 if data.get("default_multiplier") is None else data["default_multiplier"],
-                    visibility=data.get("visibility") or "team")
+                    visibility=data.get("visibility") or "team",
+                )
             except ApiError as exc:
                 raise forms.ValidationError(f"{exc.code}: {exc.message}") from None
         return data
@@ -38,12 +58,32 @@ class LoraUploadForm(forms.ModelForm):
 
 @admin.register(Lora)
 class LoraAdmin(admin.ModelAdmin):
-    list_display = ["name", "owner", "visibility", "base_model", "rank", "key_format", "software_version",
-                    "training_step", "file_size", "created_at"]
+    list_display = [
+        "name",
+        "owner",
+        "visibility",
+        "base_model",
+        "rank",
+        "key_format",
+        "software_version",
+        "training_step",
+        "file_size",
+        "created_at",
+    ]
     list_filter = ["base_model", "key_format", "owner"]
     search_fields = ["name", "relative_path", "sha256", "trigger_word"]
-    header_fields = ["format", "rank", "hidden_size", "blocks", "modules", "trained_with", "training_step",
-                     "header_trigger_words", "alpha", "dtype"]
+    header_fields = [
+        "format",
+        "rank",
+        "hidden_size",
+        "blocks",
+        "modules",
+        "trained_with",
+        "training_step",
+        "header_trigger_words",
+        "alpha",
+        "dtype",
+    ]
     readonly_fields = ["file_name", "base_model", "sha256", "file_size", *header_fields, "header_info", "created_at"]
     fieldsets = [
         (None, {"fields": ["name", "owner", "visibility", "trigger_word", "default_multiplier", "relative_path"]}),

@@ -1,4 +1,5 @@
 """REST resource /api/v1/loras/: multipart upload, list, detail, delete."""
+
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status, viewsets
@@ -18,9 +19,27 @@ class LoraSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Lora
-        fields = ["id", "name", "owner", "relative_path", "sha256", "size", "base_model", "trigger_word",
-                  "default_multiplier", "visibility", "key_format", "rank", "hidden_size", "num_blocks",
-                  "target_modules", "software_version", "training_step", "info", "created_at"]
+        fields = [
+            "id",
+            "name",
+            "owner",
+            "relative_path",
+            "sha256",
+            "size",
+            "base_model",
+            "trigger_word",
+            "default_multiplier",
+            "visibility",
+            "key_format",
+            "rank",
+            "hidden_size",
+            "num_blocks",
+            "target_modules",
+            "software_version",
+            "training_step",
+            "info",
+            "created_at",
+        ]
 
 
 class LoraUploadSerializer(serializers.Serializer):
@@ -28,12 +47,18 @@ class LoraUploadSerializer(serializers.Serializer):
     a field given must agree with that LoRA (409 LORA_EXISTS otherwise)."""
 
     file = serializers.FileField(allow_empty_file=True)  # empty files get LORA_FILE_TRUNCATED
-    name = serializers.CharField(max_length=200, required=False, validators=[validate_upload_name],
-                                 help_text="Default: the header's ss_output_name, else the file name.")
-    trigger_word = serializers.CharField(max_length=200, required=False, allow_blank=True,
-                                         help_text="Default: the header's most frequent tag.")
-    default_multiplier = serializers.FloatField(min_value=MULTIPLIER_LOW, max_value=MULTIPLIER_HIGH, required=False,
-                                                help_text="Default: 1.0.")
+    name = serializers.CharField(
+        max_length=200,
+        required=False,
+        validators=[validate_upload_name],
+        help_text="Default: the header's ss_output_name, else the file name.",
+    )
+    trigger_word = serializers.CharField(
+        max_length=200, required=False, allow_blank=True, help_text="Default: the header's most frequent tag."
+    )
+    default_multiplier = serializers.FloatField(
+        min_value=MULTIPLIER_LOW, max_value=MULTIPLIER_HIGH, required=False, help_text="Default: 1.0."
+    )
     base_model = serializers.ChoiceField(choices=MODEL_IDS, default=DEFAULT_MODEL)
     visibility = serializers.ChoiceField(choices=Visibility.values, required=False, help_text="Default: team.")
 
@@ -58,8 +83,7 @@ class LoraFilter(filters.FilterSet):
         fields = ["owner", "base_model", "sha256", "name", "visibility"]
 
 
-class LoraViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin,
-                  viewsets.GenericViewSet):
+class LoraViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet):
     queryset = Lora.objects.none()  # per request: get_queryset
     serializer_class = LoraSerializer
     filterset_class = LoraFilter
@@ -71,8 +95,9 @@ class LoraViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Destr
     def get_serializer_class(self):
         return LoraUploadSerializer if self.action == "create" else LoraSerializer
 
-    @extend_schema(request=LoraUploadSerializer,
-                   responses={201: LoraUploadResultSerializer, 200: LoraUploadResultSerializer})
+    @extend_schema(
+        request=LoraUploadSerializer, responses={201: LoraUploadResultSerializer, 200: LoraUploadResultSerializer}
+    )
     def create(self, request):
         """Upload a LoRA: 201 when registered now, 200 with `created: false` when these bytes already were."""
         upload = LoraUploadSerializer(data=request.data)
@@ -80,8 +105,10 @@ class LoraViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Destr
         data = dict(upload.validated_data)
         file = data.pop("file")
         result = lora_upload(fh=file, filename=file.name, owner=request.user, **data)
-        return Response(LoraUploadResultSerializer(result).data,
-                        status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
+        return Response(
+            LoraUploadResultSerializer(result).data,
+            status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK,
+        )
 
     def perform_destroy(self, instance):
         lora_delete(lora=instance, actor=self.request.user)

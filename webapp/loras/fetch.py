@@ -2,6 +2,7 @@
 
 Owns every network rule for LoRA URLs; callers get an open temporary file and a filename, or an ApiError.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -88,8 +89,10 @@ def _is_public(*, address: str) -> bool:
         embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in _NAT64 else ip.sixtofour
         candidates += [embedded] if embedded else []
     return all(
-        c.is_global and not (c.is_multicast or c.is_reserved or c.is_loopback or c.is_link_local
-                             or c.is_private or c.is_unspecified)
+        c.is_global
+        and not (
+            c.is_multicast or c.is_reserved or c.is_loopback or c.is_link_local or c.is_private or c.is_unspecified
+        )
         for c in candidates
     )
 
@@ -100,12 +103,14 @@ def _resolve(*, host: str, port: int, url: str) -> str:
         # getaddrinfo takes no timeout; the resolver's own limits bound it.
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
-        raise _fail("LORA_URL_FETCH_FAILED", f"Could not resolve {host!r}.", url=url, status_code=502,
-                    reason=str(exc)) from None
+        raise _fail(
+            "LORA_URL_FETCH_FAILED", f"Could not resolve {host!r}.", url=url, status_code=502, reason=str(exc)
+        ) from None
     addresses = list(dict.fromkeys(info[4][0] for info in infos))
     if not addresses or not all(_is_public(address=a) for a in addresses):
-        raise _fail("LORA_URL_PRIVATE_ADDRESS", f"{host!r} resolves to an address that is not public.",
-                    url=url, host=host)
+        raise _fail(
+            "LORA_URL_PRIVATE_ADDRESS", f"{host!r} resolves to an address that is not public.", url=url, host=host
+        )
     return addresses[0]
 
 
@@ -147,15 +152,22 @@ def _vet_redirect(*, current_url: str, location: str) -> str:
     try:
         target = urljoin(current_url, location.strip())
         new, old = urlsplit(target), urlsplit(current_url)
-        same_origin = (new.scheme.lower() == "https" and "@" not in new.netloc
-                       and (new.hostname or "").lower() == (old.hostname or "").lower()
-                       and (new.port or 443) == (old.port or 443))
+        same_origin = (
+            new.scheme.lower() == "https"
+            and "@" not in new.netloc
+            and (new.hostname or "").lower() == (old.hostname or "").lower()
+            and (new.port or 443) == (old.port or 443)
+        )
     except ValueError:
         same_origin = False
     if not same_origin:
         # Following a redirect to another host would let an allowlisted host launder any URL.
-        raise _fail("LORA_URL_REDIRECT_REFUSED", "The LoRA URL redirects away from its https host; link the "
-                    "file directly.", url=current_url, location=target)
+        raise _fail(
+            "LORA_URL_REDIRECT_REFUSED",
+            "The LoRA URL redirects away from its https host; link the file directly.",
+            url=current_url,
+            location=target,
+        )
     return target
 
 
@@ -164,11 +176,15 @@ def _read_capped(*, response: _Response, limit: int, deadline: float, url: str =
     declared = response.getheader("Content-Length")
     if declared is not None:
         if not declared.strip().isdigit():
-            raise _fail("LORA_URL_FETCH_FAILED", "The server sent an invalid Content-Length.", url=url,
-                        status_code=502)
+            raise _fail("LORA_URL_FETCH_FAILED", "The server sent an invalid Content-Length.", url=url, status_code=502)
         if int(declared) > limit:
-            raise _fail("LORA_URL_TOO_LARGE", f"The LoRA is {int(declared)} bytes; at most {limit} are allowed.",
-                        url=url, size=int(declared), limit=limit)
+            raise _fail(
+                "LORA_URL_TOO_LARGE",
+                f"The LoRA is {int(declared)} bytes; at most {limit} are allowed.",
+                url=url,
+                size=int(declared),
+                limit=limit,
+            )
     # read1 returns after one socket read, so the deadline is checked between the server's sends.
     read = getattr(response, "read1", response.read)
     out = tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES)
@@ -177,16 +193,21 @@ def _read_capped(*, response: _Response, limit: int, deadline: float, url: str =
         while chunk := read(_CHUNK):
             total += len(chunk)
             if total > limit:
-                raise _fail("LORA_URL_TOO_LARGE", f"The LoRA is larger than the {limit} bytes allowed.",
-                            url=url, limit=limit)
+                raise _fail(
+                    "LORA_URL_TOO_LARGE", f"The LoRA is larger than the {limit} bytes allowed.", url=url, limit=limit
+                )
             if time.monotonic() > deadline:
                 raise _fail("LORA_URL_TIMEOUT", "Downloading the LoRA took too long.", url=url, status_code=504)
             out.write(chunk)
         if time.monotonic() > deadline:  # the watchdog cut the socket: what arrived is a truncated file
             raise _fail("LORA_URL_TIMEOUT", "Downloading the LoRA took too long.", url=url, status_code=504)
         if declared is not None and total != int(declared):
-            raise _fail("LORA_URL_FETCH_FAILED", f"The download ended after {total} of {declared} bytes.",
-                        url=url, status_code=502)
+            raise _fail(
+                "LORA_URL_FETCH_FAILED",
+                f"The download ended after {total} of {declared} bytes.",
+                url=url,
+                status_code=502,
+            )
     except BaseException:
         out.close()
         raise
@@ -199,8 +220,9 @@ def _get(*, url: str, parts: SplitResult, deadline: float) -> tuple[str | None, 
     host, port = parts.hostname, parts.port or 443
     address = _resolve(host=host, port=port, url=url)
     timeout = max(0.001, min(settings.LORA_URL_TIMEOUT_S, deadline - time.monotonic()))
-    conn = _VettedHTTPSConnection(host, address=address, port=port, timeout=timeout,
-                                  context=ssl.create_default_context())
+    conn = _VettedHTTPSConnection(
+        host, address=address, port=port, timeout=timeout, context=ssl.create_default_context()
+    )
     timer = _watchdog(conn=conn, deadline=deadline)
     try:
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
@@ -209,19 +231,33 @@ def _get(*, url: str, parts: SplitResult, deadline: float) -> tuple[str | None, 
         if response.status in _REDIRECT_STATUSES:
             location = response.getheader("Location")
             if not location:
-                raise _fail("LORA_URL_FETCH_FAILED", "The server redirected without a Location.", url=url,
-                            status_code=502, status=response.status)
+                raise _fail(
+                    "LORA_URL_FETCH_FAILED",
+                    "The server redirected without a Location.",
+                    url=url,
+                    status_code=502,
+                    status=response.status,
+                )
             return _vet_redirect(current_url=url, location=location), None
         if not 200 <= response.status < 300:
-            raise _fail("LORA_URL_FETCH_FAILED", f"The server answered HTTP {response.status}.", url=url,
-                        status_code=502, status=response.status)
+            raise _fail(
+                "LORA_URL_FETCH_FAILED",
+                f"The server answered HTTP {response.status}.",
+                url=url,
+                status_code=502,
+                status=response.status,
+            )
         return None, _read_capped(response=response, limit=settings.LORA_URL_MAX_BYTES, deadline=deadline, url=url)
     except (OSError, http.client.HTTPException) as exc:
         if isinstance(exc, TimeoutError) or time.monotonic() >= deadline:
-            raise _fail("LORA_URL_TIMEOUT", "Downloading the LoRA took too long.", url=url,
-                        status_code=504) from None
-        raise _fail("LORA_URL_FETCH_FAILED", f"Downloading the LoRA failed: {exc}", url=url, status_code=502,
-                    reason=type(exc).__name__) from None
+            raise _fail("LORA_URL_TIMEOUT", "Downloading the LoRA took too long.", url=url, status_code=504) from None
+        raise _fail(
+            "LORA_URL_FETCH_FAILED",
+            f"Downloading the LoRA failed: {exc}",
+            url=url,
+            status_code=502,
+            reason=type(exc).__name__,
+        ) from None
     finally:
         timer.cancel()
         conn.close()
@@ -233,8 +269,7 @@ def lora_url_check(*, url: str) -> str:
     download (on the CPU queue) checks every address again."""
     allowed = list(settings.LORA_URL_ALLOWED_HOSTS or [])
     if not allowed:
-        raise _fail("LORA_URL_DISABLED", "LoRA URLs are not enabled on this server; upload the file instead.",
-                    url=url)
+        raise _fail("LORA_URL_DISABLED", "LoRA URLs are not enabled on this server; upload the file instead.", url=url)
     return _filename(parts=_vet_url(url=url, allowed=allowed), url=url)
 
 

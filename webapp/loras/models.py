@@ -1,4 +1,5 @@
 """A LoRA the service knows: its file in storage and what its header says."""
+
 from django.conf import settings
 from django.db import models
 
@@ -14,12 +15,17 @@ class Visibility(models.TextChoices):
 
 class Lora(models.Model):
     name = models.CharField(max_length=200, unique=True)
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                              related_name="loras")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="loras"
+    )
     file = models.FileField(upload_to=lora_upload_to, max_length=300)
-    relative_path = models.CharField(max_length=500, unique=True, null=True, blank=True,
-                                     help_text="Path under the LoRA root, e.g. my_job/my_job.safetensors; "
-                                               "requests may name the LoRA by it.")
+    relative_path = models.CharField(
+        max_length=500,
+        unique=True,
+        null=True,
+        blank=True,
+        help_text="Path under the LoRA root, e.g. my_job/my_job.safetensors; requests may name the LoRA by it.",
+    )
     sha256 = models.CharField(max_length=64, unique=True, editable=False)
     size = models.BigIntegerField(editable=False)
     base_model = models.CharField(max_length=50, default="wan21_14b")

@@ -1,4 +1,5 @@
 """Reads of LoRAs: what a user may see, and lookups by the `path` of a request."""
+
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model
@@ -34,8 +35,12 @@ def lora_library(*, user, q: str = "", owner: str = "") -> QuerySet[Lora]:
     (`q`) and by owner username, each with the number of jobs that used it."""
     loras = lora_list(user=user).annotate(job_count=Count("job_uses__job", distinct=True)).order_by("-created_at")
     if q:
-        loras = loras.filter(Q(name__icontains=q) | Q(trigger_word__icontains=q) | Q(relative_path__icontains=q)
-                             | Q(sha256__istartswith=q))
+        loras = loras.filter(
+            Q(name__icontains=q)
+            | Q(trigger_word__icontains=q)
+            | Q(relative_path__icontains=q)
+            | Q(sha256__istartswith=q)
+        )
     if owner:
         loras = loras.filter(owner__username=owner)
     return loras
@@ -43,8 +48,13 @@ def lora_library(*, user, q: str = "", owner: str = "") -> QuerySet[Lora]:
 
 def lora_owners(*, user) -> QuerySet:
     """Usernames owning a LoRA that `user` may see, for the library's owner filter."""
-    return (get_user_model().objects.filter(loras__in=lora_list(user=user)).distinct()
-            .order_by("username").values_list("username", flat=True))
+    return (
+        get_user_model()
+        .objects.filter(loras__in=lora_list(user=user))
+        .distinct()
+        .order_by("username")
+        .values_list("username", flat=True)
+    )
 
 
 def lora_get(*, pk: int, user) -> Lora:

@@ -1,4 +1,5 @@
 """Registering LoRAs: inspect the header, check it fits the model, store the file once per sha256."""
+
 from __future__ import annotations
 
 import hashlib
@@ -49,14 +50,31 @@ def validate_upload_name(name: str) -> None:
         raise ValidationError("A LoRA name may not be a number, a sha256, or a path.", code="invalid_name")
 
 
-def lora_register(*, fh: BinaryIO, filename: str, owner=None, name: str | None = None,
-                  relative_path: str | None = None, trigger_word: str = "", default_multiplier: float = 1.0,
-                  base_model: str = DEFAULT_MODEL, visibility: str = Visibility.TEAM) -> Lora:
+def lora_register(
+    *,
+    fh: BinaryIO,
+    filename: str,
+    owner=None,
+    name: str | None = None,
+    relative_path: str | None = None,
+    trigger_word: str = "",
+    default_multiplier: float = 1.0,
+    base_model: str = DEFAULT_MODEL,
+    visibility: str = Visibility.TEAM,
+) -> Lora:
     """Validate and store a LoRA; the same bytes registered twice give the same LoRA. For files the
     service finds itself (LORA_ROOT, fetched URLs); a person's upload goes through `lora_upload`."""
-    lora, _ = _register(fh=fh, filename=filename, owner=owner, name=name, relative_path=relative_path,
-                        trigger_word=trigger_word, default_multiplier=default_multiplier, base_model=base_model,
-                        visibility=visibility)
+    lora, _ = _register(
+        fh=fh,
+        filename=filename,
+        owner=owner,
+        name=name,
+        relative_path=relative_path,
+        trigger_word=trigger_word,
+        default_multiplier=default_multiplier,
+        base_model=base_model,
+        visibility=visibility,
+    )
     return lora
 
 
@@ -70,44 +88,85 @@ class LoraUpload:
     @property
     def message(self) -> str:
         if self.created:
-            return f"Registered {self.lora.name}: {self.lora.key_format} LoRA, rank {self.lora.rank}, " \
-                   f"{self.lora.num_blocks} blocks."
+            return (
+                f"Registered {self.lora.name}: {self.lora.key_format} LoRA, rank {self.lora.rank}, "
+                f"{self.lora.num_blocks} blocks."
+            )
         return f"This file is already in the library as {self.lora.name}."
 
 
-def lora_upload(*, fh: BinaryIO, filename: str, owner, name: str | None = None, trigger_word: str | None = None,
-                default_multiplier: float | None = None, visibility: str | None = None,
-                base_model: str = DEFAULT_MODEL) -> LoraUpload:
+def lora_upload(
+    *,
+    fh: BinaryIO,
+    filename: str,
+    owner,
+    name: str | None = None,
+    trigger_word: str | None = None,
+    default_multiplier: float | None = None,
+    visibility: str | None = None,
+    base_model: str = DEFAULT_MODEL,
+) -> LoraUpload:
     """A person's upload (API and page). Fields left out (None) take the header's or the defaults.
     Bytes already registered answer that LoRA (`created` False) when every field given agrees with it;
     a field that differs is refused (LORA_EXISTS, naming the LoRA and the fields) rather than dropped."""
-    lora, created = _register(fh=fh, filename=filename, owner=owner, name=name, trigger_word=trigger_word or "",
-                              default_multiplier=1.0 if default_multiplier is None else default_multiplier,
-                              visibility=visibility or Visibility.TEAM, base_model=base_model)
+    lora, created = _register(
+        fh=fh,
+        filename=filename,
+        owner=owner,
+        name=name,
+        trigger_word=trigger_word or "",
+        default_multiplier=1.0 if default_multiplier is None else default_multiplier,
+        visibility=visibility or Visibility.TEAM,
+        base_model=base_model,
+    )
     if not created:
-        given = {"name": name, "trigger_word": trigger_word or None, "default_multiplier": default_multiplier,
-                 "visibility": visibility}
-        differ = {field: {"existing": getattr(lora, field), "given": value}
-                  for field, value in given.items() if value is not None and value != getattr(lora, field)}
+        given = {
+            "name": name,
+            "trigger_word": trigger_word or None,
+            "default_multiplier": default_multiplier,
+            "visibility": visibility,
+        }
+        differ = {
+            field: {"existing": getattr(lora, field), "given": value}
+            for field, value in given.items()
+            if value is not None and value != getattr(lora, field)
+        }
         if differ:
-            raise Conflict("LORA_EXISTS",
-                           f"This file is already in the library as {lora.name}, with a different "
-                           f"{', '.join(field.replace('_', ' ') for field in differ)}.",
-                           details={"lora": {"id": lora.pk, "name": lora.name}, "fields": differ})
+            raise Conflict(
+                "LORA_EXISTS",
+                f"This file is already in the library as {lora.name}, with a different "
+                f"{', '.join(field.replace('_', ' ') for field in differ)}.",
+                details={"lora": {"id": lora.pk, "name": lora.name}, "fields": differ},
+            )
     return LoraUpload(lora=lora, created=created)
 
 
 def _registered(*, sha256: str, owner) -> Lora | None:
     """The LoRA these bytes already are, refusing (without naming it) another user's private one."""
     existing = Lora.objects.filter(sha256=sha256).first()
-    if existing and owner is not None and not owner.is_staff and existing.visibility == Visibility.PRIVATE \
-            and existing.owner_id != owner.pk:
+    if (
+        existing
+        and owner is not None
+        and not owner.is_staff
+        and existing.visibility == Visibility.PRIVATE
+        and existing.owner_id != owner.pk
+    ):
         raise Conflict("LORA_EXISTS", "Another user registered this file privately; ask them to share it.")
     return existing
 
 
-def _register(*, fh: BinaryIO, filename: str, owner, name: str | None, trigger_word: str, default_multiplier: float,
-              base_model: str, visibility: str, relative_path: str | None = None) -> tuple[Lora, bool]:
+def _register(
+    *,
+    fh: BinaryIO,
+    filename: str,
+    owner,
+    name: str | None,
+    trigger_word: str,
+    default_multiplier: float,
+    base_model: str,
+    visibility: str,
+    relative_path: str | None = None,
+) -> tuple[Lora, bool]:
     size = _file_size(fh)
     if size > settings.LORA_MAX_UPLOAD_BYTES:
         raise ApiError("LORA_TOO_LARGE", f"LoRA files may be at most {settings.LORA_MAX_UPLOAD_BYTES} bytes.")
@@ -123,15 +182,27 @@ def _register(*, fh: BinaryIO, filename: str, owner, name: str | None, trigger_w
         return existing, False
     name = name or (info.output_name or Path(filename).stem)
     if len(name) > NAME_MAX:  # names come from paths and headers: keep them unique but bounded
-        name = f"{name[:NAME_MAX - 13]}-{sha256[:12]}"
+        name = f"{name[: NAME_MAX - 13]}-{sha256[:12]}"
     if Lora.objects.filter(name=name).exists():
         raise Conflict("LORA_NAME_TAKEN", f"A different LoRA is already named {name!r}.", details={"name": name})
     lora = Lora(
-        name=name, owner=owner, relative_path=relative_path or None, sha256=sha256, size=size,
-        base_model=base_model, trigger_word=trigger_word or (info.trigger_words[0] if info.trigger_words else ""),
-        default_multiplier=default_multiplier, visibility=visibility, key_format=info.key_format, rank=info.rank,
-        hidden_size=info.hidden_size, num_blocks=info.num_blocks, target_modules=info.target_modules,
-        software_version=info.software_version or "", training_step=info.training_step, info=info.as_dict(),
+        name=name,
+        owner=owner,
+        relative_path=relative_path or None,
+        sha256=sha256,
+        size=size,
+        base_model=base_model,
+        trigger_word=trigger_word or (info.trigger_words[0] if info.trigger_words else ""),
+        default_multiplier=default_multiplier,
+        visibility=visibility,
+        key_format=info.key_format,
+        rank=info.rank,
+        hidden_size=info.hidden_size,
+        num_blocks=info.num_blocks,
+        target_modules=info.target_modules,
+        software_version=info.software_version or "",
+        training_step=info.training_step,
+        info=info.as_dict(),
     )
     try:
         with transaction.atomic():
@@ -175,16 +246,18 @@ def lora_resolve(*, ref: str, owner=None, fetch: bool = True) -> Lora | None:
             return lora_register(fh=fh, filename=filename, owner=owner, name=ref)
     path = lora_root_file(ref)
     if path is None:
-        raise NotFound("LORA_NOT_FOUND", f"No LoRA is registered or found under the LoRA root as {ref!r}.",
-                       details={"path": ref})
+        raise NotFound(
+            "LORA_NOT_FOUND", f"No LoRA is registered or found under the LoRA root as {ref!r}.", details={"path": ref}
+        )
     return _register_root_file(path, relative=ref, owner=owner)
 
 
 def _register_root_file(path: Path, *, relative: str, owner) -> Lora:
     """A file of an ai-toolkit output folder, registered under its job/file.safetensors path."""
     with path.open("rb") as fh:
-        return lora_register(fh=fh, filename=path.name, owner=owner, relative_path=relative,
-                             name=relative.removesuffix(".safetensors"))
+        return lora_register(
+            fh=fh, filename=path.name, owner=owner, relative_path=relative, name=relative.removesuffix(".safetensors")
+        )
 
 
 def lora_import_dir(*, directory: Path, owner=None) -> list[tuple[str, Lora | None, str | None]]:

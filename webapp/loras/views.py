@@ -1,4 +1,5 @@
 """Pages of the LoRA library (/loras/): search, upload, one LoRA's header facts, delete."""
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -31,8 +32,15 @@ def lora_list_page(request):
                 (messages.success if result.created else messages.info)(request, result.message)
                 return redirect("lora-detail", pk=result.lora.pk)
     q, owner = request.GET.get("q", "").strip(), request.GET.get("owner", "").strip()
-    context = {"nav": "loras", "loras": lora_library(user=request.user, q=q, owner=owner), "q": q, "owner": owner,
-               "owners": lora_owners(user=request.user), "form": form, "upload_error": upload_error}
+    context = {
+        "nav": "loras",
+        "loras": lora_library(user=request.user, q=q, owner=owner),
+        "q": q,
+        "owner": owner,
+        "owners": lora_owners(user=request.user),
+        "form": form,
+        "upload_error": upload_error,
+    }
     status = upload_error.status_code if upload_error else (400 if form.is_bound else 200)
     return render(request, "loras/list.html", context, status=status)
 
@@ -40,8 +48,9 @@ def lora_list_page(request):
 @login_required
 def lora_detail_page(request, pk: int):
     lora = lora_get(pk=pk, user=request.user)
-    return render(request, "loras/detail.html",
-                  {"nav": "loras", "lora": lora, "can_manage": can_manage(request.user, lora)})
+    return render(
+        request, "loras/detail.html", {"nav": "loras", "lora": lora, "can_manage": can_manage(request.user, lora)}
+    )
 
 
 @login_required

@@ -1,4 +1,5 @@
 """Admin: prompt sets, one compact row per prompt; an empty field shows the default it falls back to."""
+
 from django import forms
 from django.contrib import admin
 from django.db.models import Count
@@ -26,15 +27,22 @@ class PromptItemForm(forms.ModelForm):
             "prompt": forms.Textarea(attrs={"rows": 2, "class": "prompt-text"}),
             "neg": forms.Textarea(attrs={"rows": 1, "class": "neg-text", "placeholder": DEFAULTS["neg"] or "none"}),
             "trigger_word": forms.TextInput(attrs={"class": "trigger", "placeholder": "the set's"}),
-            **{name: _number(str(DEFAULTS[name])) for name in ["width", "height", "num_frames", "fps",
-                                                               "sample_steps"]},
+            **{name: _number(str(DEFAULTS[name])) for name in ["width", "height", "num_frames", "fps", "sample_steps"]},
             "guidance_scale": _number(f"{DEFAULTS['guidance_scale']:g}", step="0.1"),
             "seed": _number(f"{SEED_BASE}+i", css="num seed"),
         }
-        labels = {"position": "#", "num_frames": "frames", "sample_steps": "steps", "guidance_scale": "cfg",
-                  "trigger_word": "trigger"}
-        help_texts = {"seed": f"Empty: {SEED_BASE} + the prompt's index; -1: random.",
-                      "guidance_scale": "Guidance scale.", "trigger_word": "Empty: the set's trigger word."}
+        labels = {
+            "position": "#",
+            "num_frames": "frames",
+            "sample_steps": "steps",
+            "guidance_scale": "cfg",
+            "trigger_word": "trigger",
+        }
+        help_texts = {
+            "seed": f"Empty: {SEED_BASE} + the prompt's index; -1: random.",
+            "guidance_scale": "Guidance scale.",
+            "trigger_word": "Empty: the set's trigger word.",
+        }
 
 
 class PromptItemInline(admin.TabularInline):

@@ -1,4 +1,5 @@
 """REST resource /api/v1/prompt-sets/: CRUD with ordered, nested prompt items."""
+
 from rest_framework import serializers, viewsets
 
 from .models import PromptItem, PromptSet
@@ -37,8 +38,9 @@ class PromptSetViewSet(viewsets.ModelViewSet):
         serializer.instance = prompt_set_create(owner=self.request.user, **serializer.validated_data)
 
     def perform_update(self, serializer):
-        serializer.instance = prompt_set_update(prompt_set=serializer.instance, actor=self.request.user,
-                                                **serializer.validated_data)
+        serializer.instance = prompt_set_update(
+            prompt_set=serializer.instance, actor=self.request.user, **serializer.validated_data
+        )
 
     def perform_destroy(self, instance):
         prompt_set_delete(prompt_set=instance, actor=self.request.user)

@@ -4,6 +4,7 @@ The forms only carry text; every item is validated by the API's PromptFieldsSeri
 page accepts exactly what the API accepts. Moving, adding and removing items rearrange the
 submitted rows and show them again (nothing is saved until Save), which works without JavaScript.
 """
+
 from __future__ import annotations
 
 from django import forms
@@ -15,15 +16,27 @@ from workers.pipeline.params import DEFAULTS, LIMITS, SEED_BASE
 from .models import PromptSet
 from .serializers import PromptFieldsSerializer
 
-OPTION_FIELDS = ["width", "height", "num_frames", "sample_steps", "guidance_scale", "seed", "fps", "neg",
-                 "trigger_word"]
+OPTION_FIELDS = [
+    "width",
+    "height",
+    "num_frames",
+    "sample_steps",
+    "guidance_scale",
+    "seed",
+    "fps",
+    "neg",
+    "trigger_word",
+]
 
 
 class PromptSetForm(forms.Form):
     name = forms.CharField(max_length=PromptSet._meta.get_field("name").max_length)
-    trigger_word = forms.CharField(max_length=200, required=False,
-                                   help_text="replaces [trigger] in every prompt without its own",
-                                   widget=forms.TextInput(attrs={"placeholder": "none"}))
+    trigger_word = forms.CharField(
+        max_length=200,
+        required=False,
+        help_text="replaces [trigger] in every prompt without its own",
+        widget=forms.TextInput(attrs={"placeholder": "none"}),
+    )
 
 
 def _number(name: str, label: str, step: str = "1") -> forms.CharField:
@@ -35,8 +48,12 @@ def _number(name: str, label: str, step: str = "1") -> forms.CharField:
 class PromptItemForm(forms.Form):
     """One prompt as typed (text only; the serializer decides what is valid)."""
 
-    prompt = forms.CharField(required=False, strip=False, max_length=settings.PROMPT_MAX_CHARS, widget=forms.Textarea(
-        attrs={"rows": 1, "placeholder": "a prompt; [trigger] becomes the trigger word"}))
+    prompt = forms.CharField(
+        required=False,
+        strip=False,
+        max_length=settings.PROMPT_MAX_CHARS,
+        widget=forms.Textarea(attrs={"rows": 1, "placeholder": "a prompt; [trigger] becomes the trigger word"}),
+    )
     width = _number("width", "width")
     height = _number("height", "height")
     num_frames = _number("num_frames", "frames")
@@ -44,10 +61,12 @@ class PromptItemForm(forms.Form):
     guidance_scale = _number("guidance_scale", "guidance", step="any")
     seed = _number("seed", "seed")
     fps = _number("fps", "fps")
-    neg = forms.CharField(label="negative prompt", required=False, strip=False,
-                          widget=forms.TextInput(attrs={"placeholder": "none"}))
-    trigger_word = forms.CharField(label="trigger word", required=False, max_length=200,
-                                   widget=forms.TextInput(attrs={"placeholder": "the set's"}))
+    neg = forms.CharField(
+        label="negative prompt", required=False, strip=False, widget=forms.TextInput(attrs={"placeholder": "none"})
+    )
+    trigger_word = forms.CharField(
+        label="trigger word", required=False, max_length=200, widget=forms.TextInput(attrs={"placeholder": "the set's"})
+    )
 
     def options(self) -> list[forms.BoundField]:
         return [self[name] for name in OPTION_FIELDS]
@@ -64,11 +83,17 @@ class PromptItemForm(forms.Form):
         parts = []
         if "width" in values or "height" in values:
             parts.append(f"{values.get('width', DEFAULTS['width'])}×{values.get('height', DEFAULTS['height'])}")
-        labels = {"num_frames": "frames", "sample_steps": "steps", "guidance_scale": "guidance", "seed": "seed",
-                  "fps": "fps"}
+        labels = {
+            "num_frames": "frames",
+            "sample_steps": "steps",
+            "guidance_scale": "guidance",
+            "seed": "seed",
+            "fps": "fps",
+        }
         parts += [f"{labels[name]} {values[name]}" for name in labels if name in values]
-        parts += [text for name, text in (("neg", "negative prompt"), ("trigger_word", "own trigger word"))
-                  if name in values]
+        parts += [
+            text for name, text in (("neg", "negative prompt"), ("trigger_word", "own trigger word")) if name in values
+        ]
         return ", ".join(parts) if parts else "defaults"
 
 
@@ -128,5 +153,7 @@ def items_rearranged(rows: list[dict[str, str]], action: str) -> list[dict[str, 
 
 def item_rows(prompt_set: PromptSet) -> list[dict[str, str]]:
     """A saved set's items as the editor shows them."""
-    return [{name: "" if value is None else str(value) for name, value in item.as_request_item().items()}
-            for item in prompt_set.items.all()]
+    return [
+        {name: "" if value is None else str(value) for name, value in item.as_request_item().items()}
+        for item in prompt_set.items.all()
+    ]

@@ -3,14 +3,16 @@
 Blank fields fall back to the wan21_14b defaults when a job is submitted; the
 job keeps its own resolved copy, so editing a set never changes a submitted job.
 """
+
 from django.conf import settings
 from django.db import models
 
 
 class PromptSet(models.Model):
     name = models.CharField(max_length=200)
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                              related_name="prompt_sets")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="prompt_sets"
+    )
     trigger_word = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -49,6 +51,16 @@ class PromptItem(models.Model):
 
     def as_request_item(self) -> dict:
         """The item in the shape of a request prompt (blank fields left out)."""
-        fields = ["prompt", "trigger_word", "neg", "width", "height", "num_frames", "sample_steps",
-                  "guidance_scale", "seed", "fps"]
+        fields = [
+            "prompt",
+            "trigger_word",
+            "neg",
+            "width",
+            "height",
+            "num_frames",
+            "sample_steps",
+            "guidance_scale",
+            "seed",
+            "fps",
+        ]
         return {f: getattr(self, f) for f in fields if getattr(self, f) not in (None, "")}

@@ -1,4 +1,5 @@
 """Reads of prompt sets: the team's list with item counts, one set with its items."""
+
 from __future__ import annotations
 
 from django.db.models import Count, QuerySet

@@ -1,4 +1,5 @@
 """Every write of a prompt set: create, update (items replaced whole, in order), delete."""
+
 from __future__ import annotations
 
 from django.db import transaction
@@ -10,9 +11,11 @@ from .models import PromptItem, PromptSet
 
 def _write_items(prompt_set: PromptSet, items: list[dict]) -> None:
     PromptItem.objects.bulk_create(
-        PromptItem(prompt_set=prompt_set, position=i,
-                   **{k: v for k, v in item.items() if k != "sampler" and v is not None})
-        for i, item in enumerate(items))
+        PromptItem(
+            prompt_set=prompt_set, position=i, **{k: v for k, v in item.items() if k != "sampler" and v is not None}
+        )
+        for i, item in enumerate(items)
+    )
 
 
 @transaction.atomic

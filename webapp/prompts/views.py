@@ -1,5 +1,6 @@
 """Pages of the prompt sets (/prompt-sets/): the list, one set (edited by its owner or staff, read by
 everyone else), a new set, delete. Writes go through services; items are checked as the API checks them."""
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -58,8 +59,9 @@ def _editor(request, prompt_set: PromptSet | None):
             items = PromptItemFormSet(initial=item_rows(prompt_set))
     elif request.POST.get("action", "save") != "save":
         typed = PromptItemFormSet(request.POST)
-        form = PromptSetForm(initial={"name": request.POST.get("name", ""),
-                                      "trigger_word": request.POST.get("trigger_word", "")})
+        form = PromptSetForm(
+            initial={"name": request.POST.get("name", ""), "trigger_word": request.POST.get("trigger_word", "")}
+        )
         items = PromptItemFormSet(initial=items_rearranged(typed.rows(), request.POST["action"]))
     else:
         form, items = PromptSetForm(request.POST), PromptItemFormSet(request.POST)
@@ -72,5 +74,9 @@ def _editor(request, prompt_set: PromptSet | None):
             messages.success(request, f"Saved {prompt_set.name} ({len(validated)} prompts).")
             return redirect("prompt-set-detail", pk=prompt_set.pk)
         status = 400
-    return render(request, "prompts/edit.html",
-                  {"nav": "prompt-sets", "prompt_set": prompt_set, "form": form, "items": items}, status=status)
+    return render(
+        request,
+        "prompts/edit.html",
+        {"nav": "prompt-sets", "prompt_set": prompt_set, "form": form, "items": items},
+        status=status,
+    )

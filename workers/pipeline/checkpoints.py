@@ -6,6 +6,7 @@ built here: a tiny pipeline for CPU tests and the demo, and the full-size 14B
 shapes on a GPU for timing. Weights are random; shapes and file layout are
 the real ones.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,6 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from .shapes import LORA_TARGETS, TINY_TRANSFORMER, TINY_UMT5, WanShape
+
 
 def _tokenizer(vocab_size: int):
     from transformers import T5Tokenizer
@@ -36,8 +38,12 @@ def _scheduler():
 
     # The scheduler config shipped with Wan-AI/Wan2.1-T2V-14B-Diffusers.
     return UniPCMultistepScheduler(
-        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0,
-        num_train_timesteps=1000, solver_order=2, solver_type="bh2",
+        prediction_type="flow_prediction",
+        use_flow_sigmas=True,
+        flow_shift=3.0,
+        num_train_timesteps=1000,
+        solver_order=2,
+        solver_type="bh2",
     )
 
 
@@ -61,8 +67,9 @@ def write_random_wan(
 
     out_dir = Path(out_dir)
     if vae_config is None:
-        vae_config = dict(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                          temperal_downsample=[False, True, True])
+        vae_config = dict(
+            base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+        )
     torch.manual_seed(seed)
     default_dtype = torch.get_default_dtype()
     try:
@@ -74,8 +81,11 @@ def write_random_wan(
     finally:
         torch.set_default_dtype(default_dtype)
     pipe = WanPipeline(
-        tokenizer=_tokenizer(text_encoder_config["vocab_size"]), text_encoder=text_encoder,
-        vae=vae, transformer=transformer, scheduler=_scheduler(),
+        tokenizer=_tokenizer(text_encoder_config["vocab_size"]),
+        text_encoder=text_encoder,
+        vae=vae,
+        transformer=transformer,
+        scheduler=_scheduler(),
     )
     pipe.save_pretrained(out_dir, safe_serialization=True)
     return out_dir
@@ -108,8 +118,9 @@ def write_aitoolkit_lora(
     name = path.stem
     metadata = {
         "format": "pt",
-        "software": json.dumps({"name": "ai-toolkit", "repo": "https://github.com/ostris/ai-toolkit",
-                                "version": software_version}),
+        "software": json.dumps(
+            {"name": "ai-toolkit", "repo": "https://github.com/ostris/ai-toolkit", "version": software_version}
+        ),
         "ss_base_model_version": "wan_2.1",
         "ss_output_name": name,
         "training_info": json.dumps({"step": training_step, "epoch": 0}),

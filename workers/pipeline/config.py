@@ -10,6 +10,7 @@ The rules:
 - The stack adapter (`lora_stack`) comes with `exact_compile`; low-memory mode turns both off.
   Blocks are compiled on CUDA only: on a CPU the stack adapter runs uncompiled.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -39,10 +40,21 @@ class RuntimeConfig:
     cp_rank: int = 0
 
     @classmethod
-    def resolve(cls, model_path: str, *, device: str | None = None, dtype: torch.dtype | None = None,
-                lora_budget_bytes: int = 8 * 2**30, low_memory: bool = False, cfg_device: str | None = None,
-                fast_mode: bool = True, fast_compile: bool = True, exact_compile: bool = False,
-                cp_devices: list[str] | tuple[str, ...] = (), cp_rank: int = 0) -> RuntimeConfig:
+    def resolve(
+        cls,
+        model_path: str,
+        *,
+        device: str | None = None,
+        dtype: torch.dtype | None = None,
+        lora_budget_bytes: int = 8 * 2**30,
+        low_memory: bool = False,
+        cfg_device: str | None = None,
+        fast_mode: bool = True,
+        fast_compile: bool = True,
+        exact_compile: bool = False,
+        cp_devices: list[str] | tuple[str, ...] = (),
+        cp_rank: int = 0,
+    ) -> RuntimeConfig:
         cp_devices = tuple(cp_devices) if len(cp_devices) > 1 else ()
         if cp_devices:
             if cfg_device or low_memory:
@@ -52,12 +64,18 @@ class RuntimeConfig:
         device = device or default_device()
         lora_stack = exact_compile and not low_memory
         return cls(
-            model_path=model_path, device=device,
+            model_path=model_path,
+            device=device,
             dtype=dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32),
-            lora_budget_bytes=lora_budget_bytes, low_memory=low_memory, cfg_device=cfg_device,
-            fast_mode=fast_mode and not low_memory and fp8_available(device), fast_compile=fast_compile,
-            lora_stack=lora_stack, compile_exact=lora_stack and device.startswith("cuda"),
-            cp_devices=cp_devices, cp_rank=cp_rank,
+            lora_budget_bytes=lora_budget_bytes,
+            low_memory=low_memory,
+            cfg_device=cfg_device,
+            fast_mode=fast_mode and not low_memory and fp8_available(device),
+            fast_compile=fast_compile,
+            lora_stack=lora_stack,
+            compile_exact=lora_stack and device.startswith("cuda"),
+            cp_devices=cp_devices,
+            cp_rank=cp_rank,
         )
 
     @property
@@ -78,5 +96,10 @@ class RuntimeConfig:
         return (["exact"] if self.compile_exact else []) + (["fast"] if self.fast_mode else [])
 
     def for_rank(self, rank: int) -> RuntimeConfig:
-        return RuntimeConfig.resolve(self.model_path, dtype=self.dtype, lora_budget_bytes=self.lora_budget_bytes,
-                                     cp_devices=self.cp_devices, cp_rank=rank)
+        return RuntimeConfig.resolve(
+            self.model_path,
+            dtype=self.dtype,
+            lora_budget_bytes=self.lora_budget_bytes,
+            cp_devices=self.cp_devices,
+            cp_rank=rank,
+        )

@@ -8,6 +8,7 @@
 
 A new strategy is one more class here and one more branch in `WanRuntime._strategy`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -42,10 +43,15 @@ class PipelineLoop:
         try:
             with stance:
                 return pipe(
-                    prompt_embeds=embeds.prompt, negative_prompt_embeds=embeds.negative,
-                    height=params.height, width=params.width, num_frames=params.num_frames,
-                    num_inference_steps=params.sample_steps, guidance_scale=params.guidance_scale,
-                    generator=torch.Generator("cpu").manual_seed(params.seed), output_type="latent",
+                    prompt_embeds=embeds.prompt,
+                    negative_prompt_embeds=embeds.negative,
+                    height=params.height,
+                    width=params.width,
+                    num_frames=params.num_frames,
+                    num_inference_steps=params.sample_steps,
+                    guidance_scale=params.guidance_scale,
+                    generator=torch.Generator("cpu").manual_seed(params.seed),
+                    output_type="latent",
                     callback_on_step_end=lambda _pipe, index, _t, _kwargs: on_step_end(index) or {},
                 ).frames
         finally:
@@ -69,20 +75,32 @@ class CfgSplitLoop:
 
         def uncond_pass(latent_input, timestep):
             with torch.inference_mode():
-                return self.replica(hidden_states=latent_input.to(remote), timestep=timestep.to(remote),
-                                    encoder_hidden_states=uncond_embeds, return_dict=False)[0]
+                return self.replica(
+                    hidden_states=latent_input.to(remote),
+                    timestep=timestep.to(remote),
+                    encoder_hidden_states=uncond_embeds,
+                    return_dict=False,
+                )[0]
 
         scheduler = pipe.scheduler
         scheduler.set_timesteps(params.sample_steps, device=device)
-        latents = pipe.prepare_latents(1, pipe.transformer.config.in_channels, params.height, params.width,
-                                       params.num_frames, torch.float32, device,
-                                       torch.Generator("cpu").manual_seed(params.seed))
+        latents = pipe.prepare_latents(
+            1,
+            pipe.transformer.config.in_channels,
+            params.height,
+            params.width,
+            params.num_frames,
+            torch.float32,
+            device,
+            torch.Generator("cpu").manual_seed(params.seed),
+        )
         scheduler.set_begin_index(0)
         for index, t in enumerate(scheduler.timesteps):
             latent_input, timestep = latents.to(dtype), t.expand(latents.shape[0])
             pending = self.pool.submit(uncond_pass, latent_input, timestep)
-            noise_cond = pipe.transformer(hidden_states=latent_input, timestep=timestep,
-                                          encoder_hidden_states=cond_embeds, return_dict=False)[0]
+            noise_cond = pipe.transformer(
+                hidden_states=latent_input, timestep=timestep, encoder_hidden_states=cond_embeds, return_dict=False
+            )[0]
             noise_uncond = pending.result().to(device)
             noise_pred = noise_uncond + params.guidance_scale * (noise_cond - noise_uncond)
             latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]

@@ -13,6 +13,7 @@ it lands from exact mode (flow per step, decoded frames) and `bench/forwards.py`
 the CPU the same rowwise fp8 rounding is applied to the weights (computed in the runtime's dtype),
 since torchao's fp8 kernels need a CUDA card.
 """
+
 from __future__ import annotations
 
 import logging

@@ -4,6 +4,7 @@ A LoRA is read as bytes: the 8-byte header length, the JSON header, and the
 tensor table checked against the file size. Nothing is unpickled and no tensor
 is materialised, so a hostile or broken file is refused with a stable code.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,20 @@ from pathlib import Path
 from typing import BinaryIO
 
 MAX_HEADER_BYTES = 8 * 1024 * 1024
-DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
-               "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+DTYPE_SIZES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+}
 # Known Wan 2.1 transformers: hidden size -> (model id, blocks)
 WAN_MODELS = {5120: ("wan21_14b", 40), 1536: ("wan21_1b", 30)}
 
@@ -29,8 +42,9 @@ _FORMATS = (  # (name, pattern matching the key of a LoRA weight of block N)
 _SELF_ATTN_Q = {"self_attn.q", "attn1.to_q", "self_attn_q"}
 
 
-PICKLE_MESSAGE = ("This looks like a pickled PyTorch checkpoint; only .safetensors LoRAs are accepted "
-                  "and pickles are never loaded.")
+PICKLE_MESSAGE = (
+    "This looks like a pickled PyTorch checkpoint; only .safetensors LoRAs are accepted and pickles are never loaded."
+)
 
 
 NOT_SAFETENSORS_MESSAGE = "This file is not a safetensors file."
@@ -90,8 +104,10 @@ def read_header(fh: BinaryIO, size: int) -> tuple[dict, dict]:
     if start and (start != b"{" or header_len < 2):
         raise LoraFileError("LORA_NOT_SAFETENSORS", NOT_SAFETENSORS_MESSAGE)
     if header_len > MAX_HEADER_BYTES:
-        raise LoraFileError("LORA_HEADER_TOO_LARGE", f"The safetensors header claims {header_len} bytes; "
-                                                     f"at most {MAX_HEADER_BYTES} are accepted.")
+        raise LoraFileError(
+            "LORA_HEADER_TOO_LARGE",
+            f"The safetensors header claims {header_len} bytes; at most {MAX_HEADER_BYTES} are accepted.",
+        )
     if 8 + header_len > size:
         raise LoraFileError("LORA_FILE_TRUNCATED", "The safetensors header runs past the end of the file.")
     raw = start + fh.read(header_len - len(start))
@@ -154,11 +170,8 @@ def describe(header: dict, metadata: dict) -> LoraInfo:
     """Work out format, rank, targets and base model from a tensor table."""
     key_format, blocks, modules, ranks, hidden = None, set(), set(), Counter(), None
     for name, spec in header.items():
-        for fmt, pattern in _FORMATS:
-            match = pattern.match(name)
-            if match:
-                break
-        else:
+        fmt, match = next(((fmt, m) for fmt, pattern in _FORMATS if (m := pattern.match(name))), (None, None))
+        if match is None:
             continue
         key_format = key_format or fmt
         if len(spec["shape"]) != 2:
@@ -171,9 +184,10 @@ def describe(header: dict, metadata: dict) -> LoraInfo:
             if module in _SELF_ATTN_Q:
                 hidden = spec["shape"][1]
     if key_format is None:
-        raise LoraFileError("LORA_UNKNOWN_FORMAT",
-                            "No Wan LoRA weights found (expected keys like "
-                            "'diffusion_model.blocks.0.self_attn.q.lora_A.weight').")
+        raise LoraFileError(
+            "LORA_UNKNOWN_FORMAT",
+            "No Wan LoRA weights found (expected keys like 'diffusion_model.blocks.0.self_attn.q.lora_A.weight').",
+        )
     alphas = [v for k, v in header.items() if k.endswith(".alpha")]
     rank = ranks.most_common(1)[0][0]
     software = _json_field(metadata, "software")
@@ -181,14 +195,20 @@ def describe(header: dict, metadata: dict) -> LoraInfo:
     model = WAN_MODELS.get(hidden)
     dtypes = Counter(spec["dtype"] for spec in header.values())
     return LoraInfo(
-        key_format=key_format, rank=rank, alpha=None if alphas else float(rank),
-        target_modules=sorted(modules), num_blocks=max(blocks) + 1, hidden_size=hidden,
-        dtype=dtypes.most_common(1)[0][0], tensor_count=len(header),
+        key_format=key_format,
+        rank=rank,
+        alpha=None if alphas else float(rank),
+        target_modules=sorted(modules),
+        num_blocks=max(blocks) + 1,
+        hidden_size=hidden,
+        dtype=dtypes.most_common(1)[0][0],
+        tensor_count=len(header),
         base_model=model[0] if model else None,
         software=software if isinstance(software, dict) else {},
         training_step=_count(training.get("step")) if isinstance(training, dict) else None,
         training_epoch=_count(training.get("epoch")) if isinstance(training, dict) else None,
-        output_name=_text(metadata.get("ss_output_name"), 200), trigger_words=_trigger_words(metadata),
+        output_name=_text(metadata.get("ss_output_name"), 200),
+        trigger_words=_trigger_words(metadata),
         metadata=metadata,
     )
 
@@ -208,8 +228,10 @@ def check_compatible(info: LoraInfo, *, hidden_size: int, num_layers: int, model
     """Refuse a LoRA whose shapes cannot apply to the given transformer."""
     if info.hidden_size is not None and info.hidden_size != hidden_size:
         made_for = info.base_model or f"a model of hidden size {info.hidden_size}"
-        raise LoraFileError("LORA_MODEL_MISMATCH",
-                            f"This LoRA was trained for {made_for}; {model_id} has hidden size {hidden_size}.")
+        raise LoraFileError(
+            "LORA_MODEL_MISMATCH", f"This LoRA was trained for {made_for}; {model_id} has hidden size {hidden_size}."
+        )
     if info.num_blocks > num_layers:
-        raise LoraFileError("LORA_MODEL_MISMATCH",
-                            f"This LoRA targets {info.num_blocks} blocks; {model_id} has {num_layers}.")
+        raise LoraFileError(
+            "LORA_MODEL_MISMATCH", f"This LoRA targets {info.num_blocks} blocks; {model_id} has {num_layers}."
+        )

@@ -14,6 +14,7 @@ runs that same adapter at scaling 1.0, so a switch only copies tensors:
 the sum peft computes adapter by adapter, up to rounding. A job without LoRAs runs the zeroed
 stack, which adds exactly zero.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,6 +31,7 @@ BUCKETS = (32, 64, 128, 256, 512)  # stack ranks; each is one compiled graph per
 @dataclass(frozen=True)
 class Factors:
     """One LoRA's factors on one linear, as peft loaded them."""
+
     down: torch.Tensor  # A: (rank, in)
     up: torch.Tensor  # B: (out, rank)
     bias: torch.Tensor | None  # `diff_b` keys: peft's lora bias
@@ -42,11 +44,16 @@ class Factors:
         return multiplier * self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)
 
     @classmethod
-    def of(cls, layer: nn.Module, adapter: str) -> "Factors":
+    def of(cls, layer: nn.Module, adapter: str) -> Factors:
         up = layer.lora_B[adapter]
-        return cls(layer.lora_A[adapter].weight.detach(), up.weight.detach(),
-                   None if up.bias is None else up.bias.detach(), layer.lora_alpha[adapter], layer.r[adapter],
-                   layer.use_rslora.get(adapter, False))
+        return cls(
+            layer.lora_A[adapter].weight.detach(),
+            up.weight.detach(),
+            None if up.bias is None else up.bias.detach(),
+            layer.lora_alpha[adapter],
+            layer.r[adapter],
+            layer.use_rslora.get(adapter, False),
+        )
 
 
 Layers = dict[str, list[tuple[Factors, float]]]  # module name -> (factors, multiplier) of each LoRA of a stack
@@ -54,8 +61,11 @@ Layers = dict[str, list[tuple[Factors, float]]]  # module name -> (factors, mult
 
 def adapter_factors(model: nn.Module, adapter: str) -> dict[str, Factors]:
     """A peft adapter's factors on each layer of `model` that holds it, by module name."""
-    return {name: Factors.of(module, adapter) for name, module in model.named_modules()
-            if adapter in getattr(module, "lora_A", {})}
+    return {
+        name: Factors.of(module, adapter)
+        for name, module in model.named_modules()
+        if adapter in getattr(module, "lora_A", {})
+    }
 
 
 def stacked(sources: dict[str, dict[str, Factors]], stack: list[tuple[str, float]]) -> Layers:
@@ -87,9 +97,14 @@ def _plain_lora(layer: nn.Module, adapter: str) -> bool:
 
 def block_linears(model: nn.Module) -> set[str]:
     """The transformer blocks' linears, by module name (peft's wrappers counted as what they wrap)."""
-    return {name for name, module in model.named_modules()
-            if name.startswith("blocks.") and isinstance(_base(module), nn.Linear)
-            and not name.endswith(".base_layer") and ".lora_" not in name}
+    return {
+        name
+        for name, module in model.named_modules()
+        if name.startswith("blocks.")
+        and isinstance(_base(module), nn.Linear)
+        and not name.endswith(".base_layer")
+        and ".lora_" not in name
+    }
 
 
 class LoraStack:
@@ -125,8 +140,9 @@ class LoraStack:
         self.rank, self.stack, self._filled = 0, None, None  # unknown until built and zeroed
         if STACK in getattr(self.model, "peft_config", {}):
             self.model.delete_adapters(STACK)
-        config = LoraConfig(r=rank, lora_alpha=rank, target_modules=sorted(targets), lora_bias=True,
-                            init_lora_weights=False)
+        config = LoraConfig(
+            r=rank, lora_alpha=rank, target_modules=sorted(targets), lora_bias=True, init_lora_weights=False
+        )
         with warnings.catch_warnings():  # "multiple adapters in the model": as intended
             warnings.filterwarnings("ignore", message="Already found a `peft_config`")
             self.model.add_adapter(config, adapter_name=STACK)
@@ -165,8 +181,8 @@ class LoraStack:
         at = 0
         for factors, multiplier in parts:
             scaling = factors.scaling(multiplier)
-            a[at:at + factors.rank] = factors.down.float()
-            b[:, at:at + factors.rank] = factors.up.float() * scaling
+            a[at : at + factors.rank] = factors.down.float()
+            b[:, at : at + factors.rank] = factors.up.float() * scaling
             if factors.bias is not None:
                 bias += factors.bias.float() * scaling
             at += factors.rank

@@ -8,6 +8,7 @@ running it itself: all ranks then run the same call in step and agree at every s
 (`GroupSync`). A failure anywhere else leaves the group out of step: `ParallelFailed` tells the
 worker to exit and be replaced.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -50,8 +51,12 @@ class Followers:
         self._pipes, self._processes = [], []
         for rank in range(1, len(devices)):
             mine, theirs = context.Pipe()
-            process = context.Process(target=_follow, args=(config.for_rank(rank), port, theirs, os.getpid()),
-                                      name=f"wan-rank{rank}", daemon=True)
+            process = context.Process(
+                target=_follow,
+                args=(config.for_rank(rank), port, theirs, os.getpid()),
+                name=f"wan-rank{rank}",
+                daemon=True,
+            )
             process.start()
             self._pipes.append(mine)
             self._processes.append(process)
@@ -184,11 +189,24 @@ class SplitRuntime:
     def warm_up(self, sizes) -> float:
         return 0.0  # a split runtime compiles nothing
 
-    def render(self, params, *, loras=(), scheduler: str = "auto", step_cache: float | None = None,
-               speed: str = "exact", on_step=None) -> RenderResult:
+    def render(
+        self,
+        params,
+        *,
+        loras=(),
+        scheduler: str = "auto",
+        step_cache: float | None = None,
+        speed: str = "exact",
+        on_step=None,
+    ) -> RenderResult:
         self.load()
-        call = {"params": params, "loras": list(loras), "scheduler": scheduler, "step_cache": step_cache,
-                "speed": speed}
+        call = {
+            "params": params,
+            "loras": list(loras),
+            "scheduler": scheduler,
+            "step_cache": step_cache,
+            "speed": speed,
+        }
         self.followers.dispatch(call)
         try:
             result = self.rank0.render(**call, on_step=on_step)

@@ -5,6 +5,7 @@ turns one request prompt into the values that will actually run (trigger word
 replaced, seed drawn, size and frame count snapped the way the model needs)
 so that what is stored with a job is what renders.
 """
+
 from __future__ import annotations
 
 import random
@@ -69,9 +70,20 @@ class PromptError(ValueError):
 
 # ai-toolkit / sd-scripts inline flags -> request field
 AITOOLKIT_FLAGS = {
-    "n": "neg", "w": "width", "h": "height", "d": "seed", "seed": "seed", "l": "guidance_scale",
-    "cfg": "guidance_scale", "s": "sample_steps", "steps": "sample_steps", "m": "lora_scale",
-    "network_multiplier": "lora_scale", "frames": "num_frames", "num_frames": "num_frames", "fps": "fps",
+    "n": "neg",
+    "w": "width",
+    "h": "height",
+    "d": "seed",
+    "seed": "seed",
+    "l": "guidance_scale",
+    "cfg": "guidance_scale",
+    "s": "sample_steps",
+    "steps": "sample_steps",
+    "m": "lora_scale",
+    "network_multiplier": "lora_scale",
+    "frames": "num_frames",
+    "num_frames": "num_frames",
+    "fps": "fps",
 }
 _FLOAT_FIELDS = {"guidance_scale", "lora_scale"}
 
@@ -84,7 +96,7 @@ def parse_aitoolkit_prompt(text: str) -> tuple[str, dict]:
     values = {}
     for chunk in flags:
         flag = chunk.split(" ")[0].strip()
-        content = chunk[len(flag):].strip()
+        content = chunk[len(flag) :].strip()
         field = AITOOLKIT_FLAGS.get(flag)
         if field is None:
             continue
@@ -122,8 +134,9 @@ def random_seed() -> int:
     return random.SystemRandom().randint(0, MAX_SEED)
 
 
-def resolve_prompt(item: dict, *, index: int, trigger_word: str | None = None, semantics: str = "reference",
-                   name: str | None = None) -> PromptParams:
+def resolve_prompt(
+    item: dict, *, index: int, trigger_word: str | None = None, semantics: str = "reference", name: str | None = None
+) -> PromptParams:
     """Resolve one validated prompt item of a request to the parameters that will run.
 
     `semantics="reference"` follows ai-toolkit-inference: `[trigger]` is replaced only when a

@@ -5,6 +5,7 @@ ready (LoRAs active, prompt encoded), and at every step boundary they agree whet
 cancel or a time limit on rank 0 stops every rank at the same step and the group stays usable.
 A runtime that renders alone uses `SoloSync`, which agrees with itself.
 """
+
 from __future__ import annotations
 
 import contextlib

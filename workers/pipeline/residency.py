@@ -6,6 +6,7 @@ bit what diffusers computes), or, with the stack adapter (see `lora_stack.py`), 
 of the model and copied into one fixed adapter, so compiled blocks never recompile. The least
 recently used LoRA is unloaded once the resident set passes its memory budget.
 """
+
 from __future__ import annotations
 
 import logging
@@ -74,10 +75,12 @@ class LoraResidency:
             self.pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name)
             if self.replica is not None:
                 try:
-                    state, metadata = self.pipe.lora_state_dict(str(path.parent), weight_name=path.name,
-                                                                return_lora_metadata=True)
-                    self.pipe.load_lora_into_transformer(state, transformer=self.replica, adapter_name=name,
-                                                         metadata=metadata)
+                    state, metadata = self.pipe.lora_state_dict(
+                        str(path.parent), weight_name=path.name, return_lora_metadata=True
+                    )
+                    self.pipe.load_lora_into_transformer(
+                        state, transformer=self.replica, adapter_name=name, metadata=metadata
+                    )
                 except Exception:
                     self.pipe.delete_adapters(name)  # keep both copies in step
                     raise

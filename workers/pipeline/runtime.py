@@ -11,18 +11,24 @@ beside its weights, the same math as diffusers (compiled on CUDA with `exact_com
 through one stack adapter, equal within rounding); "fast" swaps in an fp8 copy with the stack
 merged into its weights (see `fast.py`), built on the first fast job and kept warm.
 """
+
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 import numpy as np
 import torch
-from diffusers import (AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanPipeline,
-                       WanTransformer3DModel)
+from diffusers import (
+    AutoencoderKLWan,
+    FlowMatchEulerDiscreteScheduler,
+    UniPCMultistepScheduler,
+    WanPipeline,
+    WanTransformer3DModel,
+)
 from diffusers.utils.torch_utils import get_module_execution_device
 from transformers import UMT5EncoderModel
 
@@ -108,8 +114,9 @@ class WanRuntime:
     def __init__(self, model_path: str | RuntimeConfig, *, sync=None, **options):
         """`WanRuntime(config)`, or `WanRuntime(model_path, **options)` resolving the options
         (see `RuntimeConfig.resolve`). `sync` is the rank agreement of a split job (`ranks.py`)."""
-        self.config = model_path if isinstance(model_path, RuntimeConfig) else \
-            RuntimeConfig.resolve(model_path, **options)
+        self.config = (
+            model_path if isinstance(model_path, RuntimeConfig) else RuntimeConfig.resolve(model_path, **options)
+        )
         self.sync = sync or SoloSync()
         self.device, self.dtype = self.config.device, self.config.dtype
         self.pipe: WanPipeline | None = None
@@ -131,17 +138,25 @@ class WanRuntime:
         pipe.set_progress_bar_config(disable=True)
         self._schedulers = {
             "checkpoint": pipe.scheduler,
-            "euler": FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0,
-                                                     use_dynamic_shifting=False),
-            "unipc": UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
-                                             flow_shift=3.0, num_train_timesteps=1000, solver_order=2,
-                                             solver_type="bh2"),
+            "euler": FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False),
+            "unipc": UniPCMultistepScheduler(
+                prediction_type="flow_prediction",
+                use_flow_sigmas=True,
+                flow_shift=3.0,
+                num_train_timesteps=1000,
+                solver_order=2,
+                solver_type="bh2",
+            ),
         }
         if config.cfg_device:
-            self.replica = WanTransformer3DModel.from_pretrained(
-                config.model_path, subfolder="transformer", dtype=self.dtype).to(config.cfg_device).eval()
-        self.loras = LoraResidency(pipe, replica=self.replica, stack_adapter=config.lora_stack,
-                                   budget_bytes=config.lora_budget_bytes)
+            self.replica = (
+                WanTransformer3DModel.from_pretrained(config.model_path, subfolder="transformer", dtype=self.dtype)
+                .to(config.cfg_device)
+                .eval()
+            )
+        self.loras = LoraResidency(
+            pipe, replica=self.replica, stack_adapter=config.lora_stack, budget_bytes=config.lora_budget_bytes
+        )
         if config.compile_exact:
             # One graph per (video size, stack rank bucket): allow more than dynamo's default 8.
             torch._dynamo.config.recompile_limit = 64
@@ -168,9 +183,14 @@ class WanRuntime:
         loader with its index: given a bare "cuda", transformers puts the text encoder on cuda:0 whatever
         GPU this worker owns."""
         path = self.config.model_path
-        models = {name: cls.from_pretrained(path, subfolder=name, dtype=self.dtype, device_map=device)
-                  for name, cls in (("text_encoder", UMT5EncoderModel), ("transformer", WanTransformer3DModel),
-                                    ("vae", AutoencoderKLWan))}
+        models = {
+            name: cls.from_pretrained(path, subfolder=name, dtype=self.dtype, device_map=device)
+            for name, cls in (
+                ("text_encoder", UMT5EncoderModel),
+                ("transformer", WanTransformer3DModel),
+                ("vae", AutoencoderKLWan),
+            )
+        }
         return WanPipeline.from_pretrained(path, dtype=self.dtype, **models)
 
     def _load_offloaded(self) -> WanPipeline:
@@ -182,8 +202,9 @@ class WanRuntime:
 
     def fast_transformer(self) -> FastTransformer:
         if self.fast is None:
-            self.fast = FastTransformer(self.config.model_path, device=self.device, dtype=self.dtype,
-                                        compile=self.config.fast_compile)
+            self.fast = FastTransformer(
+                self.config.model_path, device=self.device, dtype=self.dtype, compile=self.config.fast_compile
+            )
         return self.fast
 
     def warm_up(self, sizes: list[tuple[int, int, int]]) -> float:
@@ -195,8 +216,20 @@ class WanRuntime:
         start = time.perf_counter()
         for speed in speeds:
             for width, height, frames in sizes:
-                self.render(PromptParams(prompt="warm-up", neg="", width=width, height=height, num_frames=frames,
-                                         sample_steps=1, guidance_scale=1.0, seed=0, fps=16), speed=speed)
+                self.render(
+                    PromptParams(
+                        prompt="warm-up",
+                        neg="",
+                        width=width,
+                        height=height,
+                        num_frames=frames,
+                        sample_steps=1,
+                        guidance_scale=1.0,
+                        seed=0,
+                        fps=16,
+                    ),
+                    speed=speed,
+                )
         return time.perf_counter() - start
 
     # -- LoRAs (also called by tests and benchmarks) --------------------------
@@ -214,9 +247,16 @@ class WanRuntime:
         return self.fast_transformer().merge(self.pipe.transformer, stack, self.loras.layers(stack))
 
     # -- rendering ----------------------------------------------------------
-    def render(self, params: PromptParams, *, loras: list[LoraSpec] = (), scheduler: str = "auto",
-               step_cache: float | None = None, speed: str = "exact",
-               on_step: Callable[[int, int], None] | None = None) -> RenderResult:
+    def render(
+        self,
+        params: PromptParams,
+        *,
+        loras: list[LoraSpec] = (),
+        scheduler: str = "auto",
+        step_cache: float | None = None,
+        speed: str = "exact",
+        on_step: Callable[[int, int], None] | None = None,
+    ) -> RenderResult:
         """Render one prompt. `on_step(done, total)` runs after every denoising step and may raise
         `RenderCanceled` (or anything) to stop. `step_cache` opts into FirstBlockCache at that
         threshold (faster, lossy; never on a split job, whose ranks would decide apart).
@@ -228,16 +268,20 @@ class WanRuntime:
         try:
             # 1. Check inputs: the size, the multipliers, what this runtime will actually run
             self._check_size(params)
-            loras = [replace(lora, multiplier=params.lora_scale) for lora in loras] \
-                if params.lora_scale is not None else list(loras)
+            loras = (
+                [replace(lora, multiplier=params.lora_scale) for lora in loras]
+                if params.lora_scale is not None
+                else list(loras)
+            )
             step_cache = None if self.config.split else step_cache
             fast = speed == "fast" and self.config.fast_mode and not step_cache
 
             # 2. LoRAs: activate the stack at its multipliers (fast: merged into the fp8 weights)
             timings["lora_switch"] = self.loras.activate(loras)
             if fast:
-                timings["fast_merge"] = self.merge_fast([(adapter_name(lora.sha256), lora.multiplier)
-                                                         for lora in loras])
+                timings["fast_merge"] = self.merge_fast(
+                    [(adapter_name(lora.sha256), lora.multiplier) for lora in loras]
+                )
             scheduler_name = pick_scheduler(scheduler, loras)
             pipe.scheduler = self._schedulers[scheduler_name]
 
@@ -245,8 +289,10 @@ class WanRuntime:
             start = time.perf_counter()
             with torch.inference_mode():
                 prompt_embeds, negative_embeds = pipe.encode_prompt(
-                    prompt=params.prompt, negative_prompt=params.neg,
-                    do_classifier_free_guidance=params.guidance_scale > 1.0, device=pipe._execution_device,
+                    prompt=params.prompt,
+                    negative_prompt=params.neg,
+                    do_classifier_free_guidance=params.guidance_scale > 1.0,
+                    device=pipe._execution_device,
                     max_sequence_length=TEXT_TOKENS,
                 )
             self.synchronize()
@@ -262,24 +308,35 @@ class WanRuntime:
         step_end = StepEnd(self, params.sample_steps, on_step)
         try:
             latents = self._strategy(params, fast=fast, step_cache=step_cache)(
-                pipe, params, Embeds(prompt_embeds, negative_embeds), step_end)
-            frames = self._decode(latents) if self.config.decodes else \
-                np.zeros((0, params.height, params.width, 3), dtype=np.uint8)
+                pipe, params, Embeds(prompt_embeds, negative_embeds), step_end
+            )
+            frames = (
+                self._decode(latents)
+                if self.config.decodes
+                else np.zeros((0, params.height, params.width, 3), dtype=np.uint8)
+            )
         finally:
             if self.config.low_memory:
                 pipe.maybe_free_model_hooks()  # a canceled call must not leave the transformer on the GPU
         timings["denoise"] = step_end.denoised - step_end.start
         timings["denoise_per_step"] = timings["denoise"] / params.sample_steps
         timings["vae_decode"] = time.perf_counter() - step_end.denoised
-        return RenderResult(frames=frames, scheduler=scheduler_name, speed="fast" if fast else "exact",
-                            lora_math="merged" if fast else self.loras.lora_math, step_cache=step_cache,
-                            timings=timings)
+        return RenderResult(
+            frames=frames,
+            scheduler=scheduler_name,
+            speed="fast" if fast else "exact",
+            lora_math="merged" if fast else self.loras.lora_math,
+            step_cache=step_cache,
+            timings=timings,
+        )
 
     def _check_size(self, params: PromptParams) -> None:
         tokens, ranks = tokens_of(params.width, params.height, params.num_frames), len(self.config.cp_devices)
         if ranks and tokens % ranks:
-            raise ValueError(f"{params.width}x{params.height}x{params.num_frames} makes {tokens} tokens, which this "
-                             f"worker's {ranks} GPUs cannot split evenly; change the size or WAN_CP_DEVICES")
+            raise ValueError(
+                f"{params.width}x{params.height}x{params.num_frames} makes {tokens} tokens, which this "
+                f"worker's {ranks} GPUs cannot split evenly; change the size or WAN_CP_DEVICES"
+            )
 
     def _strategy(self, params: PromptParams, *, fast: bool, step_cache: float | None):
         if self.replica is not None and params.guidance_scale > 1.0 and not step_cache and not fast:
@@ -291,10 +348,12 @@ class WanRuntime:
         """WanPipeline's own decode: un-normalise the latents, VAE decode, frames in [0, 1] -> uint8."""
         pipe, vae = self.pipe, self.pipe.vae
         latents = latents.to(get_module_execution_device(vae), dtype=vae.dtype)
-        mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(latents.device,
-                                                                                         latents.dtype)
+        mean = (
+            torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(latents.device, latents.dtype)
+        )
         inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(
-            latents.device, latents.dtype)
+            latents.device, latents.dtype
+        )
         video = vae.decode(latents / inv_std + mean, return_dict=False)[0]
         frames = pipe.video_processor.postprocess_video(video, output_type="np")[0]
         self.synchronize()

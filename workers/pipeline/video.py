@@ -1,4 +1,5 @@
 """Frames to files: H.264 MP4 (the output), a PNG poster, and the animated WebP of training previews."""
+
 from __future__ import annotations
 
 import io
@@ -31,8 +32,15 @@ def write_mp4(frames: np.ndarray, path: str | Path, *, fps: int, metadata: dict 
     if metadata:
         params += ["-metadata", "comment=" + json.dumps(metadata, sort_keys=True)]
     writer = imageio_ffmpeg.write_frames(
-        str(path), (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
-        quality=8, macro_block_size=1, output_params=params, ffmpeg_log_level="error",
+        str(path),
+        (width, height),
+        fps=fps,
+        codec="libx264",
+        pix_fmt_out="yuv420p",
+        quality=8,
+        macro_block_size=1,
+        output_params=params,
+        ffmpeg_log_level="error",
     )
     writer.send(None)
     for frame in frames:
@@ -51,6 +59,7 @@ def webp_bytes(frames: np.ndarray, *, fps: int) -> bytes:
     """Animated WebP as ai-toolkit-inference writes Wan previews (quality 80, loop forever)."""
     images = [Image.fromarray(f) for f in frames]
     buf = io.BytesIO()
-    images[0].save(buf, format="WEBP", save_all=True, append_images=images[1:],
-                   duration=int(1000 / fps), loop=0, quality=80)
+    images[0].save(
+        buf, format="WEBP", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0, quality=80
+    )
     return buf.getvalue()

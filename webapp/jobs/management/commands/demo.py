@@ -5,6 +5,7 @@ and an ai-toolkit-format LoRA at LORA_ROOT/my_lora_job/my_lora.safetensors, so
 the request's LoRA path resolves. The request is sized down for a CPU; every
 other field is sent verbatim. A real Celery worker process renders it.
 """
+
 import json
 import os
 import signal
@@ -43,9 +44,28 @@ class Command(BaseCommand):
         job = inference_submit(body=body, user=user)
         self.stdout.write(f"queued job {job.id}")
         worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "gpu", "--pool", "solo",
-             "--concurrency", "1", "--loglevel", "WARNING", "-n", "demo@%h", "--without-mingle",
-             "--without-gossip"], cwd=settings.BASE_DIR)
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.celery_app",
+                "worker",
+                "-Q",
+                "gpu",
+                "--pool",
+                "solo",
+                "--concurrency",
+                "1",
+                "--loglevel",
+                "WARNING",
+                "-n",
+                "demo@%h",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            cwd=settings.BASE_DIR,
+        )
         try:
             job = self.wait(job.pk, timeout)
         finally:
@@ -54,8 +74,10 @@ class Command(BaseCommand):
         if job.status != JobStatus.SUCCEEDED:
             raise CommandError(f"job {job.status}: {job.error_code} {job.error_message}")
         output = job.outputs.first()
-        self.stdout.write(f"{output.width}x{output.height}, {output.num_frames} frames @ {output.fps} fps, "
-                          f"seed {output.seed}, scheduler {output.scheduler}")
+        self.stdout.write(
+            f"{output.width}x{output.height}, {output.num_frames} frames @ {output.fps} fps, "
+            f"seed {output.seed}, scheduler {output.scheduler}"
+        )
         self.stdout.write(storage_location(output.video.name))
 
     def prepare_model(self, body):
@@ -81,9 +103,11 @@ class Command(BaseCommand):
             job = GenerationJob.objects.get(pk=job_id)
             line = f"{job.status} {job.percent}%"
             if line != shown:
-                self.stdout.write(f"  {line}  (prompt {job.progress.get('prompt', 0) + 1}/"
-                                  f"{job.progress.get('prompts', 1)}, step {job.progress.get('step', 0)}/"
-                                  f"{job.progress.get('steps', '?')})")
+                self.stdout.write(
+                    f"  {line}  (prompt {job.progress.get('prompt', 0) + 1}/"
+                    f"{job.progress.get('prompts', 1)}, step {job.progress.get('step', 0)}/"
+                    f"{job.progress.get('steps', '?')})"
+                )
                 shown = line
             if job.is_finished:
                 return job
