@@ -40,7 +40,7 @@ test: setup services
 # The edit-test loop: pipeline and web tests on SQLite, no worker, server or browser processes.
 test-fast: setup
 	env -u DATABASE_URL -u REDIS_URL VAR_DIR=$(CURDIR)/var/fast $(PY) -m pytest tests/pipeline tests/webapp \
-		-m "not processes and not gpu" -q
+		-m "not processes and not gpu and not fuzz" -q
 
 lint: setup
 	$(VENV)/bin/ruff check .

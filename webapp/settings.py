@@ -8,6 +8,7 @@ services. DJANGO_ENV=production refuses to start without a SECRET_KEY.
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -40,12 +41,31 @@ if not SECRET_KEY:
 DEBUG = env_bool("DEBUG", default=not PRODUCTION)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "" if PRODUCTION else "localhost,127.0.0.1,[::1],testserver")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+BEHIND_TLS_PROXY = env_bool("BEHIND_TLS_PROXY")
+# Proxies whose X-Forwarded-For is trusted for the client's address (sign-in throttles): none unless
+# behind the TLS proxy, which must append the address it saw; a client can send any header itself.
+NUM_PROXIES = int(env("NUM_PROXIES", 1 if BEHIND_TLS_PROXY else 0))
 if PRODUCTION:
     # Serve behind a TLS-terminating proxy; SECURE_COOKIES=false only for a trusted plain-http network.
     SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", True)
     SECURE_CONTENT_TYPE_NOSNIFF = True
-    if env_bool("BEHIND_TLS_PROXY"):  # only a proxy that overwrites X-Forwarded-Proto may be trusted
+    if BEHIND_TLS_PROXY:  # only a proxy that overwrites X-Forwarded-Proto may be trusted
         SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    # Served over TLS (secure cookies): browsers keep to https for a year. HSTS is sent on https
+    # requests only, so behind a proxy it needs BEHIND_TLS_PROXY.
+    SECURE_HSTS_SECONDS = int(env("SECURE_HSTS_SECONDS", 365 * 24 * 3600 if SESSION_COOKIE_SECURE else 0))
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS")
+    SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD")
+    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT")
+SILENCED_SYSTEM_CHECKS = [
+    # The TLS proxy redirects http to https (compose's health checks reach the web port over plain
+    # http); SECURE_SSL_REDIRECT=true where no proxy does.
+    "security.W008",
+    # HSTS for every subdomain of the host, or on browsers' preload lists, binds more than this
+    # service: the operator's choice (SECURE_HSTS_INCLUDE_SUBDOMAINS, SECURE_HSTS_PRELOAD).
+    "security.W005",
+    "security.W021",
+]
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -65,6 +85,7 @@ INSTALLED_APPS = [
 ]
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "webapp.core.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -130,6 +151,40 @@ else:
 STORAGES = {
     "default": _files,
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+
+# --- pages: Content-Security-Policy (webapp/core/csp.py) ---------------------------
+# Only this site's scripts run (htmx from /static; no inline script, no eval); inline styles are
+# allowed (style="" attributes, htmx's indicator style, the admin's). Videos, posters and WebPs may
+# be presigned URLs of the bucket, which the output links redirect to.
+if not AWS_STORAGE_BUCKET_NAME:
+    _storage_origins = []
+elif AWS_S3_ENDPOINT_URL:  # MinIO and the like: path-style URLs on the endpoint
+    _storage_origins = ["{0.scheme}://{0.netloc}".format(urlsplit(AWS_S3_ENDPOINT_URL))]
+else:
+    _storage_origins = [f"https://{AWS_STORAGE_BUCKET_NAME}.s3.amazonaws.com"]
+    if AWS_S3_REGION_NAME:
+        _storage_origins.append(f"https://{AWS_STORAGE_BUCKET_NAME}.s3.{AWS_S3_REGION_NAME}.amazonaws.com")
+SECURE_CSP = {
+    "default-src": ["'self'"],
+    "script-src": ["'self'"],
+    "style-src": ["'self'", "'unsafe-inline'"],
+    "img-src": ["'self'", "data:", "blob:", *_storage_origins],
+    "media-src": ["'self'", "blob:", *_storage_origins],
+    "connect-src": ["'self'"],
+    "object-src": ["'none'"],
+    "base-uri": ["'self'"],
+    "form-action": ["'self'"],
+    "frame-ancestors": ["'none'"],
+}
+_swagger_ui = "https://cdn.jsdelivr.net"  # drf-spectacular's SWAGGER_UI_DIST, with an inline start script
+SECURE_CSP_OVERRIDES = {  # by URL name
+    "docs": {
+        **SECURE_CSP,
+        "script-src": ["'self'", "'unsafe-inline'", _swagger_ui],
+        "style-src": ["'self'", "'unsafe-inline'", _swagger_ui],
+        "img-src": ["'self'", "data:", _swagger_ui],
+    }
 }
 FILE_UPLOAD_MAX_MEMORY_SIZE = 16 * 2**20
 DATA_UPLOAD_MAX_MEMORY_SIZE = 16 * 2**20
@@ -205,7 +260,11 @@ JOB_TIME_LIMIT_GRACE_S = float(env("JOB_TIME_LIMIT_GRACE_S", 600))
 JOB_RECONCILE_GRACE_S = float(env("JOB_RECONCILE_GRACE_S", 30))
 JOB_RECONCILE_INTERVAL_S = float(env("JOB_RECONCILE_INTERVAL_S", 60))
 CELERY_BEAT_SCHEDULE = {"reconcile-jobs": {"task": "workers.reconcile_jobs", "schedule": JOB_RECONCILE_INTERVAL_S}}
-JOB_MAX_PROMPTS = int(env("JOB_MAX_PROMPTS", 100))
+JOB_MAX_PROMPTS = int(env("JOB_MAX_PROMPTS", 100))  # per job and per prompt set, through every door
+# Priorities from this one up (to 9) are for staff: 8 leaves 0-7 to everyone; 10 opens all to everyone.
+PRIORITY_STAFF_ONLY_FROM = int(env("PRIORITY_STAFF_ONLY_FROM", 8))
+if not 1 <= PRIORITY_STAFF_ONLY_FROM <= 10:
+    raise ImproperlyConfigured("PRIORITY_STAFF_ONLY_FROM must be 1 to 10")
 PROMPT_MAX_CHARS = int(env("PROMPT_MAX_CHARS", 4000))
 
 # --- API ----------------------------------------------------------------------
@@ -216,6 +275,9 @@ CACHES = {
     else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
 }
 SUBMIT_RATE = env("SUBMIT_RATE", "120/min")
+# Failed sign-ins (token endpoint and sign-in page) per username and per client address (webapp/core/auth.py).
+SIGN_IN_RATE_PER_USERNAME = env("SIGN_IN_RATE_PER_USERNAME", "10/min")
+SIGN_IN_RATE_PER_ADDRESS = env("SIGN_IN_RATE_PER_ADDRESS", "30/min")
 MAX_QUEUED_JOBS_PER_USER = int(env("MAX_QUEUED_JOBS_PER_USER", 500))
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -233,7 +295,12 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "webapp.core.errors.api_exception_handler",
-    "DEFAULT_THROTTLE_RATES": {"submit": SUBMIT_RATE},
+    "DEFAULT_THROTTLE_RATES": {
+        "submit": SUBMIT_RATE,
+        "sign_in_username": SIGN_IN_RATE_PER_USERNAME,
+        "sign_in_address": SIGN_IN_RATE_PER_ADDRESS,
+    },
+    "NUM_PROXIES": NUM_PROXIES,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Wan LoRA render queue",
@@ -241,7 +308,10 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
-    "ENUM_NAME_OVERRIDES": {"SchedulerEnum": "webapp.jobs.models.Scheduler"},
+    "ENUM_NAME_OVERRIDES": {
+        "SchedulerEnum": "webapp.jobs.models.Scheduler",
+        "VisibilityEnum": "webapp.loras.models.Visibility",
+    },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "webapp.core.errors.add_error_responses",

@@ -1,10 +1,10 @@
 from django.contrib import admin
-from django.contrib.auth.views import LoginView, LogoutView
+from django.contrib.auth.views import LogoutView
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
-from rest_framework.authtoken.views import obtain_auth_token
 from rest_framework.routers import DefaultRouter
 
+from webapp.core.auth import SignInView, TokenSignInView
 from webapp.jobs import compat
 from webapp.jobs.api import JobViewSet, OutputFileView
 from webapp.jobs.views import (
@@ -41,7 +41,7 @@ urlpatterns = [
     path("prompt-sets/new/", prompt_set_new_page, name="prompt-set-new"),
     path("prompt-sets/<int:pk>/", prompt_set_page, name="prompt-set-detail"),
     path("prompt-sets/<int:pk>/delete/", prompt_set_delete_page, name="prompt-set-delete"),
-    path("accounts/login/", LoginView.as_view(template_name="login.html"), name="login"),
+    path("accounts/login/", SignInView.as_view(), name="login"),
     path("accounts/logout/", LogoutView.as_view(next_page="login"), name="logout"),
     path("admin/", admin.site.urls),
     path("health", compat.HealthView.as_view(), name="health"),
@@ -52,7 +52,7 @@ urlpatterns = [
     path("v1/models", compat.ModelsView.as_view(), name="v1-models"),
     path("api/v1/", include(router.urls)),
     re_path(r"^api/v1/outputs/(?P<pk>\d+)/(?P<kind>video|poster|webp)$", OutputFileView.as_view(), name="output-file"),
-    path("api/v1/auth/token", obtain_auth_token, name="auth-token"),
+    path("api/v1/auth/token", TokenSignInView.as_view(), name="auth-token"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
 ]

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from django.conf import settings
@@ -29,6 +31,7 @@ from django.db import connection
 
 from webapp.jobs import services
 from webapp.jobs.models import GenerationJob
+from webapp.loras.models import Visibility
 from workers.host import GpuHost
 from workers.outputs import StorageFailed, output_record, output_store
 from workers.pipeline.parallel import ParallelFailed
@@ -37,6 +40,16 @@ from workers.pipeline.runtime import LoraSpec, RenderCanceled
 from workers.watchdogs import EXIT_CODE_REPLACE_ME, Deadline, Heartbeat, JobTimeout, cuda_is_healthy
 
 log = logging.getLogger(__name__)
+
+
+_SERVER_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[/\\][^\s'\"():,]+){2,}")
+
+
+def public_message(exc: BaseException) -> str:
+    """The first line of an exception as every member reads it on the job: server paths cut to their
+    file name (the log keeps the whole traceback)."""
+    text = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return _SERVER_PATH.sub(lambda match: Path(match.group()).name or "<path>", text)[:500]
 
 
 class LoraMissing(Exception):
@@ -136,6 +149,7 @@ class JobAttempt:
         job = self.job
         job_loras = list(job.job_loras.select_related("lora"))
         loras, names = self._lora_specs(job_loras), [jl.name for jl in job_loras]
+        private = [jl.lora.visibility == Visibility.PRIVATE for jl in job_loras]
         done = set(job.outputs.values_list("index", flat=True))
         stored = []
         for index, values in enumerate(job.prompts):
@@ -150,7 +164,7 @@ class JobAttempt:
                 speed=job.speed,
                 on_step=StepReporter(job, index, deadline),
             )
-            record = output_record(job, params, loras, result, names)
+            record = output_record(job, params, loras, result, names, private)
             stored.append(self.host.store_later(output_store, job, index, values, result, record))
         return stored
 
@@ -158,7 +172,8 @@ class JobAttempt:
         specs = []
         for job_lora in job_loras:
             if job_lora.lora is None:
-                raise LoraMissing(f"LoRA {job_lora.name} ({job_lora.sha256[:12]}) was deleted after submission.")
+                # Every member reads a job's error: it names no LoRA (a private one stays private).
+                raise LoraMissing(f"LoRA {job_lora.position + 1} of the stack was deleted after submission.")
             path = self.host.lora_path(job_lora.lora.file, job_lora.sha256)
             specs.append(
                 LoraSpec(
@@ -190,11 +205,11 @@ class JobAttempt:
             log.info("job %s canceled while rendering; partial work dropped", job.pk)
             return None
         if decision.retry:
-            services.job_requeue(job_id=job.pk, reason=f"{decision.code}: {type(exc).__name__}: {exc}")
+            services.job_requeue(job_id=job.pk, reason=f"{decision.code}: {public_message(exc)}")
         else:
             if decision.code == "RENDER_FAILED":
                 log.error("job %s failed", job.pk, exc_info=exc)
-            services.job_fail(job=job, code=decision.code, message=f"{type(exc).__name__}: {exc}".splitlines()[0])
+            services.job_fail(job=job, code=decision.code, message=public_message(exc))
         if decision.exit_worker:
             log.error("%s: exiting so this worker is replaced", decision.code)
             os._exit(EXIT_CODE_REPLACE_ME)

@@ -56,9 +56,14 @@ def software_versions() -> dict:
 
 
 def output_record(
-    job: GenerationJob, params: PromptParams, loras: list[LoraSpec], result: RenderResult, names: list[str]
+    job: GenerationJob,
+    params: PromptParams,
+    loras: list[LoraSpec],
+    result: RenderResult,
+    names: list[str],
+    private: list[bool],
 ) -> dict:
-    """Everything needed to reproduce one output; stored with its row and inside the MP4."""
+    """Everything needed to reproduce one output; stored with its row and (see `shared_record`) in the MP4."""
     return {
         "job_id": str(job.id),
         "model": job.model,
@@ -68,9 +73,18 @@ def output_record(
         "speed": result.speed,
         "lora_math": result.lora_math,
         "step_cache": result.step_cache,
-        "loras": [{"name": n, "sha256": s.sha256, "multiplier": s.multiplier} for n, s in zip(names, loras)],
+        "loras": [
+            {"name": n, "sha256": s.sha256, "multiplier": s.multiplier, **({"private": True} if p else {})}
+            for n, s, p in zip(names, loras, private)
+        ],
         "software": software_versions(),
     }
+
+
+def shared_record(record: dict) -> dict:
+    """The record as every team member may read it (the MP4 is theirs to download): private LoRAs unnamed."""
+    hidden = {"name": "private LoRA", "sha256": None}
+    return {**record, "loras": [{**lora, **hidden} if lora.get("private") else lora for lora in record["loras"]]}
 
 
 def output_store(job: GenerationJob, index: int, values: dict, result: RenderResult, record: dict) -> dict:
@@ -79,7 +93,7 @@ def output_store(job: GenerationJob, index: int, values: dict, result: RenderRes
     timings = result.timings
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        mp4 = write_mp4(result.frames, Path(tmp) / "video.mp4", fps=fps, metadata=record)
+        mp4 = write_mp4(result.frames, Path(tmp) / "video.mp4", fps=fps, metadata=shared_record(record))
         timings["mp4_encode"] = time.perf_counter() - start
         start = time.perf_counter()
         stem = f"outputs/{job.id}/{index:03d}_seed{values['seed']}"

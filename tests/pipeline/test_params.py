@@ -2,7 +2,14 @@
 
 import pytest
 
-from workers.pipeline.params import PromptError, parse_aitoolkit_prompt, resolve_prompt, snap_frames, snap_size
+from workers.pipeline.params import (
+    AITOOLKIT_FLAGS,
+    PromptError,
+    parse_aitoolkit_prompt,
+    resolve_prompt,
+    snap_frames,
+    snap_size,
+)
 
 
 @pytest.mark.parametrize("frames,expected", [(1, 1), (2, 1), (4, 5), (5, 5), (40, 41), (41, 41), (43, 41), (81, 81)])
@@ -63,3 +70,30 @@ def test_ai_toolkit_semantics_apply_flags_and_always_replace_placeholders():
 def test_reference_semantics_keep_flags_as_text():
     params = resolve_prompt({"prompt": "[trigger] x --w 512"}, index=0, trigger_word="sks")
     assert (params.prompt, params.width, params.lora_scale) == ("sks x --w 512", 1024, None)
+
+
+NUMERIC_FLAGS = ["w", "h", "seed", "d", "cfg", "l", "steps", "s", "m", "network_multiplier", "frames", "fps"]
+
+
+@pytest.mark.parametrize("flag", NUMERIC_FLAGS)
+@pytest.mark.parametrize(
+    "value", ["nan", "NaN", "-nan", "inf", "-inf", "Infinity", "1_0", "0x10", "٣٠", "1.5.1", "", "--"]
+)
+def test_numeric_flags_take_only_finite_decimal_numbers(flag, value):
+    # Python's float() takes "nan", and NaN passes every range check (all comparisons are false).
+    with pytest.raises(PromptError) as err:
+        parse_aitoolkit_prompt(f"x --{flag} {value}")
+    assert err.value.field == AITOOLKIT_FLAGS[flag]
+
+
+@pytest.mark.parametrize("flag", ["w", "seed", "cfg", "m", "frames"])
+def test_integers_past_any_limit_are_out_of_range_whatever_their_length(flag):
+    for digits in (20, 31, 5000):
+        with pytest.raises(PromptError) as err:
+            parse_aitoolkit_prompt(f"x --{flag} {'9' * digits}")
+        assert "outside" in err.value.message and len(err.value.message) < 200
+
+
+def test_decimal_spellings_ai_toolkit_writes_still_parse():
+    _, flags = parse_aitoolkit_prompt("x --cfg 5. --m -.5 --w +512 --seed -1 --l 1e1")
+    assert flags == {"guidance_scale": 10.0, "lora_scale": -0.5, "width": 512, "seed": -1}

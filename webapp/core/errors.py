@@ -6,7 +6,8 @@ exceptions are mapped onto the same shape so a client can switch on `code`.
 
 from __future__ import annotations
 
-from django.core.exceptions import PermissionDenied
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.http import Http404, JsonResponse
 from django.views import defaults
 from rest_framework import exceptions, status
@@ -76,6 +77,18 @@ _DRF_CODES = {
 def api_exception_handler(exc, context):
     if isinstance(exc, ApiError):
         return Response(error_body(exc.code, exc.message, exc.details), status=exc.status_code)
+    if isinstance(exc, RequestDataTooBig):  # Django's own check, else an HTML 400 page (a traceback with DEBUG)
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return Response(
+            error_body("REQUEST_TOO_LARGE", f"The request body is larger than {limit} bytes.", {"max_bytes": limit}),
+            status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
+    if isinstance(exc, TooManyFieldsSent | TooManyFilesSent):
+        return Response(error_body("MALFORMED_REQUEST", "The request has too many form fields or files."), status=400)
+    if isinstance(exc, RecursionError):  # JSON nested past Python's stack, where a view keeps DRF's own JSONParser
+        return Response(
+            error_body("MALFORMED_REQUEST", "JSON parse error - the body is nested too deeply."), status=400
+        )
     if isinstance(exc, OverflowError):  # an id or filter past 64 bits, which SQLite cannot even compare
         return Response(error_body("VALIDATION_ERROR", "A number in the request is out of range."), status=400)
     if isinstance(exc, Http404):
@@ -137,6 +150,6 @@ def add_error_responses(result, generator, request, public):
     }
     for path in result.get("paths", {}).values():
         for operation in path.values():
-            for status_code in ("400", "401", "403", "404", "409", "429", "502", "504"):
+            for status_code in ("400", "401", "403", "404", "409", "413", "415", "429", "502", "504"):
                 operation.setdefault("responses", {}).setdefault(status_code, error)
     return result

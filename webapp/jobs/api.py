@@ -1,10 +1,12 @@
 """REST resources /api/v1/jobs/ (submit, list, detail, cancel, retry) and output downloads."""
 
+from collections.abc import Mapping
+
 from django.core.files.storage import default_storage
 from django.http import FileResponse, HttpResponseRedirect
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import extend_schema
-from rest_framework import mixins, status, viewsets
+from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.generics import get_object_or_404
 from rest_framework.response import Response
@@ -15,17 +17,38 @@ from webapp.core.errors import NotFound
 from webapp.core.storage import storage_is_local
 
 from .models import GenerationJob, JobOutput
-from .selectors import job_get, job_list
+from .selectors import job_get, job_list, jobs_using_lora
 from .serializers import JobCreateSerializer, JobSerializer
 from .services import job_cancel, job_delete, job_rerun, job_retry, job_spec_from_request, job_submit
 
 
+def stored_request(payload: serializers.Serializer) -> dict:
+    """A validated request as kept with its job: the fields `payload` declares, nested ones too, as
+    the client sent them (so bounded by their validation); other keys and write-only fields are dropped."""
+    return _declared(payload, payload.initial_data)
+
+
+def _declared(field, value):
+    if isinstance(field, serializers.ListSerializer) and isinstance(value, list):
+        return [_declared(field.child, item) for item in value]
+    if isinstance(field, serializers.Serializer) and isinstance(value, Mapping):
+        return {
+            name: _declared(child, value[name])
+            for name, child in field.fields.items()
+            if name in value and not child.write_only
+        }
+    return value
+
+
 class JobFilter(filters.FilterSet):
-    lora = filters.NumberFilter(field_name="job_loras__lora", distinct=True)
+    lora = filters.NumberFilter(method="filter_lora", help_text="A LoRA id; one you may not see matches nothing.")
 
     class Meta:
         model = GenerationJob
         fields = ["status", "owner", "model", "lora", "prompt_set"]
+
+    def filter_lora(self, queryset, name, value):
+        return jobs_using_lora(jobs=queryset, lora=value, user=self.request.user)
 
 
 class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet):
@@ -49,7 +72,7 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Destro
         payload = JobCreateSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         data = payload.validated_data
-        spec = job_spec_from_request(owner=request.user, data=data, request=request.data)
+        spec = job_spec_from_request(owner=request.user, data=data, request=stored_request(payload))
         job = job_submit(owner=request.user, spec=spec)
         return self._job_response(job, status.HTTP_201_CREATED)
 

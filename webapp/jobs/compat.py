@@ -15,6 +15,7 @@ from rest_framework.views import APIView
 
 from webapp.core.catalog import MAX_LORAS, MULTIPLIER_HIGH, MULTIPLIER_LOW, model_check, model_list
 
+from .api import stored_request
 from .models import GenerationJob, JobStatus
 from .selectors import job_get
 from .serializers import JobOptionsSerializer, output_urls, prompts_field
@@ -95,7 +96,6 @@ def inference_submit(*, body: dict, user) -> GenerationJob:
     payload = InferenceRequestSerializer(data=body)
     payload.is_valid(raise_exception=True)
     data = payload.validated_data
-    stored = {k: v for k, v in body.items() if k != "hf_token"}
     spec = job_spec(
         owner=user,
         loras=[(item["path"], item["network_multiplier"]) for item in data["loras"]],
@@ -103,7 +103,7 @@ def inference_submit(*, body: dict, user) -> GenerationJob:
         prompts=data["prompts"],
         model=data["model"],
         trigger_word=data.get("trigger_word"),
-        request=stored,
+        request=stored_request(payload),  # hf_token is write-only: never stored
     )
     return job_submit(owner=user, spec=spec)
 

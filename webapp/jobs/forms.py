@@ -19,7 +19,7 @@ from webapp.loras.selectors import lora_list
 from workers.pipeline.params import DEFAULTS, LIMITS, SEED_BASE
 
 from .models import GenerationJob, JobStatus, Scheduler, Speed
-from .selectors import job_get, prompt_set_choices
+from .selectors import job_get, job_lora_shown, prompt_set_choices
 from .serializers import JobCreateSerializer, JobOptionsSerializer
 
 PROMPT_ROWS = 3  # typed prompt rows shown on an empty form
@@ -119,7 +119,9 @@ class JobOptionsForm(forms.Form):
         label="speed", widget=forms.Select(choices=Speed.choices), help_text=OPTION_FIELDS["speed"].help_text
     )
     priority = forms.CharField(
-        label="priority", widget=forms.NumberInput(attrs={"min": 0, "max": 9}), help_text="0-9; higher starts first."
+        label="priority",
+        widget=forms.NumberInput(attrs={"min": 0, "max": 9}),
+        help_text=f"0-9; higher starts first ({settings.PRIORITY_STAFF_ONLY_FROM}-9: staff only).",
     )
     step_cache = forms.CharField(
         required=False,
@@ -211,7 +213,8 @@ class JobSubmitForm:
             if job_lora.lora_id in usable:
                 loras.append({"lora": job_lora.lora_id, "multiplier": job_lora.multiplier})
             else:
-                notes.append(f"LoRA {job_lora.name} is gone or not yours to use; it was left out.")
+                shown = job_lora_shown(job_lora, job=job, user=user).name  # a private LoRA stays unnamed
+                notes.append(f"LoRA {shown} is gone or not yours to use; it was left out.")
         return prompts, loras, {name: getattr(job, name) for name in OPTION_DEFAULTS}, notes
 
     @property

@@ -10,6 +10,7 @@ from webapp.prompts.serializers import PromptFieldsSerializer
 from workers.pipeline.params import PROMPT_SEMANTICS
 
 from .models import GenerationJob, JobLora, JobOutput, Scheduler, Speed
+from .selectors import job_lora_shown, job_record_shown
 
 
 def prompts_field():
@@ -62,19 +63,35 @@ class JobOptionsSerializer(serializers.Serializer):
         return super().validate(attrs)
 
 
+def _viewer(context):
+    request = context.get("request")
+    return request.user if request is not None else None
+
+
 class JobOutputSerializer(serializers.ModelSerializer):
     class Meta:
         model = JobOutput
         fields = ["index", "width", "height", "num_frames", "fps", "seed", "scheduler", "record", "created_at"]
 
     def to_representation(self, output):
-        return {**super().to_representation(output), **output_urls(output, self.context.get("request"))}
+        data = {**super().to_representation(output), **output_urls(output, self.context.get("request"))}
+        data["record"] = job_record_shown(output.record, job=output.job, user=_viewer(self.context))
+        return data
 
 
 class JobLoraSerializer(serializers.ModelSerializer):
+    """A LoRA of the stack as the viewer may see it (`job_loras_shown`): another user's private LoRA is
+    named "private LoRA", with `lora` and `sha256` null."""
+
+    sha256 = serializers.CharField(allow_null=True, read_only=True)
+
     class Meta:
         model = JobLora
         fields = ["lora", "name", "sha256", "multiplier", "url"]
+
+    def to_representation(self, job_lora):
+        shown = job_lora_shown(job_lora, job=job_lora.job, user=_viewer(self.context))
+        return {name: getattr(shown, name) for name in self.Meta.fields}
 
 
 class JobSerializer(serializers.ModelSerializer):

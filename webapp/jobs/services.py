@@ -35,6 +35,7 @@ from workers.celery_app import app as celery_app
 from workers.pipeline.params import PromptError, resolve_prompt
 
 from .models import FINISHED, GenerationJob, JobLora, JobOutput, JobStatus
+from .selectors import job_lora_shown
 
 log = logging.getLogger(__name__)
 RENDER_TASK, FETCH_TASK = "workers.render_job", "workers.fetch_job_loras"
@@ -176,6 +177,7 @@ def job_spec(
     if prompt_set is not None:
         prompts = prompt_set.request_items()
         trigger_word = trigger_word or prompt_set.trigger_word
+    _check_prompt_count(len(prompts or []))
     stack = []
     for ref, multiplier in loras:
         lora = ref if isinstance(ref, Lora) else lora_resolve(ref=ref, owner=owner, fetch=False) or ref
@@ -209,12 +211,15 @@ def job_spec_from_request(*, owner, data: dict, request: dict) -> JobSpec:
 
 @transaction.atomic
 def job_submit(*, owner, spec: JobSpec) -> GenerationJob:
-    """Create a queued job from a JobSpec, then enqueue it."""
+    """Create a queued job from a JobSpec, then enqueue it. Every door's limits hold here: at most
+    JOB_MAX_PROMPTS prompts, and priorities from PRIORITY_STAFF_ONLY_FROM for staff only."""
     model_check(spec.model)
+    _check_priority(owner, spec.options["priority"])
     _check_queue_cap(owner)
     prompts, loras = spec.prompts, spec.loras
     if not prompts or any(not item.get("prompt") for item in prompts):
         raise ApiError("NO_PROMPTS", "A job needs at least one prompt, and every prompt needs its text.")
+    _check_prompt_count(len(prompts))
     keys = [lora.sha256 if isinstance(lora, Lora) else lora for lora, _ in loras]
     if len(set(keys)) != len(keys):
         raise ApiError("LORA_DUPLICATE", "The same LoRA appears twice in the stack; give it one multiplier.")
@@ -264,6 +269,32 @@ def _check_queue_cap(owner) -> None:
         )
 
 
+def _check_prompt_count(count: int) -> None:
+    if count > settings.JOB_MAX_PROMPTS:
+        message = f"A job may have at most {settings.JOB_MAX_PROMPTS} prompts; this one has {count}."
+        raise ApiError("TOO_MANY_PROMPTS", message, details={"prompts": [{"code": "max_length", "message": message}]})
+
+
+def job_priority_allowed(user, priority: int) -> int:
+    """The highest priority `user` may give a job, at most `priority`: priorities from
+    PRIORITY_STAFF_ONLY_FROM up are for staff (and jobs without an owner, made by commands)."""
+    if user is None or user.is_staff:
+        return priority
+    return min(priority, settings.PRIORITY_STAFF_ONLY_FROM - 1)
+
+
+def _check_priority(owner, priority: int) -> None:
+    if job_priority_allowed(owner, priority) != priority:
+        allowed = settings.PRIORITY_STAFF_ONLY_FROM - 1
+        message = f"Priorities above {allowed} are for staff; use 0 to {allowed}."
+        raise ApiError(
+            "PRIORITY_NOT_ALLOWED",
+            message,
+            details={"priority": [{"code": "not_allowed", "message": message}]},
+            status_code=status.HTTP_403_FORBIDDEN,
+        )
+
+
 def job_prompts_resolve(prompts: list[dict], **options) -> list[dict]:
     """Prompts as they will render (see resolve_prompt); a bad inline flag is INVALID_PROMPT_FLAG."""
     resolved = []
@@ -280,16 +311,21 @@ def job_prompts_resolve(prompts: list[dict], **options) -> list[dict]:
 
 
 def job_rerun(*, job: GenerationJob, owner) -> GenerationJob:
-    """A new job with the same resolved prompts (seeds included), LoRA stack and options."""
+    """A new job with the same resolved prompts (seeds included), LoRA stack and options; the
+    priority only as high as `owner` may give (see job_priority_allowed)."""
     loras = []
     for job_lora in job.job_loras.select_related("lora"):
         if job_lora.lora is None or not lora_list(user=owner).filter(pk=job_lora.lora_id).exists():
-            raise Conflict("LORA_MISSING", f"LoRA {job_lora.name} is gone or not yours to use; cannot re-run.")
+            shown = job_lora_shown(job_lora, job=job, user=owner).name  # a private LoRA stays unnamed
+            raise Conflict("LORA_MISSING", f"LoRA {shown} is gone or not yours to use; cannot re-run.")
         loras.append((job_lora.lora, job_lora.multiplier))
     spec = JobSpec(
         loras=loras,
         prompts=job.prompts,
-        options={name: getattr(job, name) for name in JOB_OPTIONS},
+        options={
+            **{name: getattr(job, name) for name in JOB_OPTIONS},
+            "priority": job_priority_allowed(owner, job.priority),
+        },
         model=job.model,
         prompt_set=job.prompt_set,
         request={"rerun_of": str(job.id)},
@@ -434,10 +470,13 @@ def job_cancel(*, job: GenerationJob, actor=None) -> GenerationJob:
 
 
 def job_retry(*, job: GenerationJob, actor=None) -> GenerationJob:
-    """Queue a failed or canceled job again, dropping whatever it had produced."""
+    """Queue a failed or canceled job again, dropping whatever it had produced; its priority only as
+    high as `actor` may give (see job_priority_allowed)."""
     require_manage(actor, job, what="job")
     _check_queue_cap(job.owner)
+    _check_prompt_count(len(job.prompts))
     with job_transition(job.pk, "retry") as row:
+        row.priority = job_priority_allowed(actor, row.priority)
         _delete_outputs(row)
         row.attempts, row.worker, row.timings = 0, "", {}
         row.error_code = row.error_message = ""

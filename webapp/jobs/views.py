@@ -20,7 +20,7 @@ from webapp.core.permissions import can_manage
 
 from .forms import JobSubmitForm, QueueFilterForm
 from .models import GenerationJob
-from .selectors import job_etas, job_filter, job_get
+from .selectors import ShownLora, job_etas, job_filter, job_get, job_list, job_loras_shown, job_record_shown
 from .serializers import output_urls
 from .services import job_cancel, job_rerun, job_retry, job_spec_from_request, job_submit
 
@@ -34,13 +34,22 @@ class JobRow:
     job: GenerationJob
     can_manage: bool
     eta: str  # "" for a finished job
+    loras: list[ShownLora]  # the stack as the viewer may see it
     error: str = ""  # a refused button press, shown in the row
 
 
 def job_rows(jobs, *, user) -> list[JobRow]:
     jobs = list(jobs)
     etas = job_etas(jobs=jobs)
-    return [JobRow(job, can_manage(user, job), "" if job.is_finished else eta_text(etas.get(job.pk))) for job in jobs]
+    return [
+        JobRow(
+            job,
+            can_manage(user, job),
+            "" if job.is_finished else eta_text(etas.get(job.pk)),
+            job_loras_shown(job, user=user),
+        )
+        for job in jobs
+    ]
 
 
 def eta_text(seconds: float | None) -> str:
@@ -55,7 +64,9 @@ def eta_text(seconds: float | None) -> str:
 @login_required
 def queue_page(request):
     filters = QueueFilterForm(request.GET, user=request.user)
-    page = Paginator(job_filter(**filters.filters()), QUEUE_PAGE_SIZE).get_page(request.GET.get("page"))
+    # A LoRA the viewer cannot see is no valid choice: like any LoRA filter, it matches nothing then.
+    jobs = job_list().none() if "lora" in filters.errors else job_filter(user=request.user, **filters.filters())
+    page = Paginator(jobs, QUEUE_PAGE_SIZE).get_page(request.GET.get("page"))
     return render(
         request,
         "jobs/queue.html",
@@ -114,26 +125,28 @@ def job_page(request, pk):
         {
             "job": job,
             "row": job_rows([job], user=request.user)[0],
-            "prompts": prompt_outputs(job),
+            "prompts": prompt_outputs(job, user=request.user),
             "timings": timing_table(job.timings),
             "next": request.get_full_path(),
         },
     )
 
 
-def prompt_outputs(job: GenerationJob) -> list[dict]:
-    """Each prompt as it rendered, with its output (once stored): file URLs and reproduction record."""
+def prompt_outputs(job: GenerationJob, *, user) -> list[dict]:
+    """Each prompt as it rendered, with its output (once stored): file URLs and reproduction record
+    (its LoRAs as `user` may see them)."""
     outputs = {output.index: output for output in job.outputs.all()}
     items = []
     for index, params in enumerate(job.prompts):
         output = outputs.get(index)
+        record = job_record_shown(output.record, job=job, user=user) if output else {}
         items.append(
             {
                 "params": params,
                 "output": output,
                 "urls": output_urls(output, None) if output else {},
-                "record": record_rows(output.record) if output else [],
-                "record_json": json.dumps(output.record, indent=2) if output else "",
+                "record": record_rows(record) if output else [],
+                "record_json": json.dumps(record, indent=2) if output else "",
             }
         )
     return items
@@ -145,7 +158,11 @@ def record_rows(record: dict) -> list[tuple[str, str]]:
     for key, value in record.items():
         if key == "loras":
             value = (
-                ", ".join(f"{lora['name']} @ {lora['multiplier']} (sha256 {lora['sha256'][:12]}…)" for lora in value)
+                ", ".join(
+                    f"{lora['name']} @ {lora['multiplier']}"
+                    + (f" (sha256 {lora['sha256'][:12]}…)" if lora["sha256"] else "")
+                    for lora in value
+                )
                 or "none"
             )
         elif key == "timings":

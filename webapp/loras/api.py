@@ -11,11 +11,62 @@ from workers.pipeline.params import MODEL_IDS
 
 from .models import Lora, Visibility
 from .selectors import lora_list
-from .services import LoraUpload, lora_delete, lora_upload, validate_upload_name
+from .services import (
+    LIST_ITEMS,
+    TEXT_CHARS,
+    LoraUpload,
+    info_bounded,
+    lora_delete,
+    lora_upload,
+    validate_upload_name,
+)
 
 
 class LoraSerializer(serializers.ModelSerializer):
+    """A LoRA; its header facts bounded, since a header may hold megabytes of metadata: the list has a
+    summary of `info`, one LoRA (detail, upload) adds the header metadata, each value cut to
+    METADATA_VALUE_CHARS and all of it to METADATA_CHARS (`metadata_truncated` says when)."""
+
+    INFO_KEYS = (  # what a client needs of `info`, all small
+        "key_format",
+        "rank",
+        "alpha",
+        "num_blocks",
+        "hidden_size",
+        "dtype",
+        "tensor_count",
+        "base_model",
+        "training_step",
+        "training_epoch",
+        "output_name",
+    )
+
     owner = serializers.StringRelatedField()
+    target_modules = serializers.SerializerMethodField()
+    info = serializers.SerializerMethodField(
+        help_text="Facts read from the safetensors header; one LoRA's also has its `metadata`, bounded."
+    )
+
+    def _short(self, value):
+        return value[:TEXT_CHARS] if isinstance(value, str) else value
+
+    def _texts(self, values) -> list[str]:
+        return [str(value)[:TEXT_CHARS] for value in (values or [])[:LIST_ITEMS]]
+
+    def get_target_modules(self, lora) -> list[str]:
+        return self._texts(lora.target_modules)
+
+    def get_info(self, lora) -> dict:
+        info = lora.info or {}
+        software = info.get("software") if isinstance(info.get("software"), dict) else {}
+        summary = {key: self._short(info.get(key)) for key in self.INFO_KEYS if key in info}
+        summary["target_modules"] = self._texts(info.get("target_modules"))
+        summary["trigger_words"] = self._texts(info.get("trigger_words"))
+        summary["software"] = {key: self._short(str(software[key])) for key in ("name", "version") if key in software}
+        if isinstance(self.parent, serializers.ListSerializer):
+            return summary
+        bounded = info_bounded(info)  # rows stored before storage was bounded too
+        return {**summary, "metadata": bounded["metadata"], "metadata_truncated": bounded["metadata_truncated"]}
 
     class Meta:
         model = Lora

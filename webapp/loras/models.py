@@ -1,4 +1,8 @@
-"""A LoRA the service knows: its file in storage and what its header says."""
+"""A LoRA the service knows: its file in storage and what its header says.
+
+Name, sha256 and relative path are each unique among the team's LoRAs and among one owner's, not
+across owners: a user who registers bytes (or a name) that someone else holds privately gets a row
+of their own, so nothing they do can tell them the private one exists (see `lora_register`)."""
 
 from django.conf import settings
 from django.db import models
@@ -13,20 +17,23 @@ class Visibility(models.TextChoices):
     PRIVATE = "private", "private to its owner"
 
 
+UNIQUE_PER_VIEWER = ("name", "sha256", "relative_path")
+
+
 class Lora(models.Model):
-    name = models.CharField(max_length=200, unique=True)
+    name = models.CharField(max_length=200, db_index=True)
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="loras"
     )
     file = models.FileField(upload_to=lora_upload_to, max_length=300)
     relative_path = models.CharField(
         max_length=500,
-        unique=True,
+        db_index=True,
         null=True,
         blank=True,
         help_text="Path under the LoRA root, e.g. my_job/my_job.safetensors; requests may name the LoRA by it.",
     )
-    sha256 = models.CharField(max_length=64, unique=True, editable=False)
+    sha256 = models.CharField(max_length=64, db_index=True, editable=False)
     size = models.BigIntegerField(editable=False)
     base_model = models.CharField(max_length=50, default="wan21_14b")
     trigger_word = models.CharField(max_length=200, blank=True)
@@ -45,6 +52,18 @@ class Lora(models.Model):
     class Meta:
         ordering = ["-created_at"]
         verbose_name = "LoRA"
+        constraints = [
+            *(
+                models.UniqueConstraint(
+                    fields=[field], condition=models.Q(visibility=Visibility.TEAM), name=f"lora_team_{field}_unique"
+                )
+                for field in UNIQUE_PER_VIEWER
+            ),
+            *(
+                models.UniqueConstraint(fields=["owner", field], name=f"lora_owner_{field}_unique")
+                for field in UNIQUE_PER_VIEWER
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.name

@@ -1,12 +1,52 @@
-"""Reads of LoRAs: what a user may see, and lookups by the `path` of a request."""
+"""Reads of LoRAs: what a user may see, and what a request's reference (`path`) names.
+
+A reference resolves in exactly one namespace, chosen by its spelling (`lora_ref_kind`): ASCII digits
+are an id, 64 hex digits a sha256, "://" a URL, a "/", a backslash or a ".safetensors" ending a path
+under LORA_ROOT (normalised by `lora_path_normalize`, matched only against files registered from the
+root), anything else an uploaded name. Lookups see only the LoRAs the requester may see; where more
+than one matches (the same bytes registered privately by one user and for the team by another), the
+requester's own comes first, then the team's, then the oldest.
+"""
 
 from __future__ import annotations
 
+import posixpath
+import re
+
 from django.contrib.auth import get_user_model
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Case, Count, IntegerField, Q, QuerySet, Value, When
 from django.shortcuts import get_object_or_404
 
 from .models import Lora, Visibility
+
+LORA_SUFFIX = ".safetensors"
+ID_MAX = 2**63 - 1  # a bigger number names no row (and would overflow the database's integer)
+
+
+def lora_ref_kind(ref: str) -> str:
+    """The namespace a reference resolves in: "id", "sha256", "url", "path" or "name"."""
+    if re.fullmatch(r"[0-9]+", ref):
+        return "id"
+    if re.fullmatch(r"[0-9a-fA-F]{64}", ref):
+        return "sha256"
+    if "://" in ref:
+        return "url"
+    if "/" in ref or "\\" in ref or ref.lower().endswith(LORA_SUFFIX):
+        return "path"
+    return "name"
+
+
+def lora_path_normalize(ref: str) -> str | None:
+    """The one relative path under LORA_ROOT that a path reference spells: backslashes as slashes,
+    "." and empty segments dropped, ".." applied, ".safetensors" added when left out. None for a
+    spelling that is absolute, holds a NUL or leaves the root (even if it would come back in)."""
+    path = ref.replace("\\", "/")
+    if "\x00" in path or path.startswith("/"):
+        return None
+    path = posixpath.normpath(path)
+    if path in (".", "..") or path.startswith("../"):
+        return None
+    return path if path.endswith(LORA_SUFFIX) else path + LORA_SUFFIX
 
 
 def lora_list(*, user=None) -> QuerySet[Lora]:
@@ -17,17 +57,38 @@ def lora_list(*, user=None) -> QuerySet[Lora]:
     return loras.filter(Q(visibility=Visibility.TEAM) | Q(owner_id=user.pk))
 
 
+def lora_visible(*, lora: Lora, user) -> bool:
+    """Whether `user` may see `lora` (the row-level form of `lora_list`)."""
+    return user is None or user.is_staff or lora.visibility == Visibility.TEAM or lora.owner_id == user.pk
+
+
+def lora_preferred(loras: QuerySet[Lora], *, user) -> QuerySet[Lora]:
+    """`loras` in the order a lookup picks them: `user`'s own, then the team's, then the oldest."""
+    whens = [When(owner_id=user.pk, then=Value(0))] if user is not None else []
+    whens.append(When(visibility=Visibility.TEAM, then=Value(1)))
+    return loras.annotate(preference=Case(*whens, default=Value(2), output_field=IntegerField())).order_by(
+        "preference", "pk"
+    )
+
+
 def lora_find(*, ref: str, user=None) -> Lora | None:
-    """A LoRA visible to `user` by id, sha256, relative path or name, in that order (uploaded names
-    can never look like the others, so no upload can shadow another LoRA's reference)."""
-    visible = lora_list(user=user)
-    lookups = [Q(pk=int(ref))] if ref.isdigit() else []
-    lookups += [Q(sha256=ref), Q(relative_path=ref), Q(name=ref)]
-    for lookup in lookups:
-        lora = visible.filter(lookup).first()
-        if lora:
-            return lora
-    return None
+    """The LoRA visible to `user` that `ref` names, in the one namespace its spelling picks (see the
+    module's docstring); None when there is none (an unregistered path or URL is the caller's to fetch)."""
+    kind = lora_ref_kind(ref)
+    if kind == "id":
+        if int(ref) > ID_MAX:
+            return None
+        lookup = Q(pk=int(ref))
+    elif kind == "sha256":
+        lookup = Q(sha256=ref.lower())
+    elif kind == "path":
+        relative = lora_path_normalize(ref)
+        if relative is None:
+            return None
+        lookup = Q(relative_path=relative)
+    else:  # a URL is registered under its own text as name; uploaded names never contain "/"
+        lookup = Q(name=ref)
+    return lora_preferred(lora_list(user=user).filter(lookup), user=user).first()
 
 
 def lora_library(*, user, q: str = "", owner: str = "") -> QuerySet[Lora]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -21,7 +20,7 @@ from workers.pipeline.lora_files import LoraFileError, check_compatible, inspect
 
 from .fetch import lora_download, lora_url_check
 from .models import Lora, Visibility
-from .selectors import lora_find
+from .selectors import LORA_SUFFIX, lora_find, lora_list, lora_path_normalize, lora_preferred, lora_ref_kind
 
 
 def _sha256(fh: BinaryIO) -> str:
@@ -44,10 +43,81 @@ NAME_MAX = Lora._meta.get_field("name").max_length
 PATH_MAX = Lora._meta.get_field("relative_path").max_length
 
 
+TEXT_CHARS, LIST_ITEMS = 200, 64  # one name in a list of a header's facts; names in such a list
+METADATA_VALUE_CHARS, METADATA_CHARS = 4096, 64 * 1024  # a header may carry megabytes of metadata
+
+
+def info_bounded(info: dict) -> dict:
+    """A header's facts as stored and shown: lists of names to LIST_ITEMS of TEXT_CHARS, `software` to its
+    name, version and repo, each metadata value to METADATA_VALUE_CHARS and all of them to METADATA_CHARS
+    (`metadata_truncated` says when)."""
+    bounded = dict(info)
+    for key in ("target_modules", "trigger_words"):
+        if isinstance(info.get(key), list):
+            bounded[key] = [str(value)[:TEXT_CHARS] for value in info[key][:LIST_ITEMS]]
+    if isinstance(info.get("software"), dict):
+        bounded["software"] = {
+            key: str(info["software"][key])[:TEXT_CHARS]
+            for key in ("name", "version", "repo")
+            if key in info["software"]
+        }
+    header = info.get("metadata") if isinstance(info.get("metadata"), dict) else {}
+    metadata, budget, truncated = {}, METADATA_CHARS, bool(info.get("metadata_truncated"))
+    for key, value in header.items():
+        key, value = str(key)[:TEXT_CHARS], str(value)
+        room = budget - len(key)
+        if room <= 0:
+            truncated = True
+            break
+        metadata[key] = value[: min(METADATA_VALUE_CHARS, room)]
+        truncated |= len(metadata[key]) < len(value)
+        budget = room - len(metadata[key])
+    return {**bounded, "metadata": metadata, "metadata_truncated": truncated}
+
+
 def validate_upload_name(name: str) -> None:
-    """Names given at upload must not look like an id, a sha256 or a LORA_ROOT path."""
-    if name.isdigit() or re.fullmatch(r"[0-9a-f]{64}", name) or "/" in name or name.endswith(".safetensors"):
-        raise ValidationError("A LoRA name may not be a number, a sha256, or a path.", code="invalid_name")
+    """A name a person gives must be a name: not an id, a sha256, a URL or a LORA_ROOT path (see
+    `lora_ref_kind`), so that no upload can answer another namespace's reference."""
+    if lora_ref_kind(name) != "name":
+        raise ValidationError(
+            "A LoRA name may not be a number, a sha256, a URL or a path (no / or \\, no .safetensors ending).",
+            code="invalid_name",
+        )
+
+
+def lora_name_from(raw: str) -> str:
+    """A name taken from a file (its header's ss_output_name, its file name) made into a valid upload
+    name: unprintable characters dropped, path separators as "_", the .safetensors ending dropped, and
+    "lora-" before anything that would read as an id or a sha256."""
+    name = "".join(c for c in raw if c.isprintable()).strip().replace("/", "_").replace("\\", "_")
+    while name.lower().endswith(LORA_SUFFIX):
+        name = name[: -len(LORA_SUFFIX)].rstrip()
+    name = name or "lora"
+    return name if lora_ref_kind(name) == "name" else f"lora-{name}"
+
+
+def _root_name(relative: str) -> str:
+    """The name of a LORA_ROOT file: its canonical path without the ending (a path, never looked up as
+    a name), or for a file at the top a valid upload name."""
+    name = relative.removesuffix(LORA_SUFFIX)
+    return name if "/" in name else lora_name_from(name)
+
+
+def _name_taken(name: str, *, owner) -> bool:
+    """Whether a LoRA `owner` can see has this name (names owned privately by others don't count)."""
+    return lora_list(user=owner).filter(name=name).exists()
+
+
+def _free_name(base: str, *, sha256: str, owner) -> str:
+    """`base`, or `base`-<sha256 prefix>(-n) when taken or too long: a name no LoRA visible to `owner` has."""
+    suffixes = ["", f"-{sha256[:12]}", *(f"-{sha256[:12]}-{n}" for n in range(2, 100))]
+    for suffix in suffixes:
+        if not suffix and len(base) > NAME_MAX:
+            continue
+        candidate = base[: NAME_MAX - len(suffix)] + suffix
+        if not _name_taken(candidate, owner=owner):
+            return candidate
+    raise Conflict("LORA_NAME_TAKEN", f"Too many LoRAs are named like {base!r}.", details={"name": base})
 
 
 def lora_register(
@@ -56,19 +126,23 @@ def lora_register(
     filename: str,
     owner=None,
     name: str | None = None,
+    default_name: str | None = None,
     relative_path: str | None = None,
     trigger_word: str = "",
     default_multiplier: float = 1.0,
     base_model: str = DEFAULT_MODEL,
     visibility: str = Visibility.TEAM,
 ) -> Lora:
-    """Validate and store a LoRA; the same bytes registered twice give the same LoRA. For files the
-    service finds itself (LORA_ROOT, fetched URLs); a person's upload goes through `lora_upload`."""
+    """Validate and store a LoRA; the same bytes registered twice give the same LoRA (the one `owner`
+    sees). For files the service finds itself (LORA_ROOT, fetched URLs) and the admin; a person's
+    upload goes through `lora_upload`. `name` is a person's choice (LORA_NAME_TAKEN when taken);
+    `default_name`, else the header's or the file's name, is made unique instead."""
     lora, _ = _register(
         fh=fh,
         filename=filename,
         owner=owner,
         name=name,
+        default_name=default_name,
         relative_path=relative_path,
         trigger_word=trigger_word,
         default_multiplier=default_multiplier,
@@ -142,17 +216,10 @@ def lora_upload(
 
 
 def _registered(*, sha256: str, owner) -> Lora | None:
-    """The LoRA these bytes already are, refusing (without naming it) another user's private one."""
-    existing = Lora.objects.filter(sha256=sha256).first()
-    if (
-        existing
-        and owner is not None
-        and not owner.is_staff
-        and existing.visibility == Visibility.PRIVATE
-        and existing.owner_id != owner.pk
-    ):
-        raise Conflict("LORA_EXISTS", "Another user registered this file privately; ask them to share it.")
-    return existing
+    """The LoRA these bytes already are for `owner`: one they can see. Another user's private copy
+    does not count: `owner` then registers their own, answered exactly as any first upload is, so
+    an upload never tells anyone that somebody holds the same file privately."""
+    return lora_preferred(lora_list(user=owner).filter(sha256=sha256), user=owner).first()
 
 
 def _register(
@@ -165,26 +232,33 @@ def _register(
     default_multiplier: float,
     base_model: str,
     visibility: str,
+    default_name: str | None = None,
     relative_path: str | None = None,
 ) -> tuple[Lora, bool]:
+    if name is not None and lora_ref_kind(name) != "name":
+        message = "A LoRA name may not be a number, a sha256, a URL or a path."
+        raise ApiError("VALIDATION_ERROR", message, details={"name": [{"code": "invalid_name", "message": message}]})
     size = _file_size(fh)
     if size > settings.LORA_MAX_UPLOAD_BYTES:
         raise ApiError("LORA_TOO_LARGE", f"LoRA files may be at most {settings.LORA_MAX_UPLOAD_BYTES} bytes.")
     try:
         info = inspect_lora_file(fh, size)
         shape = model_shape(base_model)
-        check_compatible(info, hidden_size=shape.dim, num_layers=shape.num_layers, model_id=base_model)
+        check_compatible(
+            info, hidden_size=shape.dim, ffn_dim=shape.ffn_dim, num_layers=shape.num_layers, model_id=base_model
+        )
     except LoraFileError as exc:
         raise ApiError(exc.code, exc.message, details={"file": filename}) from None
     sha256 = _sha256(fh)
     existing = _registered(sha256=sha256, owner=owner)
     if existing:
         return existing, False
-    name = name or (info.output_name or Path(filename).stem)
-    if len(name) > NAME_MAX:  # names come from paths and headers: keep them unique but bounded
-        name = f"{name[: NAME_MAX - 13]}-{sha256[:12]}"
-    if Lora.objects.filter(name=name).exists():
-        raise Conflict("LORA_NAME_TAKEN", f"A different LoRA is already named {name!r}.", details={"name": name})
+    if name:
+        if _name_taken(name, owner=owner):
+            raise Conflict("LORA_NAME_TAKEN", f"A different LoRA is already named {name!r}.", details={"name": name})
+    else:
+        base = default_name or lora_name_from(info.output_name or Path(filename).stem)
+        name = _free_name(base, sha256=sha256, owner=owner)
     lora = Lora(
         name=name,
         owner=owner,
@@ -199,10 +273,10 @@ def _register(
         rank=info.rank,
         hidden_size=info.hidden_size,
         num_blocks=info.num_blocks,
-        target_modules=info.target_modules,
+        target_modules=[str(module)[:TEXT_CHARS] for module in info.target_modules[:LIST_ITEMS]],
         software_version=info.software_version or "",
         training_step=info.training_step,
-        info=info.as_dict(),
+        info=info_bounded(info.as_dict()),
     )
     try:
         with transaction.atomic():
@@ -218,45 +292,48 @@ def _register(
 
 
 def lora_root_file(relative_path: str) -> Path | None:
-    """A file under LORA_ROOT named by a request's relative `path`, never escaping the root."""
+    """The file under LORA_ROOT at a canonical relative path (`lora_path_normalize`), never escaping the root."""
     root = settings.LORA_ROOT.resolve()
     if not relative_path or "\x00" in relative_path or Path(relative_path).is_absolute():
         return None
     candidate = (root / relative_path).resolve()
-    if not candidate.is_relative_to(root) or not candidate.is_file() or candidate.suffix != ".safetensors":
+    if not candidate.is_relative_to(root) or not candidate.is_file() or candidate.suffix != LORA_SUFFIX:
         return None
     return candidate
 
 
 def lora_resolve(*, ref: str, owner=None, fetch: bool = True) -> Lora | None:
-    """The LoRA a request's `path` names: registered, or a file under LORA_ROOT registered now, or a
-    URL downloaded and registered now. With `fetch=False` an unregistered URL is only checked (what
-    can be checked without the network) and None comes back: the CPU queue fetches it later."""
+    """The LoRA a request's reference names (see `lora_ref_kind`): registered and visible to `owner`,
+    or a file under LORA_ROOT registered now, or a URL downloaded and registered now. With
+    `fetch=False` an unregistered URL is only checked (what can be checked without the network) and
+    None comes back: the CPU queue fetches it later."""
     if len(ref) > PATH_MAX:
         raise ApiError("LORA_PATH_TOO_LONG", f"LoRA paths may be at most {PATH_MAX} characters.")
     lora = lora_find(ref=ref, user=owner)
     if lora:
         return lora
-    if "://" in ref:
+    kind = lora_ref_kind(ref)
+    if kind == "url":
         if not fetch:
             lora_url_check(url=ref)
             return None
         fh, filename = lora_download(url=ref)
         with fh:
-            return lora_register(fh=fh, filename=filename, owner=owner, name=ref)
-    path = lora_root_file(ref)
+            return lora_register(fh=fh, filename=filename, owner=owner, default_name=ref)
+    relative = lora_path_normalize(ref) if kind == "path" else None
+    path = lora_root_file(relative) if relative and len(relative) <= PATH_MAX else None
     if path is None:
         raise NotFound(
             "LORA_NOT_FOUND", f"No LoRA is registered or found under the LoRA root as {ref!r}.", details={"path": ref}
         )
-    return _register_root_file(path, relative=ref, owner=owner)
+    return _register_root_file(path, relative=relative, owner=owner)
 
 
 def _register_root_file(path: Path, *, relative: str, owner) -> Lora:
-    """A file of an ai-toolkit output folder, registered under its job/file.safetensors path."""
+    """A file of an ai-toolkit output folder, registered under its canonical job/file.safetensors path."""
     with path.open("rb") as fh:
         return lora_register(
-            fh=fh, filename=path.name, owner=owner, relative_path=relative, name=relative.removesuffix(".safetensors")
+            fh=fh, filename=path.name, owner=owner, relative_path=relative, default_name=_root_name(relative)
         )
 
 

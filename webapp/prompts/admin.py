@@ -1,6 +1,7 @@
 """Admin: prompt sets, one compact row per prompt; an empty field shows the default it falls back to."""
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin
 from django.db.models import Count
 
@@ -49,7 +50,11 @@ class PromptItemInline(admin.TabularInline):
     model = PromptItem
     form = PromptItemForm
     extra = 1
+    max_num = settings.JOB_MAX_PROMPTS  # a job renders the whole set: the job's limit
     fields = PromptItemForm.Meta.fields
+
+    def get_formset(self, request, obj=None, **kwargs):
+        return super().get_formset(request, obj, validate_max=True, **kwargs)
 
 
 @admin.register(PromptSet)

@@ -1,5 +1,6 @@
 """REST resource /api/v1/prompt-sets/: CRUD with ordered, nested prompt items."""
 
+from django.conf import settings
 from rest_framework import serializers, viewsets
 
 from .models import PromptItem, PromptSet
@@ -12,9 +13,14 @@ class PromptItemSerializer(PromptFieldsSerializer):
         return item.as_request_item()
 
 
+def items_field(**kwargs) -> PromptItemSerializer:
+    """A set's items: as many as a job may have prompts (a job renders the whole set)."""
+    return PromptItemSerializer(many=True, allow_empty=False, max_length=settings.JOB_MAX_PROMPTS, **kwargs)
+
+
 class PromptSetSerializer(serializers.ModelSerializer):
     owner = serializers.StringRelatedField()
-    items = PromptItemSerializer(many=True, allow_empty=False)
+    items = items_field()
 
     class Meta:
         model = PromptSet
@@ -23,7 +29,7 @@ class PromptSetSerializer(serializers.ModelSerializer):
     def validate(self, data):
         # A partial update validates nested items partially too; items sent must always be complete.
         if self.partial and "items" in self.initial_data:
-            items = PromptItemSerializer(data=self.initial_data["items"], many=True, allow_empty=False)
+            items = items_field(data=self.initial_data["items"])
             if not items.is_valid():
                 raise serializers.ValidationError({"items": items.errors})
         return data

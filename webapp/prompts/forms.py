@@ -98,6 +98,8 @@ class PromptItemForm(forms.Form):
 
 
 class BasePromptItemFormSet(forms.BaseFormSet):
+    default_error_messages = {"too_many_forms": "A prompt set may have at most %(num)d prompts (a job's limit)."}
+
     @classmethod
     def get_default_prefix(cls):
         return "items"
@@ -130,7 +132,9 @@ class BasePromptItemFormSet(forms.BaseFormSet):
         return items if len(items) == len(self.forms) else None
 
 
-PromptItemFormSet = forms.formset_factory(PromptItemForm, formset=BasePromptItemFormSet, extra=0)
+PromptItemFormSet = forms.formset_factory(
+    PromptItemForm, formset=BasePromptItemFormSet, extra=0, max_num=settings.JOB_MAX_PROMPTS, validate_max=True
+)
 
 
 def items_rearranged(rows: list[dict[str, str]], action: str) -> list[dict[str, str]]:

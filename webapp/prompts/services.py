@@ -1,15 +1,20 @@
-"""Every write of a prompt set: create, update (items replaced whole, in order), delete."""
+"""Every write of a prompt set: create, update (items replaced whole, in order, at most JOB_MAX_PROMPTS), delete."""
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import transaction
 
+from webapp.core.errors import ApiError
 from webapp.core.permissions import require_manage
 
 from .models import PromptItem, PromptSet
 
 
 def _write_items(prompt_set: PromptSet, items: list[dict]) -> None:
+    if len(items) > settings.JOB_MAX_PROMPTS:  # a job renders the whole set: the job's limit
+        message = f"A prompt set may have at most {settings.JOB_MAX_PROMPTS} prompts; this one has {len(items)}."
+        raise ApiError("TOO_MANY_PROMPTS", message, details={"items": [{"code": "max_length", "message": message}]})
     PromptItem.objects.bulk_create(
         PromptItem(
             prompt_set=prompt_set, position=i, **{k: v for k, v in item.items() if k != "sampler" and v is not None}

@@ -8,7 +8,9 @@ so that what is stored with a job is what renders.
 
 from __future__ import annotations
 
+import math
 import random
+import re
 from dataclasses import asdict, dataclass
 
 MODEL_IDS = ("wan21_14b",)
@@ -86,6 +88,21 @@ AITOOLKIT_FLAGS = {
     "fps": "fps",
 }
 _FLOAT_FIELDS = {"guidance_scale", "lora_scale"}
+# Plain decimal numbers only: Python's int() and float() also take "nan", "inf", "1_000" and non-ASCII digits.
+_INT = re.compile(r"[+-]?[0-9]+")
+_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
+def _flag_number(field: str, content: str) -> int | float | None:
+    """The value of a numeric flag (+-inf for a number too long to be in range), or None when it is not
+    a plain decimal number."""
+    if field in _FLOAT_FIELDS:  # never NaN; +-inf (1e400) is refused by the range check
+        return float(content) if _FLOAT.fullmatch(content) else None
+    if not _INT.fullmatch(content):
+        return None
+    if len(content) > 30:  # past every limit; int() of thousands of digits is refused by Python itself
+        return -math.inf if content.startswith("-") else math.inf
+    return int(content)
 
 
 def parse_aitoolkit_prompt(text: str) -> tuple[str, dict]:
@@ -103,13 +120,12 @@ def parse_aitoolkit_prompt(text: str) -> tuple[str, dict]:
         if field == "neg":
             values[field] = content
             continue
-        try:
-            value = float(content) if field in _FLOAT_FIELDS else int(content)
-        except ValueError:
-            raise PromptError(field, f"--{flag} needs a number, got {content!r}") from None
+        value = _flag_number(field, content)
+        if value is None:
+            raise PromptError(field, f"--{flag} needs a number, got {content[:50]!r}")
         low, high = LIMITS["network_multiplier" if field == "lora_scale" else field]
         if (low is not None and value < low) or (high is not None and value > high):
-            raise PromptError(field, f"--{flag} {content} is outside {low}..{high}")
+            raise PromptError(field, f"--{flag} {content[:50]} is outside {low}..{high}")
         values[field] = value
     return prompt.strip(), values
 
