@@ -13,10 +13,11 @@ export HF_HUB_DISABLE_PROGRESS_BARS := 1
 
 .PHONY: setup demo test test-fast up migrate services lint
 
-$(VENV)/.installed: requirements-web.txt requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements-web.txt requirements.txt requirements-dev.txt client/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q -e client  # the `wanq` command line (client/)
 	touch $@
 
 setup: $(VENV)/.installed

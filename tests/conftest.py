@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,7 +29,12 @@ SMALL = {"width": 128, "height": 128, "num_frames": 9, "sample_steps": 3}
 def tiny_model() -> Path:
     """The checkpoint settings.WAN_MODEL_PATH points at, written once."""
     path = Path(settings.WAN_MODEL_PATH)
-    if not (path / "model_index.json").exists():
+    config = path / "transformer" / "config.json"
+    if (
+        not config.exists()
+        or json.loads(config.read_text()).get("rope_max_seq_len") != TINY_TRANSFORMER["rope_max_seq_len"]
+    ):  # missing, or written by an older version of the tiny checkpoint
+        shutil.rmtree(path, ignore_errors=True)
         write_random_wan(path)
     return path
 

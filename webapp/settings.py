@@ -78,12 +78,16 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "django_filters",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI and ReDoc as static files: the docs load nothing from a CDN
+    "corsheaders",
     "webapp.core",
     "webapp.loras",
     "webapp.prompts",
     "webapp.jobs",
 ]
 MIDDLEWARE = [
+    # First: a browser's preflight (OPTIONS) is answered here, before any view asks for credentials.
+    "corsheaders.middleware.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "webapp.core.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -177,15 +181,10 @@ SECURE_CSP = {
     "form-action": ["'self'"],
     "frame-ancestors": ["'none'"],
 }
-_swagger_ui = "https://cdn.jsdelivr.net"  # drf-spectacular's SWAGGER_UI_DIST, with an inline start script
-SECURE_CSP_OVERRIDES = {  # by URL name
-    "docs": {
-        **SECURE_CSP,
-        "script-src": ["'self'", "'unsafe-inline'", _swagger_ui],
-        "style-src": ["'self'", "'unsafe-inline'", _swagger_ui],
-        "img-src": ["'self'", "data:", _swagger_ui],
-    }
-}
+# The API docs (/api/docs/, /api/redoc/) come from drf-spectacular-sidecar's static files, and Swagger UI's
+# start script from /api/docs/?script= (SpectacularSwaggerSplitView): the one policy above covers them.
+# ReDoc runs its search index in a worker it starts from a blob: URL.
+SECURE_CSP_OVERRIDES = {"redoc": {**SECURE_CSP, "worker-src": ["'self'", "blob:"]}}  # by URL name
 FILE_UPLOAD_MAX_MEMORY_SIZE = 16 * 2**20
 DATA_UPLOAD_MAX_MEMORY_SIZE = 16 * 2**20
 
@@ -249,6 +248,15 @@ LORA_URL_ALLOWED_HOSTS = env_list("LORA_URL_ALLOWED_HOSTS")
 LORA_URL_MAX_BYTES = int(env("LORA_URL_MAX_BYTES", 2 * 2**30))
 LORA_URL_TIMEOUT_S = float(env("LORA_URL_TIMEOUT_S", 30))
 JOB_PROGRESS_INTERVAL_S = float(env("JOB_PROGRESS_INTERVAL_S", 1.0))
+# Job webhooks (webapp/jobs/webhooks.py): https to public addresses only, except hosts named here exactly
+# (a receiver on the local network or loopback; http allowed for them too).
+WEBHOOK_ALLOWED_HOSTS = env_list("WEBHOOK_ALLOWED_HOSTS")
+WEBHOOK_TIMEOUT_S = float(env("WEBHOOK_TIMEOUT_S", 10))
+WEBHOOK_RETRY_BASE_S = float(env("WEBHOOK_RETRY_BASE_S", 10))  # doubling after each failure...
+WEBHOOK_RETRY_MAX_S = float(env("WEBHOOK_RETRY_MAX_S", 600))  # ...up to this far apart...
+WEBHOOK_RETRY_FOR_S = float(env("WEBHOOK_RETRY_FOR_S", 3600))  # ...until the event is this old: failed
+WEBHOOK_PROGRESS_INTERVAL_S = float(env("WEBHOOK_PROGRESS_INTERVAL_S", 10))
+WEBHOOK_PUBLIC_URL = env("WEBHOOK_PUBLIC_URL", "")  # prefixes the output URLs in bodies ("https://render.example.com")
 JOB_HEARTBEAT_S = float(env("JOB_HEARTBEAT_S", 10))
 JOB_STALE_AFTER_S = float(env("JOB_STALE_AFTER_S", 120))  # no heartbeat for this long: the worker is gone
 JOB_MAX_ATTEMPTS = int(env("JOB_MAX_ATTEMPTS", 3))
@@ -275,6 +283,14 @@ CACHES = {
     else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
 }
 SUBMIT_RATE = env("SUBMIT_RATE", "120/min")
+# CORS for a browser frontend on another origin (django-cors-headers): only the API paths, only these
+# origins ("https://app.example.com", comma-separated; none by default). Clients authenticate with the
+# Authorization header (a token), so no cookies cross origins.
+CORS_ALLOWED_ORIGINS = env_list("CORS_ALLOWED_ORIGINS")
+CORS_URLS_REGEX = r"^/(api|v1)/"
+CORS_ALLOW_HEADERS = ["accept", "authorization", "content-type", "idempotency-key", "range"]
+CORS_EXPOSE_HEADERS = ["Content-Disposition", "Content-Range", "Accept-Ranges", "Retry-After"]
+CORS_PREFLIGHT_MAX_AGE = 3600
 # Failed sign-ins (token endpoint and sign-in page) per username and per client address (webapp/core/auth.py).
 SIGN_IN_RATE_PER_USERNAME = env("SIGN_IN_RATE_PER_USERNAME", "10/min")
 SIGN_IN_RATE_PER_ADDRESS = env("SIGN_IN_RATE_PER_ADDRESS", "30/min")
@@ -308,9 +324,13 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     "ENUM_NAME_OVERRIDES": {
         "SchedulerEnum": "webapp.jobs.models.Scheduler",
         "VisibilityEnum": "webapp.loras.models.Visibility",
+        "RequestStatusEnum": "webapp.jobs.compat.REQUEST_STATUSES",
     },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",

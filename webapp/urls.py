@@ -1,12 +1,12 @@
 from django.contrib import admin
 from django.contrib.auth.views import LogoutView
 from django.urls import include, path, re_path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 from rest_framework.routers import DefaultRouter
 
 from webapp.core.auth import SignInView, TokenSignInView
 from webapp.jobs import compat
-from webapp.jobs.api import JobViewSet, OutputFileView
+from webapp.jobs.api import JobViewSet, OutputFileView, webhook_urls
 from webapp.jobs.views import (
     cancel_action,
     job_new_page,
@@ -50,11 +50,15 @@ urlpatterns = [
     path("v1/requests/<str:request_id>/result", compat.RequestResultView.as_view(), name="v1-result"),
     path("v1/requests/<str:request_id>/cancel", compat.RequestCancelView.as_view(), name="v1-cancel"),
     path("v1/models", compat.ModelsView.as_view(), name="v1-models"),
+    path("api/v1/webhooks/", include(webhook_urls)),
     path("api/v1/", include(router.urls)),
     re_path(r"^api/v1/outputs/(?P<pk>\d+)/(?P<kind>video|poster|webp)$", OutputFileView.as_view(), name="output-file"),
     path("api/v1/auth/token", TokenSignInView.as_view(), name="auth-token"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    # Swagger UI and ReDoc from drf-spectacular-sidecar's static files; Swagger UI's start script is served
+    # by the same view (?script=), so the pages run under the site's script-src 'self'.
+    path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="docs"),
+    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
 ]
 
 handler404 = "webapp.core.errors.handler404"

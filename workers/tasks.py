@@ -6,7 +6,7 @@ import socket
 from celery import shared_task
 from celery.signals import worker_ready, worker_shutdown
 
-from webapp.jobs import services
+from webapp.jobs import services, webhooks
 from workers import broker
 from workers.attempt import JobAttempt
 from workers.host import GpuHost
@@ -34,7 +34,15 @@ def reconcile_jobs(dead_worker: str | None = None) -> dict:
     result = services.jobs_reconcile(broker_job_ids=broker.queued_job_ids(), dead_worker=dead_worker)
     if any(result.values()):
         log.warning("reconciled jobs: %s", result)
+    if resent := webhooks.webhook_resend_due():
+        log.warning("re-sent %d webhook events", resent)
     return result
+
+
+@shared_task(name="workers.deliver_webhook")
+def deliver_webhook(event_id: str) -> str:
+    """CPU queue: one attempt at posting a job's webhook event; a failure schedules the next one."""
+    return webhooks.webhook_deliver(event_id=event_id)
 
 
 @shared_task(name="workers.fetch_job_loras")

@@ -181,3 +181,32 @@ def test_health_models_and_auth(client, api):
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "NOT_AUTHENTICATED"
     assert [m["id"] for m in api.get("/v1/models").json()["models"]] == ["wan21_14b"]
+
+
+def test_a_size_the_deployments_model_cannot_render_is_refused_at_submit(api, settings, tmp_path):
+    """A checkpoint whose rotary range covers 32 positions renders at most 512 px and 125 frames."""
+    import json
+
+    from webapp.core import catalog
+
+    (tmp_path / "transformer").mkdir()
+    (tmp_path / "transformer" / "config.json").write_text(json.dumps({"rope_max_seq_len": 32, "num_layers": 2}))
+    settings.WAN_MODEL_PATH = str(tmp_path)
+    catalog._transformer_config.cache_clear()
+    try:
+        body = {**MINIMAL, "loras": []}  # the verbatim request asks for 1024x1024
+        response = api.post("/v1/inference", body, format="json")
+        assert response.status_code == 400
+        error = response.json()["error"]
+        assert error["code"] == "UNSUPPORTED_SIZE" and error["details"]["max_width"] == 512
+        assert error["details"]["max_num_frames"] == 125 and error["details"]["fields"] == ["width", "height"]
+        small = {**body, "prompts": [{**body["prompts"][0], "width": 512, "height": 512}]}
+        assert api.post("/v1/inference", small, format="json").status_code == 200
+    finally:
+        catalog._transformer_config.cache_clear()
+
+
+def test_the_verbatim_request_is_accepted_on_the_default_model(api):
+    """The tiny checkpoint `make demo` writes places 1024x1024x41 (and any size the API accepts)."""
+    response = api.post("/v1/inference", MINIMAL, format="json")
+    assert response.status_code == 200, response.json()

@@ -16,6 +16,8 @@ OPTIONS = {
     "webp": True,
     "step_cache": 0.1,
     "speed": "exact",
+    "webhook": "",
+    "webhook_events_filter": ["completed", "start"],
 }
 
 

@@ -43,5 +43,29 @@ def model_shape(model_id: str) -> WanShape:
     return WanShape.of(_transformer_config(settings.WAN_MODEL_PATH))
 
 
+def model_limits(model_id: str) -> dict:
+    """The largest video this deployment's checkpoint can place: its rotary embedding covers
+    `rope_max_seq_len` positions along each of latent frames (4 video frames each), height and width
+    (16 px each, the VAE's 8 times the 2x2 patch)."""
+    model_check(model_id)
+    positions = int(_transformer_config(settings.WAN_MODEL_PATH).get("rope_max_seq_len", 1024))
+    return {"max_width": positions * 16, "max_height": positions * 16, "max_num_frames": (positions - 1) * 4 + 1}
+
+
+def model_size_check(model_id: str, prompts: list[dict]) -> None:
+    """Refuse, at submit, a size the checkpoint cannot render (UNSUPPORTED_SIZE, with its limits)."""
+    limits = model_limits(model_id)
+    for index, prompt in enumerate(prompts):
+        too_big = [f for f in ("width", "height", "num_frames") if prompt[f] > limits[f"max_{f}"]]
+        if too_big:
+            raise ApiError(
+                "UNSUPPORTED_SIZE",
+                f"prompts[{index}]: {prompt['width']}x{prompt['height']}x{prompt['num_frames']} is past what this "
+                f"deployment's model renders (at most {limits['max_width']}x{limits['max_height']} px, "
+                f"{limits['max_num_frames']} frames).",
+                details={"prompt": index, "fields": too_big, **limits},
+            )
+
+
 def model_list() -> list[dict]:
     return [{"id": m, "name": MODEL_DESCRIPTIONS.get(m, m), "type": "video", "max_loras": MAX_LORAS} for m in MODEL_IDS]

@@ -1,11 +1,14 @@
 """REST resources /api/v1/jobs/ (submit, list, detail, cancel, retry) and output downloads."""
 
+import re
 from collections.abc import Mapping
 
 from django.core.files.storage import default_storage
-from django.http import FileResponse, HttpResponseRedirect
+from django.http import FileResponse, HttpResponseRedirect, JsonResponse
+from django.urls import path
 from django_filters import rest_framework as filters
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.generics import get_object_or_404
@@ -13,13 +16,23 @@ from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
-from webapp.core.errors import NotFound
+from webapp.core.errors import NotFound, error_body
 from webapp.core.storage import storage_is_local
 
 from .models import GenerationJob, JobOutput
 from .selectors import job_get, job_list, jobs_using_lora
 from .serializers import JobCreateSerializer, JobSerializer
-from .services import job_cancel, job_delete, job_rerun, job_retry, job_spec_from_request, job_submit
+from .services import (
+    idempotency_key_check,
+    job_cancel,
+    job_delete,
+    job_for_idempotency_key,
+    job_rerun,
+    job_retry,
+    job_spec_from_request,
+    job_submit,
+)
+from .webhooks import webhook_secret_get, webhook_secret_rotate
 
 
 def stored_request(payload: serializers.Serializer) -> dict:
@@ -69,12 +82,16 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Destro
 
     @extend_schema(request=JobCreateSerializer, responses={201: JobSerializer})
     def create(self, request):
+        """With an Idempotency-Key header already used by this user: the first job, 200, nothing created."""
+        key = idempotency_key_check(request.headers.get("Idempotency-Key"))
+        if job := job_for_idempotency_key(owner=request.user, key=key):
+            return self._job_response(job)
         payload = JobCreateSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         data = payload.validated_data
         spec = job_spec_from_request(owner=request.user, data=data, request=stored_request(payload))
-        job = job_submit(owner=request.user, spec=spec)
-        return self._job_response(job, status.HTTP_201_CREATED)
+        job = job_submit(owner=request.user, spec=spec, idempotency_key=key)
+        return self._job_response(job, status.HTTP_200_OK if job.replayed else status.HTTP_201_CREATED)
 
     def _job_response(self, job, status_code=status.HTTP_200_OK):
         return Response(
@@ -99,12 +116,70 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Destro
 
 
 CONTENT_TYPES = {"video": "video/mp4", "poster": "image/png", "webp": "image/webp"}
+_BYTES = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None | bool:
+    """The one range `header` asks of `size` bytes as (first, last), both inclusive; None to send the whole
+    file (no Range, a malformed one, several ranges: RFC 9110 lets a server ignore it); False when it cannot
+    be satisfied."""
+    match = _BYTES.match((header or "").replace(" ", ""))
+    if not match or match.groups() == ("", ""):
+        return None
+    first, last = match.groups()
+    if not first:  # a suffix: the last N bytes
+        return (max(size - int(last), 0), size - 1) if int(last) and size else False
+    first = int(first)
+    if last and int(last) < first:  # bytes=9-5: invalid, ignored
+        return None
+    if first >= size:
+        return False
+    return first, min(int(last), size - 1) if last else size - 1
+
+
+class BoundedReader:
+    """Reads at most `length` bytes of `handle` from where it stands: FileResponse streams it in blocks
+    and closes it (no fileno, so no sendfile of the whole file)."""
+
+    def __init__(self, handle, length: int):
+        self.handle, self.left = handle, length
+
+    def read(self, size: int = -1) -> bytes:
+        size = self.left if size is None or size < 0 else min(size, self.left)
+        data = self.handle.read(size) if size else b""
+        self.left -= len(data)
+        return data
+
+    def close(self):
+        self.handle.close()
 
 
 class OutputFileView(APIView):
-    """Download an output's MP4 or poster, streamed from whichever storage holds it."""
+    """Download an output's MP4, poster (PNG) or WebP, streamed from whichever storage holds it. Local files
+    honour a single `Range: bytes=...` (206, or 416 past the end); from S3 the answer is a redirect to a
+    presigned URL of the object, which honours Range itself."""
 
-    @extend_schema(responses={(200, "video/mp4"): bytes})
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "Range",
+                OpenApiTypes.STR,
+                OpenApiParameter.HEADER,
+                required=False,
+                description="One byte range: bytes=0-99, bytes=100- or bytes=-100.",
+            )
+        ],
+        responses={
+            (200, "video/mp4"): OpenApiTypes.BINARY,
+            (200, "image/png"): OpenApiTypes.BINARY,
+            (200, "image/webp"): OpenApiTypes.BINARY,
+            (206, "video/mp4"): OpenApiTypes.BINARY,
+            (206, "image/png"): OpenApiTypes.BINARY,
+            (206, "image/webp"): OpenApiTypes.BINARY,
+            302: OpenApiResponse(description="Object storage: a presigned URL of the file."),
+            416: OpenApiResponse(description="The range starts past the end of the file (see Content-Range)."),
+        },
+    )
     def get(self, request, pk, kind):
         output = get_object_or_404(JobOutput, pk=pk)
         field = getattr(output, kind)
@@ -117,4 +192,43 @@ class OutputFileView(APIView):
             handle = default_storage.open(field.name, "rb")
         except FileNotFoundError:  # deleted by a retry or delete meanwhile
             raise NotFound("OUTPUT_FILE_NOT_FOUND", "This output's file is gone.") from None
-        return FileResponse(handle, filename=name, content_type=CONTENT_TYPES[kind])
+        size = handle.size
+        wanted = byte_range(request.headers.get("Range"), size)
+        if wanted is False:
+            handle.close()
+            response = JsonResponse(error_body("RANGE_NOT_SATISFIABLE", f"The file has {size} bytes."), status=416)
+            response["Content-Range"] = f"bytes */{size}"
+        elif wanted is None:
+            response = FileResponse(handle, filename=name, content_type=CONTENT_TYPES[kind])
+        else:
+            first, last = wanted
+            handle.seek(first)
+            response = FileResponse(
+                BoundedReader(handle, last - first + 1), filename=name, content_type=CONTENT_TYPES[kind], status=206
+            )
+            response["Content-Length"] = str(last - first + 1)
+            response["Content-Range"] = f"bytes {first}-{last}/{size}"
+        response["Accept-Ranges"] = "bytes"
+        return response
+
+
+class WebhookSecretView(APIView):
+    """Your webhook signing secret, `whsec_<base64>` (made on first use)."""
+
+    @extend_schema(request=None, responses={200: dict}, operation_id="webhook_secret")
+    def get(self, request):
+        return Response({"key": webhook_secret_get(user=request.user)})
+
+
+class WebhookSecretRotateView(APIView):
+    """A new webhook signing secret; every delivery from now on (retries too) is signed with it."""
+
+    @extend_schema(request=None, responses={200: dict}, operation_id="webhook_secret_rotate")
+    def post(self, request):
+        return Response({"key": webhook_secret_rotate(user=request.user)})
+
+
+webhook_urls = [  # under /api/v1/webhooks/
+    path("secret", WebhookSecretView.as_view(), name="webhook-secret"),
+    path("secret/rotate", WebhookSecretRotateView.as_view(), name="webhook-secret-rotate"),
+]

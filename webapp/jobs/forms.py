@@ -142,6 +142,8 @@ class JobOptionsForm(forms.Form):
             choices=[("", "— none: the prompts above —"), *prompt_set_choices()]
         )
         for name, default in OPTION_DEFAULTS.items():
+            if name not in self.fields:  # an API-only option (webhooks): its default applies
+                continue
             field = self.fields[name]
             field.initial = default
             if default not in (None, False):

@@ -31,6 +31,13 @@ class Speed(models.TextChoices):
     FAST = "fast", "fast (fp8 transformer, LoRAs merged; lossy)"
 
 
+WEBHOOK_EVENTS = ("start", "progress", "output", "completed")
+
+
+def default_webhook_events() -> list[str]:
+    return ["completed"]
+
+
 class GenerationJob(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     owner = models.ForeignKey(
@@ -51,6 +58,17 @@ class GenerationJob(models.Model):
         null=True, blank=True, help_text="Opt-in FirstBlockCache threshold (faster, lossy); empty: exact."
     )
     speed = models.CharField(max_length=10, choices=Speed.choices, default=Speed.EXACT)
+    webhook = models.CharField(
+        max_length=1000, blank=True, default="", help_text="Where events of this job are POSTed (Standard Webhooks)."
+    )
+    webhook_events_filter = models.JSONField(
+        default=default_webhook_events,
+        blank=True,
+        help_text=f"Which events to send: any of {', '.join(WEBHOOK_EVENTS)}.",
+    )
+    idempotency_key = models.CharField(
+        max_length=200, blank=True, default="", help_text="The submit's Idempotency-Key header (unique per owner)."
+    )
     prompt_set = models.ForeignKey(
         "prompts.PromptSet",
         null=True,
@@ -76,6 +94,14 @@ class GenerationJob(models.Model):
     class Meta:
         ordering = ["-created_at"]
         indexes = [models.Index(fields=["status", "-priority", "created_at"])]
+        constraints = [
+            # A repeated Idempotency-Key finds the first job; two racing submits cannot both insert.
+            models.UniqueConstraint(
+                fields=["owner", "idempotency_key"],
+                condition=~models.Q(idempotency_key=""),
+                name="one_job_per_idempotency_key",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.id} ({self.status})"
@@ -147,3 +173,64 @@ class JobOutput(models.Model):
 
     def __str__(self) -> str:
         return f"Output {self.index + 1}: {self.width}x{self.height}, {self.num_frames} frames, seed {self.seed}"
+
+
+class WebhookSecret(models.Model):
+    """A user's webhook signing secret, shown as `whsec_<base64>` (Standard Webhooks)."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="webhook_secret")
+    key = models.CharField(max_length=200)
+    created_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"webhook secret of {self.user}"
+
+
+class DeliveryStatus(models.TextChoices):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class WebhookEvent(models.Model):
+    """One event of a job for its webhook (an outbox row, written in the transaction of the change that
+    causes it); the body is frozen when written, so every attempt sends the same bytes and id."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    job = models.ForeignKey(GenerationJob, on_delete=models.CASCADE, related_name="webhook_events")
+    event = models.CharField(max_length=20)
+    url = models.CharField(max_length=1000)
+    body = models.TextField()
+    status = models.CharField(max_length=20, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at"]
+        indexes = [models.Index(fields=["status", "next_attempt_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.message_id} {self.event} ({self.status})"
+
+    @property
+    def message_id(self) -> str:
+        return f"msg_{self.id.hex}"
+
+
+class WebhookAttempt(models.Model):
+    """One POST of an event: the receiver's status code, or the error, and how long it took."""
+
+    event = models.ForeignKey(WebhookEvent, on_delete=models.CASCADE, related_name="attempt_log")
+    number = models.PositiveIntegerField()
+    status_code = models.PositiveIntegerField(null=True, blank=True)
+    error = models.CharField(max_length=500, blank=True)
+    duration_ms = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["number"]
+
+    def __str__(self) -> str:
+        return f"attempt {self.number}: {self.status_code or self.error}"

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 from rest_framework import status
 
-from webapp.core.catalog import DEFAULT_MODEL, model_check
+from webapp.core.catalog import DEFAULT_MODEL, model_check, model_size_check
 from webapp.core.errors import ApiError, Conflict, NotFound
 from webapp.core.permissions import require_manage
 from webapp.loras.models import Lora
@@ -36,6 +36,7 @@ from workers.pipeline.params import PromptError, resolve_prompt
 
 from .models import FINISHED, GenerationJob, JobLora, JobOutput, JobStatus
 from .selectors import job_lora_shown
+from .webhooks import webhook_emit, webhook_url_check
 
 log = logging.getLogger(__name__)
 RENDER_TASK, FETCH_TASK = "workers.render_job", "workers.fetch_job_loras"
@@ -63,7 +64,19 @@ TRANSITIONS = {
     "cancel": Transition(frozenset({QUEUED, RUNNING}), CANCELED, "its owner or staff", "JOB_NOT_CANCELABLE"),
     "retry": Transition(frozenset({FAILED, CANCELED}), QUEUED, "its owner or staff", "JOB_NOT_RETRYABLE"),
 }
-JOB_OPTIONS = ("priority", "scheduler", "prompt_semantics", "webp", "step_cache", "speed")
+JOB_OPTIONS = (
+    "priority",
+    "scheduler",
+    "prompt_semantics",
+    "webp",
+    "step_cache",
+    "speed",
+    "webhook",
+    "webhook_events_filter",
+)
+IDEMPOTENCY_KEY_MAX = 200
+# The webhook event a move emits (webapp/jobs/webhooks.py), in the move's own transaction.
+EVENT_OF_TARGET = {RUNNING: "start", SUCCEEDED: "completed", FAILED: "completed", CANCELED: "completed"}
 
 
 class IllegalTransition(Conflict):
@@ -98,6 +111,8 @@ def job_transition(job_id, action: str, *, attempt: GenerationJob | None = None)
             job.finished_at = timezone.now()
         yield job
         job.save()
+        if event := EVENT_OF_TARGET.get(move.target):
+            webhook_emit(job=job, event=event)
         log.info("job %s: %s -> %s", job.pk, action, job.status)
 
 
@@ -209,10 +224,33 @@ def job_spec_from_request(*, owner, data: dict, request: dict) -> JobSpec:
     )
 
 
+def idempotency_key_check(value: str | None) -> str:
+    """The Idempotency-Key header as stored ("" for none); longer than IDEMPOTENCY_KEY_MAX is refused."""
+    value = (value or "").strip()
+    if len(value) > IDEMPOTENCY_KEY_MAX:
+        raise ApiError(
+            "IDEMPOTENCY_KEY_TOO_LONG",
+            f"The Idempotency-Key header may have at most {IDEMPOTENCY_KEY_MAX} characters; this one has {len(value)}.",
+        )
+    return value
+
+
+def job_for_idempotency_key(*, owner, key: str) -> GenerationJob | None:
+    """The job `owner` already submitted with this Idempotency-Key (its repeat returns it), if any."""
+    if not key or owner is None:
+        return None
+    return GenerationJob.objects.filter(owner=owner, idempotency_key=key).first()
+
+
 @transaction.atomic
-def job_submit(*, owner, spec: JobSpec) -> GenerationJob:
+def job_submit(*, owner, spec: JobSpec, idempotency_key: str = "") -> GenerationJob:
     """Create a queued job from a JobSpec, then enqueue it. Every door's limits hold here: at most
-    JOB_MAX_PROMPTS prompts, and priorities from PRIORITY_STAFF_ONLY_FROM for staff only."""
+    JOB_MAX_PROMPTS prompts, and priorities from PRIORITY_STAFF_ONLY_FROM for staff only.
+    With an idempotency key the owner used before, the first job instead, with `replayed` set
+    (the unique constraint decides a race); a new job has `replayed` False."""
+    if existing := job_for_idempotency_key(owner=owner, key=idempotency_key):
+        existing.replayed = True
+        return existing
     model_check(spec.model)
     _check_priority(owner, spec.options["priority"])
     _check_queue_cap(owner)
@@ -232,21 +270,33 @@ def job_submit(*, owner, spec: JobSpec) -> GenerationJob:
     resolved = job_prompts_resolve(
         prompts, trigger_word=trigger_word, semantics=spec.options["prompt_semantics"], name=name
     )
-    job = GenerationJob.objects.create(
-        owner=owner,
-        model=spec.model,
-        prompt_set=spec.prompt_set,
-        prompts=resolved,
-        request=spec.request,
-        progress={
-            "prompt": 0,
-            "prompts": len(resolved),
-            "step": 0,
-            "steps": resolved[0]["sample_steps"],
-            "fraction": 0.0,
-        },
-        **spec.options,
-    )
+    model_size_check(spec.model, resolved)
+    if spec.options.get("webhook"):
+        webhook_url_check(url=spec.options["webhook"])
+    try:
+        with transaction.atomic():  # a savepoint: a racing submit with the same key leaves this one usable
+            job = GenerationJob.objects.create(
+                owner=owner,
+                model=spec.model,
+                prompt_set=spec.prompt_set,
+                prompts=resolved,
+                request=spec.request,
+                idempotency_key=idempotency_key if owner is not None else "",
+                progress={
+                    "prompt": 0,
+                    "prompts": len(resolved),
+                    "step": 0,
+                    "steps": resolved[0]["sample_steps"],
+                    "fraction": 0.0,
+                },
+                **spec.options,
+            )
+    except IntegrityError:
+        if existing := job_for_idempotency_key(owner=owner, key=idempotency_key):
+            existing.replayed = True
+            return existing
+        raise
+    job.replayed = False
     JobLora.objects.bulk_create(
         JobLora(job=job, lora=lora, position=i, multiplier=multiplier, sha256=lora.sha256, name=lora.name)
         if isinstance(lora, Lora)
@@ -371,7 +421,11 @@ def job_report_progress(*, job: GenerationJob, prompt_index: int, step: int, ste
         "fraction": round(done / total, 4),
     }
     now = timezone.now()
-    return bool(_running(job).update(progress=job.progress, heartbeat_at=now, updated_at=now))
+    with transaction.atomic():
+        updated = bool(_running(job).update(progress=job.progress, heartbeat_at=now, updated_at=now))
+        if updated:
+            webhook_emit(job=job, event="progress")  # at most every WEBHOOK_PROGRESS_INTERVAL_S
+    return updated
 
 
 def job_requeue(*, job_id, reason: str) -> GenerationJob | None:
@@ -419,6 +473,22 @@ def jobs_reconcile(*, broker_job_ids: set[str] | None, dead_worker: str | None =
 def job_add_output(
     *, job: GenerationJob, index: int, video: str, poster: str, webp: str, params: dict, scheduler: str, record: dict
 ) -> JobOutput:
+    with transaction.atomic():
+        output = _store_output(
+            job=job,
+            index=index,
+            video=video,
+            poster=poster,
+            webp=webp,
+            params=params,
+            scheduler=scheduler,
+            record=record,
+        )
+        webhook_emit(job=job, event="output")
+    return output
+
+
+def _store_output(*, job, index, video, poster, webp, params, scheduler, record) -> JobOutput:
     output, _ = JobOutput.objects.update_or_create(
         job=job,
         index=index,

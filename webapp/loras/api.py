@@ -1,7 +1,7 @@
 """REST resource /api/v1/loras/: multipart upload, list, detail, delete."""
 
 from django_filters import rest_framework as filters
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
@@ -20,6 +20,32 @@ from .services import (
     lora_upload,
     validate_upload_name,
 )
+
+
+class LoraSoftwareSerializer(serializers.Serializer):
+    name = serializers.CharField(required=False)
+    version = serializers.CharField(required=False)
+
+
+class LoraInfoSerializer(serializers.Serializer):
+    """The schema of `LoraSerializer.info` (the facts a header gave; absent ones left out)."""
+
+    key_format = serializers.CharField(required=False)
+    rank = serializers.IntegerField(required=False)
+    alpha = serializers.FloatField(required=False, allow_null=True)
+    num_blocks = serializers.IntegerField(required=False)
+    hidden_size = serializers.IntegerField(required=False, allow_null=True)
+    dtype = serializers.CharField(required=False)
+    tensor_count = serializers.IntegerField(required=False)
+    base_model = serializers.CharField(required=False, allow_null=True)
+    training_step = serializers.IntegerField(required=False, allow_null=True)
+    training_epoch = serializers.IntegerField(required=False, allow_null=True)
+    output_name = serializers.CharField(required=False, allow_null=True)
+    target_modules = serializers.ListField(child=serializers.CharField())
+    trigger_words = serializers.ListField(child=serializers.CharField())
+    software = LoraSoftwareSerializer()
+    metadata = serializers.DictField(required=False, help_text="One LoRA's header metadata, bounded.")
+    metadata_truncated = serializers.BooleanField(required=False)
 
 
 class LoraSerializer(serializers.ModelSerializer):
@@ -56,6 +82,7 @@ class LoraSerializer(serializers.ModelSerializer):
     def get_target_modules(self, lora) -> list[str]:
         return self._texts(lora.target_modules)
 
+    @extend_schema_field(LoraInfoSerializer)
     def get_info(self, lora) -> dict:
         info = lora.info or {}
         software = info.get("software") if isinstance(info.get("software"), dict) else {}
