@@ -399,3 +399,21 @@ def test_an_id_past_64_bits_is_a_400_on_every_database(api, query):
     assert response.status_code in (200, 400) and response.status_code != 500
     if response.status_code == 400:
         assert response.json()["error"]["code"] in ("VALIDATION_ERROR",)
+
+
+@pytest.mark.parametrize(
+    "text,code",
+    [
+        ('{"model": "nope", "prompts": [{"prompt": "x"}], "loras": []}', "UNKNOWN_MODEL"),
+        ("not json", "BAD_REQUEST_FILE"),
+        ("[1, 2]", "BAD_REQUEST_FILE"),
+        ('{"model": "wan21_14b", "prompts": [{"prompt": "x", "fps": 0}], "loras": []}', "VALIDATION_ERROR"),
+    ],
+)
+def test_demo_with_a_bad_request_says_its_code_without_a_traceback(tmp_path, tiny_model, text, code):
+    from django.core.management import CommandError, call_command
+
+    request = tmp_path / "request.json"
+    request.write_text(text)
+    with pytest.raises(CommandError, match=code):
+        call_command("demo", request=request)

@@ -17,8 +17,10 @@ from pathlib import Path
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
+from rest_framework.exceptions import ValidationError
 
 from webapp.core.catalog import model_shape
+from webapp.core.errors import ApiError
 from webapp.core.storage import storage_location
 from webapp.jobs.compat import inference_submit
 from webapp.jobs.models import GenerationJob, JobStatus
@@ -36,12 +38,22 @@ class Command(BaseCommand):
         parser.add_argument("--timeout", type=float, default=600)
 
     def handle(self, request, full_size, timeout, **options):
-        body = json.loads(request.read_text())
+        try:
+            body = json.loads(request.read_text())
+        except (OSError, ValueError) as exc:
+            raise CommandError(f"BAD_REQUEST_FILE: {request}: {exc}") from None
+        if not isinstance(body, dict) or not isinstance(body.get("prompts"), list):
+            raise CommandError(f"BAD_REQUEST_FILE: {request} is not a request (an object with a prompts list)")
         self.prepare_model(body)
         if not full_size:
-            body["prompts"] = [{**p, **CPU_SIZE} for p in body["prompts"]]
+            body["prompts"] = [{**p, **CPU_SIZE} if isinstance(p, dict) else p for p in body["prompts"]]
         user, _ = get_user_model().objects.get_or_create(username="demo")
-        job = inference_submit(body=body, user=user)
+        try:
+            job = inference_submit(body=body, user=user)
+        except ValidationError as exc:  # what the API answers with VALIDATION_ERROR
+            raise CommandError(f"VALIDATION_ERROR: {exc.detail}") from None
+        except ApiError as exc:
+            raise CommandError(f"{exc.code}: {exc.message}") from None
         self.stdout.write(f"queued job {job.id}")
         worker = subprocess.Popen(
             [
