@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -174,6 +175,44 @@ def celery_worker(django_db_setup, django_db_blocker, tiny_model, lora_files):
     worker = WorkerProcess("e2e")
     yield worker
     worker.stop()
+
+
+@pytest.fixture
+def web_server(transactional_db, tiny_model, lora_files):
+    """gunicorn on a free port, on the test database, with this run's media and LoRA folders."""
+    from django.db import connection
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    db = settings.DATABASES["default"]
+    env = dict(
+        os.environ,
+        DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{connection.settings_dict['NAME']}",
+        MEDIA_ROOT=str(settings.MEDIA_ROOT),
+        LORA_ROOT=str(settings.LORA_ROOT),
+    )
+    log = open(Path(settings.VAR_DIR) / "gunicorn.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "webapp.wsgi", "-b", f"127.0.0.1:{port}", "-w", "4", "--timeout", "60"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=log,
+    )
+
+    def up():
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    wait_for(up, timeout=30)
+    yield f"http://127.0.0.1:{port}"
+    server.terminate()
+    server.wait(timeout=30)
+    log.close()
 
 
 def wait_for(predicate, timeout=120.0, interval=0.2):

@@ -14,50 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
-from django.conf import settings
 
 from tests.conftest import ROOT, wait_for
 from tests.mp4 import read_mp4
 
 SIZED_DOWN = {"width": 64, "height": 64, "num_frames": 5, "sample_steps": 2, "fps": 8}
-
-
-@pytest.fixture
-def web_server(transactional_db, tiny_model, lora_files):
-    """gunicorn on a free port, on the test database and this VAR_DIR (so the worker's media and LoRAs)."""
-    from django.db import connection
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    db = settings.DATABASES["default"]
-    env = dict(
-        os.environ,
-        DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{connection.settings_dict['NAME']}",
-        MEDIA_ROOT=str(settings.MEDIA_ROOT),
-        LORA_ROOT=str(settings.LORA_ROOT),
-    )
-    log = open(Path(settings.VAR_DIR) / "gunicorn-client.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "webapp.wsgi", "-b", f"127.0.0.1:{port}", "-w", "2", "--timeout", "60"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=log,
-    )
-
-    def up():
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return True
-        except OSError:
-            return False
-
-    wait_for(up, timeout=30)
-    yield f"http://127.0.0.1:{port}"
-    server.terminate()
-    server.wait(timeout=30)
-    log.close()
 
 
 @pytest.fixture

@@ -2,57 +2,17 @@
 no errors, no lost or duplicated jobs, and the queue drains. Latencies go to var/.../load.json."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
 from django.conf import settings
 from rest_framework.authtoken.models import Token
 
 from bench.load import run_load
-from tests.conftest import ROOT, wait_for
+from tests.conftest import wait_for
 from webapp.jobs.models import GenerationJob, JobOutput
 from webapp.jobs.services import job_spec, job_submit
 
 CLIENTS, JOBS_EACH, POLLS = 20, 10, 5
-
-
-@pytest.fixture
-def web_server(transactional_db):
-    from django.db import connection
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    db = settings.DATABASES["default"]
-    env = dict(
-        os.environ, DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{connection.settings_dict['NAME']}"
-    )
-    log = open(Path(settings.VAR_DIR) / "gunicorn.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "webapp.wsgi", "-b", f"127.0.0.1:{port}", "-w", "4", "--timeout", "60"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=log,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def up():
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return True
-        except OSError:
-            return False
-
-    wait_for(up, timeout=30)
-    yield url
-    server.terminate()
-    server.wait(timeout=30)
-    log.close()
 
 
 def test_two_hundred_jobs_from_concurrent_clients(web_server, start_worker, django_user_model):

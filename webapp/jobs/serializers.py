@@ -13,6 +13,7 @@ from workers.pipeline.params import PROMPT_SEMANTICS
 
 from .models import WEBHOOK_EVENTS, GenerationJob, JobLora, JobOutput, Scheduler, Speed, default_webhook_events
 from .selectors import job_lora_shown, job_record_shown
+from .services import JOB_OPTIONS
 
 
 def prompts_field():
@@ -280,14 +281,7 @@ class JobSerializer(serializers.ModelSerializer):
             "owner",
             "model",
             "status",
-            "priority",
-            "scheduler",
-            "prompt_semantics",
-            "webp",
-            "step_cache",
-            "speed",
-            "webhook",
-            "webhook_events_filter",
+            *JOB_OPTIONS,
             "webhook_deliveries",
             "idempotency_key",
             "prompt_set",
