@@ -126,9 +126,8 @@ def test_fast_job_renders_fast_and_its_rerun_stays_fast(api, celery_worker, tmp_
     assert np.array_equal(frames, again)
 
 
-@pytest.mark.processes
-def test_demo_on_embedded_defaults(tmp_path):
-    """`make demo`'s path with no settings: SQLite, filesystem broker, files under VAR_DIR."""
+def run_demo(tmp_path, *args, timeout=600):
+    """`manage.py demo` with no settings: SQLite, filesystem broker, files under VAR_DIR; the MP4 it printed last."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -138,15 +137,33 @@ def test_demo_on_embedded_defaults(tmp_path):
 
     def run(*args):
         return subprocess.run(
-            [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
         )
 
     assert run("migrate", "--noinput").returncode == 0
-    demo = run("demo")
+    demo = run("demo", *args)
     assert demo.returncode == 0, demo.stdout + demo.stderr
     last = demo.stdout.strip().splitlines()[-1]
     assert last.startswith(str(tmp_path / "var" / "media" / "outputs")) and last.endswith(".mp4")
-    frames, meta = read_mp4(last)
+    assert (tmp_path / "var" / "db.sqlite3").exists()
+    return last
+
+
+@pytest.mark.processes
+def test_demo_on_embedded_defaults(tmp_path):
+    """`make demo`'s path: the example sized down for a CPU."""
+    frames, meta = read_mp4(run_demo(tmp_path))
     assert frames.shape == (9, 256, 256, 3)
     assert meta["fps"] == 16
-    assert (tmp_path / "var" / "db.sqlite3").exists()
+
+
+@pytest.mark.processes
+def test_the_verbatim_example_renders_on_the_default_model(tmp_path):
+    """examples/minimal_request.json unchanged (1024x1024, 41 frames, 25 steps, guidance 4, its LoRA) through
+    the real queue on the tiny default checkpoint: about 6.5 minutes on two CPU cores."""
+    path = run_demo(tmp_path, "--full-size", "--timeout", "2400", timeout=2700)
+    frames, meta = read_mp4(path)
+    assert frames.shape == (41, 1024, 1024, 3) and meta["fps"] == 16
+    record = read_mp4_record(path)
+    assert (record["prompt"], record["sample_steps"], record["guidance_scale"]) == ("sks a photo of a person", 25, 4.0)
+    assert [lora["name"] for lora in record["loras"]] == ["my_lora_job/my_lora"]
