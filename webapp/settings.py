@@ -84,6 +84,7 @@ INSTALLED_APPS = [
     "webapp.loras",
     "webapp.prompts",
     "webapp.jobs",
+    "webapp.sweeps",
 ]
 MIDDLEWARE = [
     # First: a browser's preflight (OPTIONS) is answered here, before any view asks for credentials.

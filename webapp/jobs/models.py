@@ -31,6 +31,11 @@ class Speed(models.TextChoices):
     FAST = "fast", "fast (fp8 transformer, LoRAs merged; lossy)"
 
 
+class Preset(models.TextChoices):
+    STANDARD = "standard", "standard (the request's steps and guidance)"
+    DRAFT = "draft", "draft (the deployment's step-distill LoRA: 4 steps, no CFG)"
+
+
 WEBHOOK_EVENTS = ("start", "progress", "output", "completed")
 
 
@@ -58,6 +63,7 @@ class GenerationJob(models.Model):
         null=True, blank=True, help_text="Opt-in FirstBlockCache threshold (faster, lossy); empty: exact."
     )
     speed = models.CharField(max_length=10, choices=Speed.choices, default=Speed.EXACT)
+    preset = models.CharField(max_length=10, choices=Preset.choices, default=Preset.STANDARD)
     webhook = models.CharField(
         max_length=1000, blank=True, default="", help_text="Where events of this job are POSTed (Standard Webhooks)."
     )
@@ -76,6 +82,12 @@ class GenerationJob(models.Model):
         on_delete=models.SET_NULL,
         related_name="jobs",
         help_text="Where the prompts were copied from.",
+    )
+    sweep = models.ForeignKey(
+        "sweeps.Sweep", null=True, blank=True, on_delete=models.CASCADE, related_name="jobs", help_text="A sweep's cell."
+    )
+    sweep_cell = models.JSONField(
+        null=True, blank=True, help_text='Where in its sweep: {"row", "column", "layer", "axes": {field: value}}.'
     )
     prompts = models.JSONField(help_text="Resolved prompts as they render (defaults, seed, snapping applied).")
     request = models.JSONField(default=dict, blank=True, help_text="The request as submitted (no secrets).")

@@ -20,6 +20,13 @@ class Visibility(models.TextChoices):
 UNIQUE_PER_VIEWER = ("name", "sha256", "relative_path")
 
 
+def unique_among(field: str, condition: models.Q | None = None) -> models.Q | None:
+    """Names and paths are unique among current versions (an earlier version keeps its own); sha256 always."""
+    if field != "sha256":
+        condition = models.Q(superseded=False) & condition if condition else models.Q(superseded=False)
+    return condition
+
+
 class Lora(models.Model):
     name = models.CharField(max_length=200, db_index=True)
     owner = models.ForeignKey(
@@ -45,7 +52,14 @@ class Lora(models.Model):
     num_blocks = models.PositiveIntegerField(editable=False)
     target_modules = models.JSONField(default=list, editable=False)
     software_version = models.CharField(max_length=50, blank=True, editable=False)
+    training_run = models.CharField(
+        max_length=200, blank=True, db_index=True, help_text="The ai-toolkit run (job name) this checkpoint is of."
+    )
     training_step = models.PositiveIntegerField(null=True, blank=True, editable=False)
+    version = models.PositiveIntegerField(default=1, editable=False, help_text="1, then 2… as its file changes.")
+    superseded = models.BooleanField(
+        default=False, editable=False, help_text="A newer version holds its name and path; ids and sha256 still work."
+    )
     info = models.JSONField(default=dict, editable=False, help_text="Everything read from the safetensors header.")
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -55,12 +69,16 @@ class Lora(models.Model):
         constraints = [
             *(
                 models.UniqueConstraint(
-                    fields=[field], condition=models.Q(visibility=Visibility.TEAM), name=f"lora_team_{field}_unique"
+                    fields=[field],
+                    condition=unique_among(field, models.Q(visibility=Visibility.TEAM)),
+                    name=f"lora_team_{field}_unique",
                 )
                 for field in UNIQUE_PER_VIEWER
             ),
             *(
-                models.UniqueConstraint(fields=["owner", field], name=f"lora_owner_{field}_unique")
+                models.UniqueConstraint(
+                    fields=["owner", field], condition=unique_among(field), name=f"lora_owner_{field}_unique"
+                )
                 for field in UNIQUE_PER_VIEWER
             ),
         ]

@@ -14,6 +14,7 @@ class PromptSet(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="prompt_sets"
     )
     trigger_word = models.CharField(max_length=200, blank=True)
+    notes = models.TextField(blank=True, help_text="Where the set came from and what was changed on import.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
