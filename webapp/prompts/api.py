@@ -1,11 +1,17 @@
-"""REST resource /api/v1/prompt-sets/: CRUD with ordered, nested prompt items."""
+"""REST resource /api/v1/prompt-sets/: CRUD with ordered, nested prompt items; import from an ai-toolkit config."""
 
 from django.conf import settings
-from rest_framework import serializers, viewsets
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.response import Response
 
+from .ai_toolkit import TRAINING_CONFIG_MAX_BYTES, training_config_read
 from .models import PromptItem, PromptSet
+from .selectors import prompt_set_get
 from .serializers import PromptFieldsSerializer
-from .services import prompt_set_create, prompt_set_delete, prompt_set_update
+from .services import prompt_set_create, prompt_set_delete, prompt_set_import, prompt_set_update
 
 
 class PromptItemSerializer(PromptFieldsSerializer):
@@ -24,7 +30,8 @@ class PromptSetSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = PromptSet
-        fields = ["id", "name", "owner", "trigger_word", "items", "created_at", "updated_at"]
+        fields = ["id", "name", "owner", "trigger_word", "items", "notes", "created_at", "updated_at"]
+        read_only_fields = ["notes"]
 
     def validate(self, data):
         # A partial update validates nested items partially too; items sent must always be complete.
@@ -33,6 +40,19 @@ class PromptSetSerializer(serializers.ModelSerializer):
             if not items.is_valid():
                 raise serializers.ValidationError({"items": items.errors})
         return data
+
+
+class PromptSetImportSerializer(serializers.Serializer):
+    config = serializers.FileField(
+        allow_empty_file=True,  # an empty file gets INVALID_TRAINING_CONFIG
+        help_text=f"An ai-toolkit training config (YAML or JSON), at most {TRAINING_CONFIG_MAX_BYTES} bytes.",
+    )
+    name = serializers.CharField(
+        max_length=PromptSet._meta.get_field("name").max_length,
+        required=False,
+        allow_blank=True,
+        help_text="Default: the run's name (config.name). Your set of that name, if any, has its prompts replaced.",
+    )
 
 
 class PromptSetViewSet(viewsets.ModelViewSet):
@@ -50,3 +70,13 @@ class PromptSetViewSet(viewsets.ModelViewSet):
 
     def perform_destroy(self, instance):
         prompt_set_delete(prompt_set=instance, actor=self.request.user)
+
+    @extend_schema(request=PromptSetImportSerializer, responses={201: PromptSetSerializer})
+    @action(detail=False, methods=["post"], url_path="import", parser_classes=[MultiPartParser, FormParser])
+    def import_config(self, request):
+        """Import the sample prompts of an ai-toolkit training config as a prompt set (notes say what changed)."""
+        upload = PromptSetImportSerializer(data=request.data)
+        upload.is_valid(raise_exception=True)
+        config = training_config_read(upload.validated_data["config"].read(TRAINING_CONFIG_MAX_BYTES + 1))
+        prompt_set = prompt_set_import(owner=request.user, config=config, name=upload.validated_data.get("name"))
+        return Response(PromptSetSerializer(prompt_set_get(pk=prompt_set.pk)).data, status=status.HTTP_201_CREATED)

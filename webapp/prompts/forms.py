@@ -29,6 +29,22 @@ OPTION_FIELDS = [
 ]
 
 
+class PromptSetImportForm(forms.Form):
+    """The API's import (a training config file and an optional set name), for the list page."""
+
+    config = forms.FileField(
+        label="ai-toolkit config",
+        allow_empty_file=True,  # an empty file gets INVALID_TRAINING_CONFIG
+        widget=forms.ClearableFileInput(attrs={"accept": ".yaml,.yml,.json"}),
+    )
+    name = forms.CharField(
+        label="Set name",
+        max_length=PromptSet._meta.get_field("name").max_length,
+        required=False,
+        widget=forms.TextInput(attrs={"placeholder": "the run's name"}),
+    )
+
+
 class PromptSetForm(forms.Form):
     name = forms.CharField(max_length=PromptSet._meta.get_field("name").max_length)
     trigger_word = forms.CharField(

@@ -1,4 +1,5 @@
-"""Every write of a prompt set: create, update (items replaced whole, in order, at most JOB_MAX_PROMPTS), delete."""
+"""Every write of a prompt set: create, update (items replaced whole, in order, at most JOB_MAX_PROMPTS), delete,
+and import from an ai-toolkit training config."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ from django.db import transaction
 from webapp.core.errors import ApiError
 from webapp.core.permissions import require_manage
 
+from .ai_toolkit import TrainingConfig
 from .models import PromptItem, PromptSet
+
+IMPORTED_NAME = "ai-toolkit samples"  # a config with no run name
 
 
 def _write_items(prompt_set: PromptSet, items: list[dict]) -> None:
@@ -46,3 +50,21 @@ def prompt_set_update(*, prompt_set: PromptSet, actor, items: list[dict] | None 
 def prompt_set_delete(*, prompt_set: PromptSet, actor) -> None:
     require_manage(actor, prompt_set, what="prompt set")
     prompt_set.delete()
+
+
+@transaction.atomic
+def prompt_set_import(*, owner, config: TrainingConfig, name: str | None = None) -> PromptSet:
+    """The owner's set `name` (else the run's name) holding the config's sample prompts: created, or its items,
+    trigger word and notes replaced, so importing a run again after more training keeps one set."""
+    set_name = (name or config.name or IMPORTED_NAME)[: PromptSet._meta.get_field("name").max_length]
+    origin = f"the ai-toolkit config of run {config.name}" if config.name else "an ai-toolkit config"
+    notes = "\n".join([f"Imported from {origin}.", *config.notes])
+    prompt_set = PromptSet.objects.select_for_update().filter(owner=owner, name=set_name).order_by("pk").first()
+    if prompt_set is None:
+        prompt_set = PromptSet.objects.create(owner=owner, name=set_name, trigger_word=config.trigger_word, notes=notes)
+    else:
+        prompt_set.trigger_word, prompt_set.notes = config.trigger_word, notes
+        prompt_set.save()
+        prompt_set.items.all().delete()
+    _write_items(prompt_set, config.items)
+    return prompt_set

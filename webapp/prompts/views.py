@@ -1,5 +1,6 @@
-"""Pages of the prompt sets (/prompt-sets/): the list, one set (edited by its owner or staff, read by
-everyone else), a new set, delete. Writes go through services; items are checked as the API checks them."""
+"""Pages of the prompt sets (/prompt-sets/): the list with an import from an ai-toolkit config, one set (edited
+by its owner or staff, read by everyone else), a new set, delete. Writes go through services; items are checked
+as the API checks them."""
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -7,17 +8,36 @@ from django.core.exceptions import PermissionDenied
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
+from webapp.core.errors import ApiError
 from webapp.core.permissions import can_manage
 
-from .forms import PromptItemFormSet, PromptSetForm, item_rows, items_rearranged
+from .ai_toolkit import TRAINING_CONFIG_MAX_BYTES, training_config_read
+from .forms import PromptItemFormSet, PromptSetForm, PromptSetImportForm, item_rows, items_rearranged
 from .models import PromptSet
 from .selectors import prompt_set_get, prompt_set_list
-from .services import prompt_set_create, prompt_set_delete, prompt_set_update
+from .services import prompt_set_create, prompt_set_delete, prompt_set_import, prompt_set_update
 
 
 @login_required
+@require_http_methods(["GET", "POST"])
 def prompt_set_list_page(request):
-    return render(request, "prompts/list.html", {"nav": "prompt-sets", "prompt_sets": prompt_set_list()})
+    """The list; a POST imports an ai-toolkit config (the API's service), answered by the set's page or the errors."""
+    form, import_error = PromptSetImportForm(), None
+    if request.method == "POST":
+        form = PromptSetImportForm(request.POST, request.FILES)
+        if form.is_valid():
+            try:
+                config = training_config_read(form.cleaned_data["config"].read(TRAINING_CONFIG_MAX_BYTES + 1))
+                prompt_set = prompt_set_import(owner=request.user, config=config, name=form.cleaned_data["name"])
+            except ApiError as exc:
+                import_error = exc
+            else:
+                count = len(config.items)
+                messages.success(request, f"Imported {count} prompt{'s' * (count != 1)} into {prompt_set.name}.")
+                return redirect("prompt-set-detail", pk=prompt_set.pk)
+    status = import_error.status_code if import_error else (400 if form.is_bound else 200)
+    context = {"nav": "prompt-sets", "prompt_sets": prompt_set_list(), "form": form, "import_error": import_error}
+    return render(request, "prompts/list.html", context, status=status)
 
 
 @login_required
