@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Generator
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -24,10 +25,12 @@ def _even(frames: np.ndarray) -> np.ndarray:
     return frames
 
 
-def write_mp4(frames: np.ndarray, path: str | Path, *, fps: int, metadata: dict | None = None) -> Path:
-    """Encode uint8 frames as H.264/yuv420p at exactly `fps`, one output frame per input frame."""
-    frames = _even(frames)
-    height, width = frames.shape[1:3]
+def open_mp4_writer(
+    path: str | Path, *, width: int, height: int, fps: int, metadata: dict | None = None
+) -> Generator[None, np.ndarray | None, None]:
+    """A started H.264/yuv420p encoder at exactly `fps`: send it contiguous uint8 (height, width, 3) frames one
+    at a time, then close() it to finish the file. Sides must be even (yuv420p); `metadata` becomes the JSON
+    record in the comment tag. Every MP4 the project writes goes through here, so all share one encoding."""
     params = ["-movflags", "+faststart"]
     if metadata:
         params += ["-metadata", "comment=" + json.dumps(metadata, sort_keys=True)]
@@ -43,6 +46,14 @@ def write_mp4(frames: np.ndarray, path: str | Path, *, fps: int, metadata: dict 
         ffmpeg_log_level="error",
     )
     writer.send(None)
+    return writer
+
+
+def write_mp4(frames: np.ndarray, path: str | Path, *, fps: int, metadata: dict | None = None) -> Path:
+    """Encode uint8 frames as H.264/yuv420p at exactly `fps`, one output frame per input frame."""
+    frames = _even(frames)
+    height, width = frames.shape[1:3]
+    writer = open_mp4_writer(path, width=width, height=height, fps=fps, metadata=metadata)
     for frame in frames:
         writer.send(np.ascontiguousarray(frame))
     writer.close()
