@@ -66,12 +66,15 @@ class LoraAdmin(admin.ModelAdmin):
         "rank",
         "key_format",
         "software_version",
+        "training_run",
         "training_step",
+        "version",
+        "superseded",
         "file_size",
         "created_at",
     ]
-    list_filter = ["base_model", "key_format", "owner"]
-    search_fields = ["name", "relative_path", "sha256", "trigger_word"]
+    list_filter = ["superseded", "base_model", "key_format", "owner"]
+    search_fields = ["name", "relative_path", "sha256", "trigger_word", "training_run"]
     header_fields = [
         "format",
         "rank",
@@ -84,9 +87,20 @@ class LoraAdmin(admin.ModelAdmin):
         "alpha",
         "dtype",
     ]
-    readonly_fields = ["file_name", "base_model", "sha256", "file_size", *header_fields, "header_info", "created_at"]
+    readonly_fields = [
+        "file_name",
+        "base_model",
+        "sha256",
+        "file_size",
+        "version",
+        "superseded",
+        *header_fields,
+        "header_info",
+        "created_at",
+    ]
     fieldsets = [
         (None, {"fields": ["name", "owner", "visibility", "trigger_word", "default_multiplier", "relative_path"]}),
+        ("Training run", {"fields": ["training_run", "version", "superseded"]}),
         ("File", {"fields": ["file_name", "file_size", "sha256", "base_model", "created_at"]}),
         ("Header", {"fields": header_fields}),
         ("Everything the header says", {"fields": ["header_info"]}),

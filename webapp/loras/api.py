@@ -1,18 +1,22 @@
-"""REST resource /api/v1/loras/: multipart upload, list, detail, delete."""
+"""REST resource /api/v1/loras/: multipart upload, list, detail, delete, and whole training runs (runs/)."""
 
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 
 from webapp.core.catalog import DEFAULT_MODEL, MULTIPLIER_HIGH, MULTIPLIER_LOW
+from webapp.prompts.ai_toolkit import TRAINING_CONFIG_MAX_BYTES
 from workers.pipeline.params import MODEL_IDS
 
 from .models import Lora, Visibility
+from .runs import RunImport, lora_run_import, run_archive_read
 from .selectors import lora_list
 from .services import (
     LIST_ITEMS,
+    NAME_MAX,
     TEXT_CHARS,
     LoraUpload,
     info_bounded,
@@ -114,10 +118,22 @@ class LoraSerializer(serializers.ModelSerializer):
             "num_blocks",
             "target_modules",
             "software_version",
+            "training_run",
             "training_step",
+            "version",
+            "superseded",
             "info",
             "created_at",
         ]
+        read_only_fields = ["training_run", "training_step", "version", "superseded"]
+        extra_kwargs = {
+            "training_run": {"help_text": "The ai-toolkit run this checkpoint is of (blank: none)."},
+            "training_step": {"help_text": "The step it was saved at (its file name's, else its header's)."},
+            "version": {"help_text": "1, then 2... each time a run's file of this name changed."},
+            "superseded": {
+                "help_text": "A newer version holds its name and path; its id and sha256 still name this one."
+            },
+        }
 
 
 class LoraUploadSerializer(serializers.Serializer):
@@ -155,10 +171,78 @@ class LoraUploadResultSerializer(LoraSerializer):
         return {**lora, "created": upload.created, "message": upload.message}
 
 
+class RunUploadSerializer(serializers.Serializer):
+    """A training run's checkpoints, as files or as one zip of its folder, with its config.yaml if at hand."""
+
+    files = serializers.ListField(
+        child=serializers.FileField(allow_empty_file=True),
+        required=False,
+        allow_empty=False,
+        help_text="One or more .safetensors of the run (or `archive`).",
+    )
+    archive = serializers.FileField(
+        required=False, help_text="One .zip of the run folder: its *.safetensors and config.yaml are used."
+    )
+    config = serializers.FileField(
+        required=False,
+        allow_empty_file=True,
+        help_text="The run's config.yaml: trigger word, multiplier and sample prompts (a prompt set).",
+    )
+    run = serializers.CharField(
+        max_length=NAME_MAX,
+        required=False,
+        help_text="The run's name. Default: the config's `name`, else what the file names agree on.",
+    )
+
+    def validate(self, data):
+        if ("files" in data) == ("archive" in data):
+            raise serializers.ValidationError(
+                {"files": ["Send the run's .safetensors as `files`, or its folder as one zip in `archive`."]},
+                code="required",
+            )
+        return data
+
+
+class RunRefusalSerializer(serializers.Serializer):
+    file = serializers.CharField()
+    code = serializers.CharField()
+    message = serializers.CharField()
+
+
+class RunImportSerializer(serializers.Serializer):
+    """What an import of a run came to: LoRAs added, updated (new versions), unchanged, and files refused."""
+
+    run = serializers.CharField()
+    trigger_word = serializers.CharField(allow_blank=True)
+    prompt_set = serializers.IntegerField(
+        allow_null=True, help_text="The id of the prompt set of the run's samples (null without a config)."
+    )
+    added = LoraSerializer(many=True)
+    updated = LoraSerializer(many=True, help_text="New versions of a file the run had with other bytes.")
+    unchanged = LoraSerializer(many=True)
+    refused = RunRefusalSerializer(many=True)
+    notes = serializers.ListField(child=serializers.CharField())
+
+    def to_representation(self, result: RunImport):
+        loras = {key: LoraSerializer(getattr(result, key), many=True).data for key in ("added", "updated", "unchanged")}
+        return {
+            "run": result.run,
+            "trigger_word": result.trigger_word,
+            "prompt_set": result.prompt_set.pk if result.prompt_set else None,
+            **loras,
+            "refused": [{"file": file, "code": code, "message": message} for file, code, message in result.refused],
+            "notes": result.notes,
+        }
+
+
 class LoraFilter(filters.FilterSet):
+    superseded = filters.BooleanFilter(
+        help_text="true: earlier versions only. The list shows current versions unless this is given."
+    )
+
     class Meta:
         model = Lora
-        fields = ["owner", "base_model", "sha256", "name", "visibility"]
+        fields = ["owner", "base_model", "sha256", "name", "visibility", "training_run", "superseded"]
 
 
 class LoraViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet):
@@ -171,7 +255,13 @@ class LoraViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Destr
         return lora_list(user=self.request.user)
 
     def get_serializer_class(self):
-        return LoraUploadSerializer if self.action == "create" else LoraSerializer
+        return {"create": LoraUploadSerializer, "runs": RunUploadSerializer}.get(self.action, LoraSerializer)
+
+    def filter_queryset(self, queryset):
+        queryset = super().filter_queryset(queryset)
+        if self.action == "list" and not self.request.query_params.get("superseded"):
+            queryset = queryset.filter(superseded=False)
+        return queryset
 
     @extend_schema(
         request=LoraUploadSerializer, responses={201: LoraUploadResultSerializer, 200: LoraUploadResultSerializer}
@@ -187,6 +277,31 @@ class LoraViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Destr
             LoraUploadResultSerializer(result).data,
             status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK,
         )
+
+    @extend_schema(request=RunUploadSerializer, responses={201: RunImportSerializer})
+    @action(detail=False, methods=["post"])
+    def runs(self, request):
+        """Import checkpoints of an ai-toolkit training run (files, or a zip of its folder), as one family of
+        LoRAs: each at its step, the config's trigger word and multiplier, its samples a prompt set named after
+        the run. Files already registered are `unchanged`; a file of the run with new bytes is `updated` (its
+        next version). Several requests may add to the same run."""
+        upload = RunUploadSerializer(data=request.data)
+        upload.is_valid(raise_exception=True)
+        data = upload.validated_data
+        config = data["config"].read(TRAINING_CONFIG_MAX_BYTES + 1) if "config" in data else None
+        if "archive" in data:
+            with run_archive_read(fh=data["archive"]) as archive:
+                result = lora_run_import(
+                    files=archive.files,
+                    config=archive.config if config is None else config,
+                    owner=request.user,
+                    run=data.get("run"),
+                    folder=archive.folder,
+                )
+        else:
+            files = [(file.name, file) for file in data["files"]]
+            result = lora_run_import(files=files, config=config, owner=request.user, run=data.get("run"))
+        return Response(RunImportSerializer(result).data, status=status.HTTP_201_CREATED)
 
     def perform_destroy(self, instance):
         lora_delete(lora=instance, actor=self.request.user)

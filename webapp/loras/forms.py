@@ -36,3 +36,42 @@ class LibraryUploadForm(forms.Form):
             "default_multiplier": data["default_multiplier"],
             "visibility": data["visibility"],
         }
+
+
+class MultipleFileInput(forms.ClearableFileInput):
+    allow_multiple_selected = True
+
+
+class MultipleFileField(forms.FileField):
+    """Several files in one field (Django's documented pattern): a list, empty when none was chosen."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("widget", MultipleFileInput())
+        super().__init__(*args, **kwargs)
+
+    def clean(self, data, initial=None):
+        single = super().clean
+        if not data:
+            return single(None, initial) or []
+        return [single(item, initial) for item in (data if isinstance(data, list | tuple) else [data])]
+
+
+class RunUploadForm(forms.Form):
+    """The library page's run upload: the checkpoints of one training run, or its folder as a zip, with its config."""
+
+    files = MultipleFileField(
+        required=False, allow_empty_file=True, widget=MultipleFileInput(attrs={"accept": ".safetensors"})
+    )
+    archive = forms.FileField(required=False, widget=forms.ClearableFileInput(attrs={"accept": ".zip"}))
+    config = forms.FileField(
+        required=False, allow_empty_file=True, widget=forms.ClearableFileInput(attrs={"accept": ".yaml,.yml"})
+    )
+    run = forms.CharField(
+        max_length=NAME_MAX, required=False, widget=forms.TextInput(attrs={"placeholder": "from the config"})
+    )
+
+    def clean(self):
+        data = super().clean()
+        if bool(data.get("files")) == bool(data.get("archive")):
+            raise forms.ValidationError("Choose the run's .safetensors files, or one zip of its folder.")
+        return data

@@ -5,7 +5,8 @@ are an id, 64 hex digits a sha256, "://" a URL, a "/", a backslash or a ".safete
 under LORA_ROOT (normalised by `lora_path_normalize`, matched only against files registered from the
 root), anything else an uploaded name. Lookups see only the LoRAs the requester may see; where more
 than one matches (the same bytes registered privately by one user and for the team by another), the
-requester's own comes first, then the team's, then the oldest.
+requester's own comes first, then the team's, then the oldest. A name or a path names the current
+version of a LoRA; an id or a sha256 names exactly that file, an earlier (superseded) version included.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import posixpath
 import re
 
 from django.contrib.auth import get_user_model
-from django.db.models import Case, Count, IntegerField, Q, QuerySet, Value, When
+from django.db.models import Case, Count, F, IntegerField, Q, QuerySet, Value, When
 from django.shortcuts import get_object_or_404
 
 from .models import Lora, Visibility
@@ -88,18 +89,28 @@ def lora_find(*, ref: str, user=None) -> Lora | None:
         lookup = Q(relative_path=relative)
     else:  # a URL is registered under its own text as name; uploaded names never contain "/"
         lookup = Q(name=ref)
+    if kind in ("path", "name", "url"):
+        lookup &= Q(superseded=False)
     return lora_preferred(lora_list(user=user).filter(lookup), user=user).first()
 
 
-def lora_library(*, user, q: str = "", owner: str = "") -> QuerySet[Lora]:
-    """The library page's rows: what `user` may see, searched by name, trigger word or file path
-    (`q`) and by owner username, each with the number of jobs that used it."""
+def lora_library(
+    *, user, q: str = "", owner: str = "", run: str = "", superseded: bool | None = False
+) -> QuerySet[Lora]:
+    """The library page's rows: what `user` may see, searched by name, trigger word, file path or run
+    (`q`), by owner username and by training run, each with the number of jobs that used it. Current
+    versions by default; `superseded=True` the earlier ones, None both."""
     loras = lora_list(user=user).annotate(job_count=Count("job_uses__job", distinct=True)).order_by("-created_at")
+    if superseded is not None:
+        loras = loras.filter(superseded=superseded)
+    if run:
+        loras = loras.filter(training_run=run)
     if q:
         loras = loras.filter(
             Q(name__icontains=q)
             | Q(trigger_word__icontains=q)
             | Q(relative_path__icontains=q)
+            | Q(training_run__icontains=q)
             | Q(sha256__istartswith=q)
         )
     if owner:
@@ -119,5 +130,25 @@ def lora_owners(*, user) -> QuerySet:
 
 
 def lora_get(*, pk: int, user) -> Lora:
-    """One LoRA `user` may see, with its job count; 404 otherwise (another's private LoRA included)."""
-    return get_object_or_404(lora_library(user=user), pk=pk)
+    """One LoRA `user` may see, any version, with its job count; 404 otherwise (another's private LoRA included)."""
+    return get_object_or_404(lora_library(user=user, superseded=None), pk=pk)
+
+
+def lora_run(*, run: str, user) -> QuerySet[Lora]:
+    """The current checkpoints of training run `run` that `user` may see, by step (at an equal step the
+    final `<run>` after `<run>_<step>`)."""
+    return (
+        lora_list(user=user)
+        .filter(training_run=run, superseded=False)
+        .order_by(F("training_step").asc(nulls_last=True), "-name")
+    )
+
+
+def lora_versions(*, lora: Lora, user) -> QuerySet[Lora]:
+    """Every version of `lora` that `user` may see, newest first: the rows holding its name where its name is
+    unique (the team's LoRAs, or its owner's private ones), the current one and those it superseded."""
+    if lora.visibility == Visibility.TEAM:
+        scope = Q(visibility=Visibility.TEAM)
+    else:
+        scope = Q(visibility=Visibility.PRIVATE, owner_id=lora.owner_id)
+    return lora_list(user=user).filter(scope, name=lora.name).order_by("-version", "-created_at")

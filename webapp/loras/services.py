@@ -16,11 +16,19 @@ from django.db import transaction
 from webapp.core.catalog import DEFAULT_MODEL, model_shape
 from webapp.core.errors import ApiError, Conflict, NotFound
 from webapp.core.permissions import require_manage
-from workers.pipeline.lora_files import LoraFileError, check_compatible, inspect_lora_file
+from workers.pipeline.lora_files import LoraFileError, LoraInfo, check_compatible, inspect_lora_file
 
 from .fetch import lora_download, lora_url_check
 from .models import Lora, Visibility
-from .selectors import LORA_SUFFIX, lora_find, lora_list, lora_path_normalize, lora_preferred, lora_ref_kind
+from .selectors import (
+    LORA_SUFFIX,
+    lora_find,
+    lora_list,
+    lora_path_normalize,
+    lora_preferred,
+    lora_ref_kind,
+    lora_versions,
+)
 
 
 def _sha256(fh: BinaryIO) -> str:
@@ -96,7 +104,7 @@ def lora_name_from(raw: str) -> str:
     return name if lora_ref_kind(name) == "name" else f"lora-{name}"
 
 
-def _root_name(relative: str) -> str:
+def lora_root_name(relative: str) -> str:
     """The name of a LORA_ROOT file: its canonical path without the ending (a path, never looked up as
     a name), or for a file at the top a valid upload name."""
     name = relative.removesuffix(LORA_SUFFIX)
@@ -104,11 +112,12 @@ def _root_name(relative: str) -> str:
 
 
 def _name_taken(name: str, *, owner) -> bool:
-    """Whether a LoRA `owner` can see has this name (names owned privately by others don't count)."""
-    return lora_list(user=owner).filter(name=name).exists()
+    """Whether a current LoRA `owner` can see has this name (names owned privately by others don't count,
+    nor earlier versions, which keep the name of the version that replaced them)."""
+    return lora_list(user=owner).filter(name=name, superseded=False).exists()
 
 
-def _free_name(base: str, *, sha256: str, owner) -> str:
+def lora_free_name(base: str, *, sha256: str, owner) -> str:
     """`base`, or `base`-<sha256 prefix>(-n) when taken or too long: a name no LoRA visible to `owner` has."""
     suffixes = ["", f"-{sha256[:12]}", *(f"-{sha256[:12]}-{n}" for n in range(2, 100))]
     for suffix in suffixes:
@@ -215,7 +224,7 @@ def lora_upload(
     return LoraUpload(lora=lora, created=created)
 
 
-def _registered(*, sha256: str, owner) -> Lora | None:
+def lora_registered(*, sha256: str, owner) -> Lora | None:
     """The LoRA these bytes already are for `owner`: one they can see. Another user's private copy
     does not count: `owner` then registers their own, answered exactly as any first upload is, so
     an upload never tells anyone that somebody holds the same file privately."""
@@ -238,6 +247,40 @@ def _register(
     if name is not None and lora_ref_kind(name) != "name":
         message = "A LoRA name may not be a number, a sha256, a URL or a path."
         raise ApiError("VALIDATION_ERROR", message, details={"name": [{"code": "invalid_name", "message": message}]})
+    inspected = lora_inspect(fh=fh, filename=filename, base_model=base_model)
+    existing = lora_registered(sha256=inspected.sha256, owner=owner)
+    if existing:
+        return existing, False
+    if name:
+        if _name_taken(name, owner=owner):
+            raise Conflict("LORA_NAME_TAKEN", f"A different LoRA is already named {name!r}.", details={"name": name})
+    else:
+        base = default_name or lora_name_from(inspected.info.output_name or Path(filename).stem)
+        name = lora_free_name(base, sha256=inspected.sha256, owner=owner)
+    lora = lora_build(
+        inspected,
+        name=name,
+        owner=owner,
+        relative_path=relative_path,
+        trigger_word=trigger_word,
+        default_multiplier=default_multiplier,
+        base_model=base_model,
+        visibility=visibility,
+    )
+    return lora_store(lora, fh=fh, filename=filename, owner=owner)
+
+
+@dataclass(frozen=True)
+class Inspected:
+    """A file read and checked against the model: its size, header facts and sha256."""
+
+    size: int
+    info: LoraInfo
+    sha256: str
+
+
+def lora_inspect(*, fh: BinaryIO, filename: str, base_model: str = DEFAULT_MODEL) -> Inspected:
+    """Read a file's header and check that it fits `base_model` (LORA_TOO_LARGE, the header's codes)."""
     size = _file_size(fh)
     if size > settings.LORA_MAX_UPLOAD_BYTES:
         raise ApiError("LORA_TOO_LARGE", f"LoRA files may be at most {settings.LORA_MAX_UPLOAD_BYTES} bytes.")
@@ -249,22 +292,30 @@ def _register(
         )
     except LoraFileError as exc:
         raise ApiError(exc.code, exc.message, details={"file": filename}) from None
-    sha256 = _sha256(fh)
-    existing = _registered(sha256=sha256, owner=owner)
-    if existing:
-        return existing, False
-    if name:
-        if _name_taken(name, owner=owner):
-            raise Conflict("LORA_NAME_TAKEN", f"A different LoRA is already named {name!r}.", details={"name": name})
-    else:
-        base = default_name or lora_name_from(info.output_name or Path(filename).stem)
-        name = _free_name(base, sha256=sha256, owner=owner)
-    lora = Lora(
+    return Inspected(size=size, info=info, sha256=_sha256(fh))
+
+
+def lora_build(
+    inspected: Inspected,
+    *,
+    name: str,
+    owner,
+    relative_path: str | None,
+    trigger_word: str,
+    default_multiplier: float,
+    base_model: str,
+    visibility: str,
+    **fields,
+) -> Lora:
+    """The unsaved row of an inspected file; `fields` (training_run, version, ...) as given. An empty trigger
+    word takes the header's most frequent tag."""
+    info = inspected.info
+    return Lora(
         name=name,
         owner=owner,
         relative_path=relative_path or None,
-        sha256=sha256,
-        size=size,
+        sha256=inspected.sha256,
+        size=inspected.size,
         base_model=base_model,
         trigger_word=trigger_word or (info.trigger_words[0] if info.trigger_words else ""),
         default_multiplier=default_multiplier,
@@ -275,16 +326,29 @@ def _register(
         num_blocks=info.num_blocks,
         target_modules=[str(module)[:TEXT_CHARS] for module in info.target_modules[:LIST_ITEMS]],
         software_version=info.software_version or "",
-        training_step=info.training_step,
         info=info_bounded(info.as_dict()),
+        **{"training_step": info.training_step, **fields},
     )
+
+
+class SupersededMeanwhile(Exception):
+    """The version a new file was to replace was replaced by another request first."""
+
+
+def lora_store(lora: Lora, *, fh: BinaryIO, filename: str, owner, supersedes: Lora | None = None) -> tuple[Lora, bool]:
+    """Save the file and the row together; with `supersedes`, mark that current version superseded in the
+    same transaction (SupersededMeanwhile if it no longer is current). The same bytes stored meanwhile by a
+    concurrent request answer that LoRA (False: not created now)."""
     try:
         with transaction.atomic():
+            if supersedes is not None:
+                if not Lora.objects.filter(pk=supersedes.pk, superseded=False).update(superseded=True):
+                    raise SupersededMeanwhile
             lora.file.save(Path(filename).name, File(fh), save=False)
             lora.save()
-    except BaseException:
+    except BaseException as exc:
         lora.file.delete(save=False)  # never leave an orphan file behind
-        raced = _registered(sha256=sha256, owner=owner)
+        raced = None if isinstance(exc, SupersededMeanwhile) else lora_registered(sha256=lora.sha256, owner=owner)
         if raced:  # the same file registered by a concurrent request
             return raced, False
         raise
@@ -333,23 +397,16 @@ def _register_root_file(path: Path, *, relative: str, owner) -> Lora:
     """A file of an ai-toolkit output folder, registered under its canonical job/file.safetensors path."""
     with path.open("rb") as fh:
         return lora_register(
-            fh=fh, filename=path.name, owner=owner, relative_path=relative, default_name=_root_name(relative)
+            fh=fh, filename=path.name, owner=owner, relative_path=relative, default_name=lora_root_name(relative)
         )
 
 
-def lora_import_dir(*, directory: Path, owner=None) -> list[tuple[str, Lora | None, str | None]]:
-    """Register every *.safetensors under an ai-toolkit output folder as job_name/file."""
-    results = []
-    for path in sorted(Path(directory).rglob("*.safetensors")):
-        relative = path.relative_to(directory).as_posix()
-        try:
-            results.append((relative, _register_root_file(path, relative=relative, owner=owner), None))
-        except ApiError as exc:
-            results.append((relative, None, f"{exc.code}: {exc.message}"))
-    return results
-
-
 def lora_delete(*, lora: Lora, actor=None) -> None:
+    """Delete a LoRA and its file; deleting the current version makes the one it superseded current again."""
     require_manage(actor, lora, what="LoRA")
+    earlier = None if lora.superseded else lora_versions(lora=lora, user=None).filter(superseded=True).first()
     lora.file.delete(save=False)
-    lora.delete()
+    with transaction.atomic():
+        lora.delete()
+        if earlier is not None:
+            Lora.objects.filter(pk=earlier.pk).update(superseded=False)
