@@ -91,9 +91,9 @@ def api(user, tiny_model, lora_files):
 
 
 class WorkerProcess:
-    """A real `celery worker` process (solo pool, queue gpu) on the test database and Redis broker."""
+    """A real `celery worker` process (solo pool; the GPU queue, or `queues`) on the test database and Redis broker."""
 
-    def __init__(self, name: str, **env):
+    def __init__(self, name: str, queues: str = "gpu", **env):
         from django.db import connection
 
         environ = dict(
@@ -116,7 +116,7 @@ class WorkerProcess:
                 "workers.celery_app",
                 "worker",
                 "-Q",
-                "gpu",
+                queues,
                 "--pool",
                 "solo",
                 "-n",

@@ -17,14 +17,23 @@ from webapp.jobs.views import (
     retry_action,
 )
 from webapp.loras.api import LoraViewSet
-from webapp.loras.views import lora_delete_page, lora_detail_page, lora_list_page
+from webapp.loras.views import lora_delete_page, lora_detail_page, lora_list_page, lora_run_upload_page
 from webapp.prompts.api import PromptSetViewSet
 from webapp.prompts.views import prompt_set_delete_page, prompt_set_list_page, prompt_set_new_page, prompt_set_page
+from webapp.sweeps.api import SweepGridFileView, SweepViewSet
+from webapp.sweeps.views import (
+    sweep_cancel_action,
+    sweep_list_page,
+    sweep_new_page,
+    sweep_page,
+    sweep_status_fragment,
+)
 
 router = DefaultRouter()
 router.register("loras", LoraViewSet, basename="api-lora")  # "lora-list" / "lora-detail" name the pages
 router.register("prompt-sets", PromptSetViewSet)
 router.register("jobs", JobViewSet)
+router.register("sweeps", SweepViewSet, basename="api-sweep")  # "sweep-detail" names the page
 
 urlpatterns = [
     path("", queue_page, name="queue"),
@@ -37,6 +46,12 @@ urlpatterns = [
     path("loras/", lora_list_page, name="lora-list"),
     path("loras/<int:pk>/", lora_detail_page, name="lora-detail"),
     path("loras/<int:pk>/delete/", lora_delete_page, name="lora-delete"),
+    path("loras/runs/", lora_run_upload_page, name="lora-run-upload"),
+    path("sweeps/", sweep_list_page, name="sweep-list"),
+    path("sweeps/new/", sweep_new_page, name="sweep-new"),
+    path("sweeps/<uuid:pk>/", sweep_page, name="sweep-detail"),
+    path("sweeps/<uuid:pk>/status/", sweep_status_fragment, name="sweep-status"),
+    path("sweeps/<uuid:pk>/cancel/", sweep_cancel_action, name="sweep-cancel"),
     path("prompt-sets/", prompt_set_list_page, name="prompt-set-list"),
     path("prompt-sets/new/", prompt_set_new_page, name="prompt-set-new"),
     path("prompt-sets/<int:pk>/", prompt_set_page, name="prompt-set-detail"),
@@ -53,6 +68,12 @@ urlpatterns = [
     path("api/v1/webhooks/", include(webhook_urls)),
     path("api/v1/", include(router.urls)),
     re_path(r"^api/v1/outputs/(?P<pk>\d+)/(?P<kind>video|poster|webp)$", OutputFileView.as_view(), name="output-file"),
+    re_path(
+        r"^api/v1/sweeps/(?P<pk>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})/grids/(?P<grid_id>\d+)/"
+        r"(?P<kind>video|image)$",
+        SweepGridFileView.as_view(),
+        name="sweep-grid-file",
+    ),
     path("api/v1/auth/token", TokenSignInView.as_view(), name="auth-token"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     # Swagger UI and ReDoc from drf-spectacular-sidecar's static files; Swagger UI's start script is served

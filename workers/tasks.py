@@ -7,6 +7,7 @@ from celery import shared_task
 from celery.signals import worker_ready, worker_shutdown
 
 from webapp.jobs import services, webhooks
+from webapp.sweeps import services as sweep_services
 from workers import broker
 from workers.attempt import JobAttempt
 from workers.host import GpuHost
@@ -36,6 +37,8 @@ def reconcile_jobs(dead_worker: str | None = None) -> dict:
         log.warning("reconciled jobs: %s", result)
     if resent := webhooks.webhook_resend_due():
         log.warning("re-sent %d webhook events", resent)
+    if unsettled := sweep_services.sweeps_reconcile():
+        log.warning("settling %d sweeps again", unsettled)
     return result
 
 
@@ -43,6 +46,12 @@ def reconcile_jobs(dead_worker: str | None = None) -> dict:
 def deliver_webhook(event_id: str) -> str:
     """CPU queue: one attempt at posting a job's webhook event; a failure schedules the next one."""
     return webhooks.webhook_deliver(event_id=event_id)
+
+
+@shared_task(name="workers.settle_sweep")
+def settle_sweep(sweep_id: str) -> str:
+    """CPU queue: a sweep's status from its cells; once every cell has finished, its grids."""
+    return sweep_services.sweep_settle(sweep_id=sweep_id)
 
 
 @shared_task(name="workers.fetch_job_loras")

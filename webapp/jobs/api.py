@@ -154,62 +154,70 @@ class BoundedReader:
         self.handle.close()
 
 
-class OutputFileView(APIView):
-    """Download an output's MP4, poster (PNG) or WebP, streamed from whichever storage holds it. Local files
-    honour a single `Range: bytes=...` (206, or 416 past the end); from S3 the answer is a redirect to a
-    presigned URL of the object, which honours Range itself."""
+RANGE_HEADER = OpenApiParameter(
+    "Range",
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    required=False,
+    description="One byte range: bytes=0-99, bytes=100- or bytes=-100.",
+)
 
-    @extend_schema(
-        parameters=[
-            OpenApiParameter(
-                "Range",
-                OpenApiTypes.STR,
-                OpenApiParameter.HEADER,
-                required=False,
-                description="One byte range: bytes=0-99, bytes=100- or bytes=-100.",
-            )
-        ],
+
+def file_download_schema(*content_types: str):
+    """The schema of a stored-file download (`stored_file_response`) of these content types."""
+    return extend_schema(
+        parameters=[RANGE_HEADER],
         responses={
-            (200, "video/mp4"): OpenApiTypes.BINARY,
-            (200, "image/png"): OpenApiTypes.BINARY,
-            (200, "image/webp"): OpenApiTypes.BINARY,
-            (206, "video/mp4"): OpenApiTypes.BINARY,
-            (206, "image/png"): OpenApiTypes.BINARY,
-            (206, "image/webp"): OpenApiTypes.BINARY,
+            **{(200, content_type): OpenApiTypes.BINARY for content_type in content_types},
+            **{(206, content_type): OpenApiTypes.BINARY for content_type in content_types},
             302: OpenApiResponse(description="Object storage: a presigned URL of the file."),
             416: OpenApiResponse(description="The range starts past the end of the file (see Content-Range)."),
         },
     )
+
+
+def stored_file_response(request, field, *, content_type: str, gone: NotFound):
+    """A file of the default storage as the answer to `request`, streamed. Local files honour a single
+    `Range: bytes=...` (206, or 416 past the end); from S3 the answer is a redirect to a presigned URL of
+    the object, which honours Range itself. `gone` is raised when the file was deleted meanwhile."""
+    if not storage_is_local():  # S3 and the like: a (presigned) URL of the object itself
+        return HttpResponseRedirect(default_storage.url(field.name))
+    name = field.name.rsplit("/", 1)[-1]
+    try:
+        handle = default_storage.open(field.name, "rb")
+    except FileNotFoundError:
+        raise gone from None
+    size = handle.size
+    wanted = byte_range(request.headers.get("Range"), size)
+    if wanted is False:
+        handle.close()
+        response = JsonResponse(error_body("RANGE_NOT_SATISFIABLE", f"The file has {size} bytes."), status=416)
+        response["Content-Range"] = f"bytes */{size}"
+    elif wanted is None:
+        response = FileResponse(handle, filename=name, content_type=content_type)
+    else:
+        first, last = wanted
+        handle.seek(first)
+        response = FileResponse(
+            BoundedReader(handle, last - first + 1), filename=name, content_type=content_type, status=206
+        )
+        response["Content-Length"] = str(last - first + 1)
+        response["Content-Range"] = f"bytes {first}-{last}/{size}"
+    response["Accept-Ranges"] = "bytes"
+    return response
+
+
+class OutputFileView(APIView):
+    """Download an output's MP4, poster (PNG) or WebP from whichever storage holds it (`stored_file_response`)."""
+
+    @file_download_schema(*CONTENT_TYPES.values())
     def get(self, request, pk, kind):
         output = get_object_or_404(JobOutput, pk=pk)
         field = getattr(output, kind)
         if not field:
             raise NotFound("OUTPUT_FILE_NOT_FOUND", "This output has no such file.")
-        if not storage_is_local():  # S3 and the like: a (presigned) URL of the object itself
-            return HttpResponseRedirect(default_storage.url(field.name))
-        name = field.name.rsplit("/", 1)[-1]
-        try:
-            handle = default_storage.open(field.name, "rb")
-        except FileNotFoundError:  # deleted by a retry or delete meanwhile
-            raise NotFound("OUTPUT_FILE_NOT_FOUND", "This output's file is gone.") from None
-        size = handle.size
-        wanted = byte_range(request.headers.get("Range"), size)
-        if wanted is False:
-            handle.close()
-            response = JsonResponse(error_body("RANGE_NOT_SATISFIABLE", f"The file has {size} bytes."), status=416)
-            response["Content-Range"] = f"bytes */{size}"
-        elif wanted is None:
-            response = FileResponse(handle, filename=name, content_type=CONTENT_TYPES[kind])
-        else:
-            first, last = wanted
-            handle.seek(first)
-            response = FileResponse(
-                BoundedReader(handle, last - first + 1), filename=name, content_type=CONTENT_TYPES[kind], status=206
-            )
-            response["Content-Length"] = str(last - first + 1)
-            response["Content-Range"] = f"bytes {first}-{last}/{size}"
-        response["Accept-Ranges"] = "bytes"
-        return response
+        gone = NotFound("OUTPUT_FILE_NOT_FOUND", "This output's file is gone.")  # a retry or delete meanwhile
+        return stored_file_response(request, field, content_type=CONTENT_TYPES[kind], gone=gone)
 
 
 class WebhookSecretView(APIView):
