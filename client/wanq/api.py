@@ -7,8 +7,9 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote
 
 import httpx
@@ -19,6 +20,11 @@ from wanq import __version__
 EXIT_JOB_FAILED = 1  # the job failed or was canceled
 EXIT_REFUSED = 2  # the API (or the client, before sending) refused the request: 4xx, bad JSON file, no URL
 EXIT_UNREACHABLE = 3  # no answer, or not the API's: connection errors, timeouts, 5xx, non-JSON bodies
+
+# The server hashes, inspects and stores an uploaded checkpoint before it answers: wait longer than for a status.
+UPLOAD_TIMEOUT = httpx.Timeout(30.0, read=600.0)
+
+OnBytes = Callable[[int, int | None], None]  # (bytes sent or received so far, the total if known)
 
 
 class WanqError(Exception):
@@ -121,6 +127,32 @@ class Client:
         with path.open("rb") as fh:
             return self.call("POST", "/api/v1/loras/", files={"file": (path.name, fh, "application/octet-stream")})
 
+    def run_upload(
+        self, checkpoint: Path, *, config: Path | None = None, run: str | None = None, on_bytes: OnBytes | None = None
+    ) -> dict:
+        """One checkpoint of a training run (with its config.yaml, if given) to POST /api/v1/loras/runs/;
+        `on_bytes` follows the checkpoint's upload."""
+        with ExitStack() as stack:
+            fh = stack.enter_context(checkpoint.open("rb"))
+            body = _Metered(fh, on_bytes) if on_bytes else fh
+            files = [("files", (checkpoint.name, body, "application/octet-stream"))]
+            if config is not None:
+                files.append(("config", (config.name, stack.enter_context(config.open("rb")), "application/yaml")))
+            data = {"run": run} if run else {}
+            return self.call("POST", "/api/v1/loras/runs/", files=files, data=data, timeout=UPLOAD_TIMEOUT)
+
+    def prompt_set(self, prompt_set_id: int) -> dict:
+        return self.call("GET", f"/api/v1/prompt-sets/{_segment(str(prompt_set_id))}/")
+
+    def sweep_submit(self, request: dict) -> dict:
+        return self.call("POST", "/api/v1/sweeps/", json=request)
+
+    def sweep(self, sweep_id: str) -> dict:
+        return self.call("GET", f"/api/v1/sweeps/{_segment(sweep_id)}/")
+
+    def sweep_cancel(self, sweep_id: str) -> dict:
+        return self.call("POST", f"/api/v1/sweeps/{_segment(sweep_id)}/cancel/")
+
     def loras(self) -> Iterator[dict]:
         page: str | None = "/api/v1/loras/?limit=200"
         while page:
@@ -128,7 +160,7 @@ class Client:
             yield from body.get("results", [])
             page = body.get("next")
 
-    def download(self, url: str, dest: Path, on_bytes: Callable[[int, int | None], None] | None = None) -> Path:
+    def download(self, url: str, dest: Path, on_bytes: OnBytes | None = None) -> Path:
         """Stream `url` into `dest` (written to a temporary file beside it, then renamed)."""
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
@@ -145,7 +177,7 @@ class Client:
                         for chunk in response.iter_bytes(1 << 16):
                             out.write(chunk)
                             if on_bytes:
-                                on_bytes(len(chunk), total)
+                                on_bytes(response.num_bytes_downloaded, total)
                 except httpx.TimeoutException:
                     raise WanqError("TIMEOUT", f"Downloading {url} timed out.") from None
                 except httpx.TransportError as exc:
@@ -155,6 +187,30 @@ class Client:
             Path(tmp).unlink(missing_ok=True)
             raise
         return dest
+
+
+class _Metered:
+    """A file being uploaded that reports how far it has been read (httpx streams it in chunks, after
+    measuring it through `fileno`)."""
+
+    def __init__(self, fh: BinaryIO, on_bytes: OnBytes):
+        self._fh = fh
+        self._on_bytes = on_bytes
+        self._total = os.fstat(fh.fileno()).st_size
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._fh.read(size)
+        self._on_bytes(self._fh.tell(), self._total)
+        return chunk
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._fh.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+    def fileno(self) -> int:
+        return self._fh.fileno()
 
 
 def _segment(value: str) -> str:

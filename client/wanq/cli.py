@@ -1,20 +1,24 @@
 """The `wanq` command line. stdout carries results (ids, paths, tables); progress and errors go to stderr.
 
-Exit codes: 0 done; 1 the job failed, was canceled or has no outputs yet; 2 refused (by the API: its
-error code and message are printed; or before sending: a bad JSON file, no server configured; or a usage
-error); 3 the server could not be reached or did not answer as the API; 130 interrupted.
+Exit codes: 0 done; 1 the job or sweep failed or was canceled (a sweep: also when a cell of it did not
+render), or has no outputs yet; 2 refused (by the API: its error code and message are printed; or before
+sending: a bad JSON file, no server configured; or a usage error; `import-run`: a checkpoint refused);
+3 the server could not be reached or did not answer as the API; 130 interrupted.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -22,6 +26,7 @@ from rich.progress import (
     Progress,
     SpinnerColumn,
     TextColumn,
+    TimeElapsedColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
@@ -39,10 +44,11 @@ out = Console(highlight=False, soft_wrap=True)
 
 
 class Interrupted(Exception):
-    """Ctrl-C while following a job: the job keeps running."""
+    """Ctrl-C while following a job or a sweep: it keeps running; `hint` says how to follow it again."""
 
-    def __init__(self, request_id: str):
-        self.request_id = request_id
+    def __init__(self, what: str, hint: str):
+        self.what = what
+        self.hint = hint
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, help=__doc__)
@@ -130,8 +136,38 @@ def submit(ctx, request_file, wait, out_dir):
         click.echo(str(path))
 
 
+def _poll(fetch: Callable[[], dict], show: Callable[[dict], None], *, name: str, interrupted: Interrupted) -> dict:
+    """Fetch a job's or a sweep's status every POLL_S and show it until it has finished; returns the final one.
+    Prints each change of state; keeps polling through a server restart for UNREACHABLE_GRACE_S; Ctrl-C
+    raises `interrupted` (what was submitted keeps running)."""
+    state = None
+    unreachable_since = None
+    try:
+        while True:
+            try:
+                status = fetch()
+                unreachable_since = None
+            except WanqError as exc:
+                if exc.exit_code != EXIT_UNREACHABLE:
+                    raise
+                unreachable_since = unreachable_since or time.monotonic()
+                if time.monotonic() - unreachable_since > UNREACHABLE_GRACE_S:
+                    raise
+                time.sleep(POLL_S)
+                continue
+            if status.get("status") != state:
+                state = status.get("status")
+                err.print(f"{name}: {state}", markup=False)
+            show(status)
+            if state in FINISHED:
+                return status
+            time.sleep(POLL_S)
+    except KeyboardInterrupt:
+        raise interrupted from None
+
+
 def _follow(client: Client, request_id: str) -> dict:
-    """Poll the status every POLL_S with one progress bar per prompt; returns the final status."""
+    """Follow a request with one progress bar per prompt; returns the final status."""
     bars = Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -143,33 +179,19 @@ def _follow(client: Client, request_id: str) -> dict:
         console=err,
     )
     tasks: list = []
-    state = None
-    unreachable_since = None
-    try:
-        with bars:
-            while True:
-                try:
-                    status = client.status(request_id)
-                    unreachable_since = None
-                except WanqError as exc:
-                    if exc.exit_code != EXIT_UNREACHABLE:
-                        raise
-                    unreachable_since = unreachable_since or time.monotonic()
-                    if time.monotonic() - unreachable_since > UNREACHABLE_GRACE_S:
-                        raise
-                    time.sleep(POLL_S)
-                    continue
-                if status.get("status") != state:
-                    state = status.get("status")
-                    bars.console.print(f"{request_id}: {state}")
-                if status.get("stale") and state not in FINISHED:
-                    bars.console.print("[yellow]its worker stopped reporting; the reconciler will requeue it[/]")
-                _update_bars(bars, tasks, status)
-                if state in FINISHED:
-                    return status
-                time.sleep(POLL_S)
-    except KeyboardInterrupt:
-        raise Interrupted(request_id) from None
+
+    def show(status: dict):
+        if status.get("stale") and status.get("status") not in FINISHED:
+            bars.console.print("[yellow]its worker stopped reporting; the reconciler will requeue it[/]")
+        _update_bars(bars, tasks, status)
+
+    interrupted = Interrupted(
+        f"request {request_id}",
+        f"Follow it with `wanq status {request_id} --wait`, then `wanq download {request_id}`; "
+        f"`wanq cancel {request_id}` stops it.",
+    )
+    with bars:
+        return _poll(lambda: client.status(request_id), show, name=request_id, interrupted=interrupted)
 
 
 def _update_bars(bars: Progress, tasks: list, status: dict):
@@ -215,18 +237,29 @@ def _download_all(client: Client, request_id: str, out_dir: Path, *, partial: bo
             f"follow it with `wanq status {request_id} --wait`.",
             exit_code=EXIT_JOB_FAILED,
         )
+    files = [
+        (video["url"], f"{request_id[:8]}_{index:03d}_seed{video.get('seed')}.mp4")
+        for index, video in enumerate(videos)
+    ]
+    return _download_files(client, files, out_dir)
+
+
+def _transfer_bars() -> Progress:
+    """One bar per file moved: bytes so far, total, speed."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err)
+
+
+def _download_files(client: Client, files: list[tuple[str, str]], out_dir: Path) -> list[Path]:
+    """Download (url, file name) pairs into `out_dir`, one progress bar each; returns their absolute paths."""
     paths = []
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err
-    ) as bars:
-        for index, video in enumerate(videos):
-            name = f"{request_id[:8]}_{index:03d}_seed{video.get('seed')}.mp4"
+    with _transfer_bars() as bars:
+        for url, name in files:
             task = bars.add_task(name, total=None)
 
-            def advance(size, total, task=task):
-                bars.update(task, advance=size, total=total)
+            def moved(done, total, task=task):
+                bars.update(task, completed=done, total=total)
 
-            paths.append(client.download(video["url"], out_dir / name, advance).resolve())
+            paths.append(client.download(url, out_dir / name, moved).resolve())
     return paths
 
 
@@ -360,6 +393,324 @@ def _size(size) -> str:
     return ""
 
 
+# --- training runs --------------------------------------------------------------------------------------
+
+RUN_CONFIG = "config.yaml"
+CHECKPOINT_STEP = re.compile(r"_([0-9]{9})$")  # ai-toolkit pads a checkpoint's step to 9 digits
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    match = CHECKPOINT_STEP.search(path.stem)
+    return int(match[1]) if match else None
+
+
+def _run_checkpoints(directory: Path) -> list[Path]:
+    """A run folder's checkpoints in the order they were saved: by step, the final `<name>.safetensors` last."""
+    files = [path for path in directory.iterdir() if path.is_file() and path.suffix.lower() == ".safetensors"]
+    return sorted(files, key=lambda path: (_checkpoint_step(path) is None, _checkpoint_step(path) or 0, path.name))
+
+
+@cli.command("import-run")
+@click.argument("directory", metavar="DIR", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--run", "run_name", help="The run's name. Default: the config's `name`, else the file names'.")
+@click.option("--no-config", is_flag=True, help=f"Leave DIR/{RUN_CONFIG} out (no trigger word or prompt set from it).")
+@click.pass_context
+def import_run(ctx, directory, run_name, no_config):
+    """Upload an ai-toolkit training run folder: its checkpoints (DIR/*.safetensors, one request each)
+    become LoRAs of one run at their steps; its config.yaml gives their trigger word and a prompt set of
+    its sample prompts. Files already uploaded are unchanged, changed ones get a new version.
+
+    Prints a table of the files and what became of each, then the run. Exit 2 when a file was refused
+    (the others are still uploaded); a refusal of a whole request (the config, the run name) stops there."""
+    checkpoints = _run_checkpoints(directory)
+    if not checkpoints:
+        raise WanqError("NO_CHECKPOINTS", f"{directory} holds no .safetensors files.", exit_code=EXIT_REFUSED)
+    config_file = None if no_config else directory / RUN_CONFIG
+    if config_file is not None and not config_file.is_file():
+        err.print(f"{directory} has no {RUN_CONFIG}: no trigger word or prompt set from it.", markup=False)
+        config_file = None
+    client = _client(ctx)
+    run, trigger_word, prompt_set = run_name, "", None
+    rows: list[tuple[str, str, str, str]] = []  # file, step, LoRA id, result
+    any_refused = stopped = None
+    with _transfer_bars() as bars:
+        for index, path in enumerate(checkpoints):
+            task = bars.add_task(escape(path.name), total=path.stat().st_size)
+            try:
+                answer = client.run_upload(
+                    path,
+                    config=config_file,
+                    run=run,
+                    on_bytes=lambda done, total, task=task: bars.update(task, completed=done, total=total),
+                )
+            except WanqError as exc:
+                stopped = exc
+                rows.append((path.name, _step_text(_checkpoint_step(path)), "", f"refused {exc.code} {exc.message}"))
+                rows += [
+                    (rest.name, _step_text(_checkpoint_step(rest)), "", "not sent") for rest in checkpoints[index + 1 :]
+                ]
+                break
+            # Later requests name the run as the first answer did, and leave the config out once a
+            # checkpoint has joined the run: the server keeps its trigger word and multiplier with the run.
+            run = answer.get("run") or run
+            trigger_word = answer.get("trigger_word") or trigger_word
+            prompt_set = answer.get("prompt_set") or prompt_set
+            imported = False
+            for outcome in ("added", "updated", "unchanged"):
+                for lora in answer.get(outcome) or []:
+                    imported = True
+                    shown = f"updated (version {lora.get('version')})" if outcome == "updated" else outcome
+                    rows.append((path.name, _step_text(lora.get("training_step")), str(lora.get("id")), shown))
+            for problem in answer.get("refused") or []:
+                any_refused = problem
+                file = str(problem.get("file") or path.name)
+                result = f"refused {problem.get('code')} {problem.get('message')}"
+                rows.append((file, _step_text(_checkpoint_step(Path(file))), "", result))
+            for note in answer.get("notes") or []:
+                bars.console.print(note, markup=False)
+            if imported:
+                config_file = None
+    table = Table("file", "step", "id", "result", box=None)
+    for row in rows:
+        table.add_row(*map(escape, row))
+    out.print(table)
+    if run:
+        _print_run(client, run=run, trigger_word=trigger_word, prompt_set=prompt_set)
+    if stopped:
+        raise stopped
+    if any_refused:
+        ctx.exit(EXIT_REFUSED)
+
+
+def _step_text(step) -> str:
+    return "" if step is None else str(step)
+
+
+def _print_run(client: Client, *, run: str, trigger_word: str, prompt_set: int | None):
+    click.echo(f"{'run':<14}{run}")
+    click.echo(f"{'trigger word':<14}{trigger_word or '(none)'}")
+    if prompt_set is None:
+        click.echo(f"{'prompt set':<14}(none from this import)")
+        return
+    try:
+        shown = client.prompt_set(prompt_set)
+    except WanqError:  # the run is imported; only its prompt set's name is not at hand
+        click.echo(f"{'prompt set':<14}id {prompt_set}")
+        return
+    prompts = len(shown.get("items") or [])
+    click.echo(f"{'prompt set':<14}{shown.get('name')} (id {prompt_set}, {prompts} prompt{'s' * (prompts != 1)})")
+    for item in (shown.get("items") or [])[:20]:
+        click.echo(f"{'':<14}- {item.get('prompt')}")
+
+
+# --- sweeps ---------------------------------------------------------------------------------------------
+
+
+@cli.group("sweep")
+def sweep_group():
+    """Compare LoRAs, multipliers, seeds or prompts: one job per cell of up to three axes, composed into grids."""
+
+
+@sweep_group.command("submit")
+@click.argument("request_file", metavar="SWEEP.json", type=click.Path(dir_okay=False))
+@click.option("--wait", is_flag=True, help="Show the sweep's progress until it ends, then download its grids.")
+@click.option(
+    "--out", "out_dir", type=click.Path(file_okay=False), default=".", show_default=True, help="Where --wait saves."
+)
+@click.pass_context
+def sweep_submit(ctx, request_file, wait, out_dir):
+    """Submit a sweep (the body of POST /api/v1/sweeps/: name, prompts or prompt_set, axes, job options).
+
+    Prints the sweep's id; with --wait, the paths of the downloaded grids (MP4 and PNG) instead, one per
+    line, and exit 1 when a cell did not render. Ctrl-C while waiting leaves the sweep running."""
+    body = _read_request(request_file)
+    client = _client(ctx)
+    created = client.sweep_submit(body)
+    sweep_id = str(created["id"])
+    if not wait:
+        click.echo(sweep_id)
+        return
+    err.print(
+        f"Submitted sweep {sweep_id} ({len(created.get('cells') or [])} cells): {created.get('url')}", markup=False
+    )
+    final = _follow_sweep(client, sweep_id)
+    for path in _download_grids(client, final, Path(out_dir)):
+        click.echo(str(path))
+    _sweep_finish(final)
+
+
+def _follow_sweep(client: Client, sweep_id: str) -> dict:
+    """Follow a sweep with one bar: its cells as they finish (a running cell counts by its progress), then
+    one more step while the grids are composed; returns the final state."""
+    bars = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[done]}/{task.fields[cells]} cells"),
+        TimeElapsedColumn(),
+        console=err,
+    )
+    task = bars.add_task("rendering", total=None, done=0, cells="?")
+
+    def show(sweep: dict):
+        cells = sweep.get("cells") or []
+        done = sum(1 for cell in cells if cell.get("status") in FINISHED)
+        rendering = sum(float(cell.get("progress") or 0) for cell in cells if cell.get("status") not in FINISHED)
+        state = sweep.get("status")
+        if state in FINISHED:
+            description, completed = "grids ready" if sweep.get("grids") else state, len(cells) + 1
+        elif state == "composing":
+            description, completed = "composing the grids", len(cells)
+        else:
+            description, completed = "rendering", done + rendering
+        bars.update(
+            task, description=description, total=len(cells) + 1, completed=completed, done=done, cells=len(cells)
+        )
+
+    interrupted = Interrupted(
+        f"sweep {sweep_id}",
+        f"Follow it with `wanq sweep status {sweep_id} --wait`, then `wanq sweep download {sweep_id}`; "
+        f"`wanq sweep cancel {sweep_id}` stops it.",
+    )
+    with bars:
+        return _poll(lambda: client.sweep(sweep_id), show, name=sweep_id, interrupted=interrupted)
+
+
+def _sweep_finish(sweep: dict):
+    """Raise (exit 1) for a sweep that failed or was canceled, or whose cells did not all render."""
+    state = sweep.get("status")
+    counts = sweep.get("counts") or {}
+    if state == "failed":
+        error = sweep.get("error") or {}
+        raise WanqError(
+            error.get("code") or "SWEEP_FAILED", error.get("message") or "The sweep failed.", exit_code=EXIT_JOB_FAILED
+        )
+    if state == "canceled":
+        raise WanqError(
+            "CANCELED", "The sweep was canceled; its grids show what had finished.", exit_code=EXIT_JOB_FAILED
+        )
+    unrendered = [cell for cell in sweep.get("cells") or [] if cell.get("status") in ("failed", "canceled")]
+    if state == "succeeded" and unrendered:
+        codes = sorted({cell.get("error_code") or cell.get("status", "").upper() for cell in unrendered})
+        raise WanqError(
+            "SWEEP_INCOMPLETE",
+            f"{len(unrendered)} of {len(sweep.get('cells') or [])} cells did not render "
+            f"({counts.get('failed', 0)} failed, {counts.get('canceled', 0)} canceled: {', '.join(codes)}); "
+            "their tiles are blank.",
+            exit_code=EXIT_JOB_FAILED,
+        )
+
+
+def _download_grids(client: Client, sweep: dict, out_dir: Path) -> list[Path]:
+    """Every stored grid of the sweep: `<id>_grid_<prompt>_<layer>.mp4` and its contact sheet `.png`."""
+    files = []
+    for grid in sweep.get("grids") or []:
+        stem = f"{str(sweep['id'])[:8]}_grid_{int(grid['prompt_index']):03d}_{int(grid['layer']):02d}"
+        files += [(grid["video_url"], f"{stem}.mp4"), (grid["image_url"], f"{stem}.png")]
+    return _download_files(client, files, out_dir)
+
+
+@sweep_group.command("status")
+@click.argument("sweep_id", metavar="ID")
+@click.option("--wait", is_flag=True, help="Follow it with a progress bar until it ends.")
+@click.option("--json", "as_json", is_flag=True, help="Print the API's sweep object as JSON.")
+@click.pass_context
+def sweep_status(ctx, sweep_id, wait, as_json):
+    """Show a sweep: its grid of cells (rows x columns) with each cell's status, the counts and the grids'
+    URLs (with --wait: exit 1 when it failed, was canceled or a cell did not render)."""
+    client = _client(ctx)
+    body = _follow_sweep(client, sweep_id) if wait else client.sweep(sweep_id)
+    if as_json:
+        out.print_json(data=body)
+    else:
+        _print_sweep(body)
+    if wait:
+        _sweep_finish(body)
+        err.print(f"Download its grids with `wanq sweep download {sweep_id}`", markup=False)
+
+
+def _print_sweep(sweep: dict):
+    counts = sweep.get("counts") or {}
+    for key, value in (
+        ("sweep", sweep.get("id")),
+        ("name", sweep.get("name")),
+        ("status", sweep.get("status")),
+        ("cells", ", ".join(f"{n} {state}" for state, n in counts.items() if n) or "none"),
+        ("page", sweep.get("url")),
+    ):
+        click.echo(f"{key:<10}{value}")
+    if sweep.get("error"):
+        click.echo(f"{'error':<10}{sweep['error'].get('code')}: {sweep['error'].get('message')}")
+    axes = sweep.get("axes") or []
+    if not axes:
+        return
+    rows, columns = axes[0], axes[1] if len(axes) > 1 else None
+    layers = axes[2]["labels"] if len(axes) > 2 else [None]
+    cells = {(cell.get("row"), cell.get("column"), cell.get("layer")): cell for cell in sweep.get("cells") or []}
+    for layer, layer_label in enumerate(layers):
+        title = f"{axes[2]['field']} {layer_label}" if layer_label is not None else None
+        corner = f"{rows['field']} \\ {columns['field']}" if columns else rows["field"]
+        table = Table(escape(corner), box=None, title=escape(title) if title else None, title_justify="left")
+        for label in columns["labels"] if columns else ["status"]:
+            table.add_column(escape(str(label)))
+        for row, row_label in enumerate(rows["labels"]):
+            shown = [
+                _cell_text(cells.get((row, column, layer)))
+                for column in range(len(columns["labels"]) if columns else 1)
+            ]
+            table.add_row(escape(str(row_label)), *map(escape, shown))
+        out.print(table)
+    for grid in sweep.get("grids") or []:
+        label = f"prompt {int(grid['prompt_index']) + 1}"
+        if len(axes) > 2 and int(grid["layer"]) < len(layers):
+            label += f", {axes[2]['field']} {layers[int(grid['layer'])]}"
+        click.echo(f"{'grid':<10}{label}")
+        click.echo(f"{'':<10}video {grid.get('video_url')}")
+        click.echo(f"{'':<10}image {grid.get('image_url')}")
+
+
+def _cell_text(cell: dict | None) -> str:
+    if cell is None:
+        return "-"
+    state = str(cell.get("status"))
+    if state == "running":
+        return f"running {100 * float(cell.get('progress') or 0):.0f}%"
+    if state == "failed" and cell.get("error_code"):
+        return f"failed {cell['error_code']}"
+    return state
+
+
+@sweep_group.command("cancel")
+@click.argument("sweep_id", metavar="ID")
+@click.pass_context
+def sweep_cancel(ctx, sweep_id):
+    """Cancel a sweep's unfinished cells (the grids of what finished are still made)."""
+    body = _client(ctx).sweep_cancel(sweep_id)
+    canceled = (body.get("counts") or {}).get("canceled", 0)
+    click.echo(f"{body.get('id', sweep_id)} {body.get('status')} ({canceled} cells canceled)")
+
+
+@sweep_group.command("download")
+@click.argument("sweep_id", metavar="ID")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=".", show_default=True)
+@click.pass_context
+def sweep_download(ctx, sweep_id, out_dir):
+    """Download a sweep's grids (MP4 and PNG) into --out; prints their paths, one per line."""
+    client = _client(ctx)
+    body = client.sweep(sweep_id)
+    if not body.get("grids"):
+        if body.get("status") not in FINISHED:
+            raise WanqError(
+                "NOT_FINISHED",
+                f"Sweep {sweep_id} is {body.get('status')} and has no grids yet; "
+                f"follow it with `wanq sweep status {sweep_id} --wait`.",
+                exit_code=EXIT_JOB_FAILED,
+            )
+        _sweep_finish(body)
+    for path in _download_grids(client, body, Path(out_dir)):
+        click.echo(str(path))
+
+
 # --- entry point ----------------------------------------------------------------------------------------
 
 
@@ -382,12 +733,7 @@ def main(argv=None):
         _print_error(exc)
         code = exc.exit_code
     except Interrupted as exc:
-        err.print(
-            f"Stopped waiting; request {exc.request_id} keeps running.\n"
-            f"Follow it with `wanq status {exc.request_id} --wait`, "
-            f"then `wanq download {exc.request_id}`; `wanq cancel {exc.request_id}` stops it.",
-            markup=False,
-        )
+        err.print(f"Stopped waiting; {exc.what} keeps running.\n{exc.hint}", markup=False)
         code = 130
     except click.ClickException as exc:
         exc.show()

@@ -1,5 +1,5 @@
 """The `wanq` command line as a user runs it: a subprocess against a real web server (gunicorn) and, to
-render, a real Celery worker on the tiny checkpoint."""
+render, a real Celery worker on the tiny checkpoint (and a CPU worker to compose a sweep's grids)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, SMALL, TINY_SHAPE, wait_for
 from tests.mp4 import read_mp4
+from workers.pipeline.checkpoints import write_aitoolkit_lora
 
 SIZED_DOWN = {"width": 64, "height": 64, "num_frames": 5, "sample_steps": 2, "fps": 8}
 
@@ -180,3 +182,176 @@ def test_unreachable_server(tmp_path):
     result = wanq("status", "abc", env=cli_env(tmp_path, f"http://127.0.0.1:{port}", "t"))
     assert result.returncode == 3
     assert "CONNECTION_ERROR" in result.stderr and "Traceback" not in result.stderr
+
+
+# --- training runs and sweeps ----------------------------------------------------------------------------
+
+RUN_CONFIG = """\
+job: extension
+config:
+  name: "cli_run"
+  process:
+    - type: 'sd_trainer'
+      trigger_word: "clx"
+      save:
+        save_every: 250
+      sample:
+        width: 832
+        height: 480
+        num_frames: 33
+        fps: 16
+        network_multiplier: 0.8
+        prompts:
+          - "[trigger] walking on a beach"
+          - "[trigger] reading a book --seed 7"
+        seed: 42
+"""
+
+
+def write_checkpoint(folder: Path, step: int, seed: int) -> Path:
+    return write_aitoolkit_lora(
+        folder / f"cli_run_{step:09d}.safetensors", shape=TINY_SHAPE, seed=seed, training_step=step
+    )
+
+
+def write_run(folder: Path) -> Path:
+    """An ai-toolkit output folder: two checkpoints, the config, and sample images the import leaves alone."""
+    write_checkpoint(folder, 250, seed=11)
+    write_checkpoint(folder, 500, seed=12)
+    (folder / "config.yaml").write_text(RUN_CONFIG)
+    (folder / "samples").mkdir(exist_ok=True)
+    (folder / "samples" / "1700000000000__000000250_0.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a real jpeg")
+    return folder
+
+
+def results(stdout: str) -> dict[str, str]:
+    """The import table's rows: file -> its step, id and result."""
+    return {line.split()[0]: " ".join(line.split()[1:]) for line in stdout.splitlines() if ".safetensors" in line}
+
+
+def test_import_run_adds_the_checkpoints_then_finds_them_unchanged(web_server, token, tmp_path):
+    from webapp.loras.models import Lora
+    from webapp.prompts.models import PromptSet
+
+    env = cli_env(tmp_path, web_server, token)
+    run = write_run(tmp_path / "cli_run")
+    first = wanq("import-run", run, env=env)
+    assert first.returncode == 0, first.stderr
+    rows = results(first.stdout)
+    assert list(rows) == ["cli_run_000000250.safetensors", "cli_run_000000500.safetensors"]
+    assert [(row.split()[0], row.split()[-1]) for row in rows.values()] == [("250", "added"), ("500", "added")]
+    loras = Lora.objects.filter(training_run="cli_run").order_by("training_step")
+    assert [(lora.training_step, lora.trigger_word, lora.default_multiplier) for lora in loras] == [
+        (250, "clx", 0.8),
+        (500, "clx", 0.8),
+    ]
+    prompt_set = PromptSet.objects.get(name="cli_run")
+    assert prompt_set.items.count() == 2
+    assert "cli_run" in first.stdout and "clx" in first.stdout
+    assert f"cli_run (id {prompt_set.pk}, 2 prompts)" in first.stdout
+    assert "walking on a beach" in first.stdout
+
+    again = wanq("import-run", run, env=env)
+    assert again.returncode == 0, again.stderr
+    assert [row.split()[-1] for row in results(again.stdout).values()] == ["unchanged", "unchanged"]
+    assert Lora.objects.filter(training_run="cli_run").count() == 2
+
+    # Retrained: the last checkpoint's bytes changed, and a broken one was saved: the first is a new
+    # version, the broken one refused (exit 2) without stopping the rest.
+    write_checkpoint(run, 500, seed=13)
+    (run / "cli_run_000000750.safetensors").write_bytes(b"not a safetensors file")
+    changed = wanq("import-run", run, "--no-config", env=env)
+    assert changed.returncode == 2, changed.stderr
+    rows = results(changed.stdout)
+    assert rows["cli_run_000000250.safetensors"].endswith("unchanged")
+    assert rows["cli_run_000000500.safetensors"].endswith("updated (version 2)")
+    assert "refused LORA_" in rows["cli_run_000000750.safetensors"]
+    current = Lora.objects.get(training_run="cli_run", training_step=500, superseded=False)
+    assert (current.version, current.trigger_word) == (2, "clx")
+
+
+def sweep_file(tmp_path, **changes) -> Path:
+    body = {
+        "name": "strength",
+        "prompts": [{"prompt": "sks walking", **SMALL}],
+        "axes": [
+            {"field": "lora", "values": ["job_a/job_a.safetensors"]},
+            {"field": "multiplier", "values": [0, 1]},
+        ],
+        **changes,
+    }
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps(body))
+    return path
+
+
+def test_sweep_submit_wait_downloads_the_grid(web_server, token, start_worker, tmp_path):
+    start_worker("cli-gpu")
+    start_worker("cli-cpu", queues="celery")  # settles the sweep and composes its grid
+    env = cli_env(tmp_path, web_server, token)
+    out_dir = tmp_path / "grids"
+    result = wanq("sweep", "submit", sweep_file(tmp_path), "--wait", "--out", out_dir, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "succeeded" in result.stderr
+    paths = sorted(Path(line) for line in result.stdout.splitlines() if line.strip())
+    assert [path.suffix for path in paths] == [".mp4", ".png"] and all(p.parent == out_dir.resolve() for p in paths)
+    frames, _ = read_mp4(paths[0])
+    assert frames.shape[0] == SMALL["num_frames"]
+    assert frames.shape[2] >= 2 * SMALL["width"]  # the two cells side by side, and their labels
+    with Image.open(paths[1]) as sheet:
+        assert sheet.size == (frames.shape[2], frames.shape[1])
+
+    sweep_id = result.stderr.split("Submitted sweep ", 1)[1].split()[0]
+    status = wanq("sweep", "status", sweep_id, env=env)
+    assert status.returncode == 0, status.stderr
+    assert "lora \\ multiplier" in status.stdout
+    (row,) = [line for line in status.stdout.splitlines() if line.split()[:1] == ["job_a/job_a"]]
+    assert row.split()[1:] == ["succeeded", "succeeded"]
+    assert "2 succeeded" in status.stdout and f"/api/v1/sweeps/{sweep_id}/grids/" in status.stdout
+    again = wanq("sweep", "download", sweep_id, "--out", tmp_path / "again", env=env)
+    assert again.returncode == 0, again.stderr
+    assert [Path(line).read_bytes() for line in again.stdout.split()] == [path.read_bytes() for path in paths]
+
+
+def test_refused_sweep_prints_the_code(web_server, token, tmp_path):
+    env = cli_env(tmp_path, web_server, token)
+    four = [{"field": field, "values": [1]} for field in ("lora", "multiplier", "seed", "prompt")]
+    result = wanq("sweep", "submit", sweep_file(tmp_path, axes=four), "--wait", env=env)
+    assert result.returncode == 2
+    assert "error SWEEP_BAD_AXES" in result.stderr and "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+    result = wanq("sweep", "status", "00000000-0000-0000-0000-000000000000", env=env)
+    assert result.returncode == 2 and "SWEEP_NOT_FOUND" in result.stderr
+
+
+def test_ctrl_c_leaves_the_sweep_running_until_canceled(web_server, token, tmp_path):
+    """No worker: the cells stay queued; Ctrl-C stops the client, not the sweep, and says how to follow it;
+    `wanq sweep cancel` then cancels every cell."""
+    from webapp.sweeps.models import Sweep
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wanq", "sweep", "submit", str(sweep_file(tmp_path)), "--wait"],
+        cwd=ROOT,
+        env=cli_env(tmp_path, web_server, token),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    sweep = wait_for(lambda: Sweep.objects.first(), timeout=30)
+    time.sleep(1.0)  # polling
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    assert f"wanq sweep status {sweep.pk} --wait" in stderr and "Traceback" not in stderr
+    assert sweep.jobs.filter(status="queued").count() == 2
+
+    env = cli_env(tmp_path, web_server, token)
+    canceled = wanq("sweep", "cancel", sweep.pk, env=env)
+    assert canceled.returncode == 0, canceled.stderr
+    assert canceled.stdout.strip().endswith("(2 cells canceled)")
+    assert sweep.jobs.filter(status="canceled").count() == 2
+    status = wanq("sweep", "status", sweep.pk, env=env)
+    assert "2 canceled" in status.stdout
+    (row,) = [line for line in status.stdout.splitlines() if line.split()[:1] == ["job_a/job_a"]]
+    assert row.split()[1:] == ["canceled", "canceled"]
