@@ -235,10 +235,16 @@ WAN_CP_DEVICES = env_list("WAN_CP_DEVICES")
 # mode). Off: they render exactly. Its blocks compile on CUDA on first use unless WAN_FAST_COMPILE=0.
 WAN_FAST_MODE = env_bool("WAN_FAST_MODE", True)
 WAN_FAST_COMPILE = env_bool("WAN_FAST_COMPILE", True)
+# Fast mode's self-attention: "auto" (8-bit cuDNN FP8 SDPA on Hopper with nvidia-cudnn-frontend, else bf16),
+# "fp8" or "bf16".
+WAN_FAST_ATTENTION = env("WAN_FAST_ATTENTION", "auto")
 # CUDA workers compile exact mode's blocks (once per video size) and take each job's LoRAs through one
 # stack adapter, equal to peft's adapters within rounding: 1.25x end to end (docs/benchmarks.md).
 # Off, or on a CPU (nothing to compile): peft's adapters, bit for bit the reference path.
 WAN_EXACT_COMPILE = env_bool("WAN_EXACT_COMPILE", True)
+# A folder (a volume shared by a host's workers) for torch's compile caches and portable artifacts: a worker
+# that finds compile work of an earlier one there is ready in seconds (workers/pipeline/compile_cache.py).
+WAN_COMPILE_CACHE = env("WAN_COMPILE_CACHE", "")
 WAN_WARMUP = env_list("WAN_WARMUP")  # sizes "WxHxF" to compile both speeds for at worker start
 LORA_ROOT = Path(env("LORA_ROOT", VAR_DIR / "loras"))
 LORA_CACHE_DIR = Path(env("LORA_CACHE_DIR", VAR_DIR / "lora-cache"))
@@ -248,6 +254,10 @@ LORA_GPU_BUDGET_BYTES = int(env("LORA_GPU_BUDGET_BYTES", 8 * 2**30))
 LORA_URL_ALLOWED_HOSTS = env_list("LORA_URL_ALLOWED_HOSTS")
 LORA_URL_MAX_BYTES = int(env("LORA_URL_MAX_BYTES", 2 * 2**30))
 LORA_URL_TIMEOUT_S = float(env("LORA_URL_TIMEOUT_S", 30))
+# The draft preset's step-distill LoRA (e.g. LightX2V's Wan2.1-T2V-14B StepDistill-CfgDistill), named as a job
+# names a LoRA (id, name, sha256, path under LORA_ROOT, URL); empty: "preset": "draft" is DRAFT_NOT_CONFIGURED.
+DRAFT_LORA = env("DRAFT_LORA", "")
+DRAFT_LORA_MULTIPLIER = float(env("DRAFT_LORA_MULTIPLIER", 1.0))
 JOB_PROGRESS_INTERVAL_S = float(env("JOB_PROGRESS_INTERVAL_S", 1.0))
 # Job webhooks (webapp/jobs/webhooks.py): https to public addresses only, except hosts named here exactly
 # (a receiver on the local network or loopback; http allowed for them too).
@@ -275,6 +285,10 @@ PRIORITY_STAFF_ONLY_FROM = int(env("PRIORITY_STAFF_ONLY_FROM", 8))
 if not 1 <= PRIORITY_STAFF_ONLY_FROM <= 10:
     raise ImproperlyConfigured("PRIORITY_STAFF_ONLY_FROM must be 1 to 10")
 PROMPT_MAX_CHARS = int(env("PROMPT_MAX_CHARS", 4000))
+# Sweeps (webapp/sweeps/): at most this many cells (jobs) per sweep; a composition of its grids that has
+# not finished after SWEEP_COMPOSE_STALE_S (its CPU worker died) is taken over by the next settle.
+SWEEP_MAX_CELLS = int(env("SWEEP_MAX_CELLS", 64))
+SWEEP_COMPOSE_STALE_S = float(env("SWEEP_COMPOSE_STALE_S", 1800))
 
 # --- API ----------------------------------------------------------------------
 # Throttle counters must be shared by every web process: Redis when there is one.
@@ -332,6 +346,9 @@ SPECTACULAR_SETTINGS = {
         "SchedulerEnum": "webapp.jobs.models.Scheduler",
         "VisibilityEnum": "webapp.loras.models.Visibility",
         "RequestStatusEnum": "webapp.jobs.compat.REQUEST_STATUSES",
+        "JobStatusEnum": "webapp.jobs.models.JobStatus",  # a job's and a sweep cell's
+        "SweepStatusEnum": "webapp.sweeps.models.SweepStatus",
+        "SweepAxisFieldEnum": "webapp.sweeps.models.AXIS_FIELDS",
     },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",

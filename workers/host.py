@@ -20,6 +20,7 @@ from pathlib import Path
 
 from django.conf import settings
 
+from workers.pipeline.compile_cache import CompileCache
 from workers.pipeline.config import RuntimeConfig, default_device
 from workers.pipeline.parallel import build_runtime
 from workers.pipeline.runtime import RenderResult
@@ -46,7 +47,11 @@ class GpuHost:
 
     # -- setup ---------------------------------------------------------------
     def setup(self) -> None:
-        """Load the model and do the compile work for WAN_WARMUP's sizes before taking jobs."""
+        """Load the model and do the compile work for WAN_WARMUP's sizes before taking jobs (from
+        WAN_COMPILE_CACHE where an earlier worker left it, and leaving it there for the next)."""
+        cache = CompileCache(settings.WAN_COMPILE_CACHE) if settings.WAN_COMPILE_CACHE else None
+        if cache:
+            cache.open()
         try:
             self.runtime  # noqa: B018 - loads the model
         except Exception:  # a worker without a model would fail every job it takes
@@ -56,6 +61,8 @@ class GpuHost:
         try:
             if sizes:
                 log.info("warmed up for %s in %.1fs", sizes, self.runtime.warm_up(sizes))
+                if cache and self.on_cuda:
+                    log.info("saved %d bytes of compile cache artifacts", cache.save())
         except Exception:  # jobs then compile on first use, as without a warm-up
             log.exception("warm-up failed")
 
@@ -72,6 +79,7 @@ class GpuHost:
                 cfg_device=settings.WAN_CFG_DEVICE,
                 fast_mode=settings.WAN_FAST_MODE,
                 fast_compile=settings.WAN_FAST_COMPILE,
+                fast_attention=settings.WAN_FAST_ATTENTION,
                 # CPU workers compile nothing and keep peft's adapters (bit for bit the reference path).
                 exact_compile=settings.WAN_EXACT_COMPILE and device.startswith("cuda"),
                 cp_devices=settings.WAN_CP_DEVICES,

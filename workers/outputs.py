@@ -71,7 +71,9 @@ def output_record(
         **params.as_dict(),
         "scheduler": result.scheduler,
         "speed": result.speed,
+        "preset": job.preset,  # draft: the stack above ends with the draft LoRA, the steps and guidance are its own
         "lora_math": result.lora_math,
+        "attention": result.attention,
         "step_cache": result.step_cache,
         "loras": [
             {"name": n, "sha256": s.sha256, "multiplier": s.multiplier, **({"private": True} if p else {})}

@@ -16,6 +16,7 @@ OPTIONS = {
     "webp": True,
     "step_cache": 0.1,
     "speed": "exact",
+    "preset": "standard",
     "webhook": "",
     "webhook_events_filter": ["completed", "start"],
 }

@@ -13,7 +13,7 @@ from webapp.core.errors import ApiError
 from webapp.loras.models import Lora
 from webapp.prompts.models import PromptSet
 
-from .models import GenerationJob, JobLora, JobOutput
+from .models import GenerationJob, JobLora, JobOutput, Preset
 from .serializers import JobOptionsSerializer, output_urls
 from .services import JOB_OPTIONS, job_cancel, job_prompts_resolve, job_rerun, job_retry, job_spec, job_submit
 
@@ -34,6 +34,7 @@ RECORD_ORDER = [
     "lora_scale",
     "scheduler",
     "speed",
+    "preset",
     "lora_math",
     "step_cache",
     "loras",
@@ -66,6 +67,13 @@ class JobSubmitBase(forms.ModelForm):
     current_user = None  # set per request by GenerationJobAdmin.get_form
     prompt_set = forms.ModelChoiceField(PromptSet.objects.all())
     priority = forms.IntegerField(min_value=0, max_value=9, initial=0, help_text="0-9; higher starts first.")
+    preset = forms.TypedChoiceField(
+        choices=Preset.choices,
+        required=False,
+        empty_value=None,  # left out: the option's default
+        initial=Preset.STANDARD,
+        help_text="draft: DRAFT_LORA after the LoRAs below, 4 steps where a prompt gives none, no CFG.",
+    )
 
     class Meta:
         model = GenerationJob
@@ -233,7 +241,7 @@ class GenerationJobAdmin(admin.ModelAdmin):
         "prompt_count",
         "created",
     ]
-    list_filter = ["status", "owner", "speed", "scheduler"]
+    list_filter = ["status", "owner", "preset", "speed", "scheduler"]
     list_per_page = 50
     search_fields = ["id", "prompts", "job_loras__name"]
     actions = ["cancel_jobs", "retry_jobs", "rerun_jobs"]
@@ -250,7 +258,7 @@ class GenerationJobAdmin(admin.ModelAdmin):
                 ]
             },
         ),
-        ("Options", {"fields": [("scheduler", "speed"), ("prompt_semantics", "webp", "step_cache")]}),
+        ("Options", {"fields": [("preset", "scheduler", "speed"), ("prompt_semantics", "webp", "step_cache")]}),
         ("Prompts", {"fields": ["effective_prompts", "request_json"]}),
         (
             "Worker",

@@ -18,7 +18,7 @@ from webapp.core.errors import ApiError
 from webapp.loras.selectors import lora_list
 from workers.pipeline.params import DEFAULTS, LIMITS, SEED_BASE
 
-from .models import GenerationJob, JobStatus, Scheduler, Speed
+from .models import GenerationJob, JobStatus, Preset, Scheduler, Speed
 from .selectors import job_get, job_lora_shown, prompt_set_choices
 from .serializers import JobCreateSerializer, JobOptionsSerializer
 
@@ -46,7 +46,7 @@ class QueueFilterForm(forms.Form):
         self.fields["owner"].choices = [("", "anyone"), *((name, name) for name in usernames)]
         self.fields["lora"].choices = [
             ("", "any LoRA"),
-            *lora_list(user=user).order_by("name").values_list("pk", "name"),
+            *lora_list(user=user).filter(superseded=False).order_by("name").values_list("pk", "name"),
         ]
 
     def filters(self) -> dict:
@@ -109,6 +109,11 @@ class LoraRowForm(forms.Form):
 
 class JobOptionsForm(forms.Form):
     prompt_set = forms.CharField(required=False, label="or a prompt set")
+    preset = forms.CharField(
+        required=False,
+        label="preset",
+        widget=forms.Select(choices=[(Preset.STANDARD, "standard"), (Preset.DRAFT, "draft (4 steps, no CFG)")]),
+    )
     trigger_word = forms.CharField(
         required=False,
         label="trigger word",
@@ -141,6 +146,11 @@ class JobOptionsForm(forms.Form):
         self.fields["prompt_set"].widget = forms.Select(
             choices=[("", "— none: the prompts above —"), *prompt_set_choices()]
         )
+        self.fields["preset"].help_text = (
+            "draft: a quick look, 4 steps without CFG, the server's step-distill LoRA stacked after yours."
+            if settings.DRAFT_LORA
+            else "draft: not set up on this server (it needs a step-distill LoRA, DRAFT_LORA)."
+        )
         for name, default in OPTION_DEFAULTS.items():
             if name not in self.fields:  # an API-only option (webhooks): its default applies
                 continue
@@ -158,7 +168,10 @@ class JobSubmitForm:
         rows = int(rows) if rows.isdigit() else max(PROMPT_ROWS, len(prompts) + 1)
         rows = min(max(rows, 1), settings.JOB_MAX_PROMPTS)
         self.loras = list(
-            lora_list(user=user).order_by("name").values("pk", "name", "default_multiplier", "trigger_word")
+            lora_list(user=user)
+            .filter(superseded=False)
+            .order_by("name")
+            .values("pk", "name", "default_multiplier", "trigger_word")
         )
         self.options = JobOptionsForm(data, initial=options or {})
         self.prompt_rows = [
@@ -179,8 +192,8 @@ class JobSubmitForm:
 
     @classmethod
     def prefilled(cls, query, *, user) -> JobSubmitForm:
-        """An empty form, or one pre-filled from ?from=<job id> (its prompts as they rendered, LoRAs,
-        multipliers, options), ?lora=<id> or ?prompt_set=<id>."""
+        """An empty form, or one pre-filled from ?from=<job id> (its prompts as they rendered, or only the
+        one at ?prompt=<index>; LoRAs, multipliers, options), ?lora=<id>, ?prompt_set=<id> or ?preset=."""
         prompts, loras, options, notes = [], [], {}, []
         if query.get("from"):
             try:
@@ -189,6 +202,15 @@ class JobSubmitForm:
                 notes.append(exc.message)
             else:
                 prompts, loras, options, notes = cls._from_job(job, user=user)
+                index = query.get("prompt", "")
+                if index.isdigit() and int(index) < len(prompts):
+                    prompts = [prompts[int(index)]]
+        if query.get("preset") in Preset.values:
+            if options.get("preset") == Preset.DRAFT and query["preset"] != Preset.DRAFT:
+                # a draft's job at full settings: the steps, guidance and scheduler the draft fixed go
+                prompts = [{**item, "sample_steps": None, "guidance_scale": None} for item in prompts]
+                options["scheduler"] = OPTION_DEFAULTS["scheduler"]
+            options["preset"] = query["preset"]
         if query.get("lora", "").isdigit():
             lora = lora_list(user=user).filter(pk=query["lora"]).first()
             if lora is not None:
@@ -211,7 +233,10 @@ class JobSubmitForm:
             lora_list(user=user).filter(pk__in=[jl.lora_id for jl in job.job_loras.all()]).values_list("pk", flat=True)
         )
         loras, notes = [], []
-        for job_lora in job.job_loras.all():
+        job_loras = list(job.job_loras.all())
+        if job.preset == Preset.DRAFT:
+            job_loras = job_loras[:-1]  # the draft LoRA, last of the stack: the preset adds it again
+        for job_lora in job_loras:
             if job_lora.lora_id in usable:
                 loras.append({"lora": job_lora.lora_id, "multiplier": job_lora.multiplier})
             else:

@@ -24,6 +24,7 @@ class Scheduler(models.TextChoices):
     AUTO = "auto", "auto (as the LoRA's ai-toolkit previews)"
     EULER = "euler", "flow-match Euler, shift 3"
     UNIPC = "unipc", "UniPC flow, shift 3"
+    DISTILL = "distill", "distill (step-distill LoRAs: flow-match Euler, shift 5)"
 
 
 class Speed(models.TextChoices):
@@ -84,7 +85,12 @@ class GenerationJob(models.Model):
         help_text="Where the prompts were copied from.",
     )
     sweep = models.ForeignKey(
-        "sweeps.Sweep", null=True, blank=True, on_delete=models.CASCADE, related_name="jobs", help_text="A sweep's cell."
+        "sweeps.Sweep",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="jobs",
+        help_text="A sweep's cell.",
     )
     sweep_cell = models.JSONField(
         null=True, blank=True, help_text='Where in its sweep: {"row", "column", "layer", "axes": {field: value}}.'

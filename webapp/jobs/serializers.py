@@ -11,7 +11,7 @@ from webapp.core.permissions import can_manage
 from webapp.prompts.serializers import PromptFieldsSerializer
 from workers.pipeline.params import PROMPT_SEMANTICS
 
-from .models import WEBHOOK_EVENTS, GenerationJob, JobLora, JobOutput, Scheduler, Speed, default_webhook_events
+from .models import WEBHOOK_EVENTS, GenerationJob, JobLora, JobOutput, Preset, Scheduler, Speed, default_webhook_events
 from .selectors import job_lora_shown, job_record_shown
 from .services import JOB_OPTIONS
 
@@ -54,6 +54,12 @@ class JobOptionsSerializer(serializers.Serializer):
         default=Speed.EXACT,
         help_text="fast: fp8 transformer with the LoRAs merged into it, about 1.4x "
         "faster per step, not exact. Not combinable with step_cache.",
+    )
+    preset = serializers.ChoiceField(
+        choices=Preset.choices,
+        default=Preset.STANDARD,
+        help_text="draft: a quick look with the server's step-distill LoRA (DRAFT_LORA) after yours: 4 steps "
+        "where a prompt gives none, guidance 1, the distill scheduler. DRAFT_NOT_CONFIGURED where none is set.",
     )
 
     webhook = serializers.CharField(
@@ -148,6 +154,7 @@ class OutputRecordSerializer(serializers.Serializer):
     lora_scale = serializers.FloatField(required=False, allow_null=True)
     scheduler = serializers.CharField(required=False)
     speed = serializers.CharField(required=False)
+    preset = serializers.CharField(required=False, help_text='"standard" or "draft".')
     lora_math = serializers.CharField(required=False, help_text='"peft", "stack" or "merged".')
     step_cache = serializers.FloatField(required=False, allow_null=True)
     loras = RecordLoraSerializer(many=True, required=False)

@@ -32,14 +32,15 @@ from webapp.loras.services import lora_resolve
 from webapp.prompts.models import PromptSet
 from workers.broker import CPU_QUEUE, GPU_QUEUE
 from workers.celery_app import app as celery_app
-from workers.pipeline.params import PromptError, resolve_prompt
+from workers.pipeline.params import DRAFT_GUIDANCE, DRAFT_STEPS, PromptError, resolve_prompt
 
-from .models import FINISHED, GenerationJob, JobLora, JobOutput, JobStatus
+from .models import FINISHED, GenerationJob, JobLora, JobOutput, JobStatus, Preset, Scheduler
 from .selectors import job_lora_shown
 from .webhooks import webhook_emit, webhook_url_check
 
 log = logging.getLogger(__name__)
 RENDER_TASK, FETCH_TASK = "workers.render_job", "workers.fetch_job_loras"
+SETTLE_SWEEP_TASK = "workers.settle_sweep"  # webapp/sweeps/services.py sweep_settle, on the CPU queue
 QUEUED, RUNNING, SUCCEEDED = JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED
 FAILED, CANCELED = JobStatus.FAILED, JobStatus.CANCELED
 
@@ -71,6 +72,7 @@ JOB_OPTIONS = (
     "webp",
     "step_cache",
     "speed",
+    "preset",
     "webhook",
     "webhook_events_filter",
 )
@@ -113,7 +115,21 @@ def job_transition(job_id, action: str, *, attempt: GenerationJob | None = None)
         job.save()
         if event := EVENT_OF_TARGET.get(move.target):
             webhook_emit(job=job, event=event)
+        if job.sweep_id is not None:
+            sweep_settle_enqueue(sweep_id=job.sweep_id)
         log.info("job %s: %s -> %s", job.pk, action, job.status)
+
+
+def sweep_settle_enqueue(*, sweep_id) -> None:
+    """Once the surrounding transaction commits, have the CPU queue settle a sweep: its status from its
+    cells, its grids once every cell has finished. Sent by name, so jobs know nothing of the sweeps app;
+    robust, as a lost message is the reconciler's to make up for."""
+    sweep_id = str(sweep_id)
+
+    def send():
+        celery_app.send_task(SETTLE_SWEEP_TASK, args=[sweep_id], queue=CPU_QUEUE)
+
+    transaction.on_commit(send, robust=True)
 
 
 def job_enqueue(*, job: GenerationJob) -> None:
@@ -167,6 +183,7 @@ class JobSpec:
     trigger_word: str | None = None
     prompt_set: PromptSet | None = None
     request: dict = field(default_factory=dict)  # what the client sent, as stored with the job
+    prompt_overrides: dict = field(default_factory=dict)  # a preset's fixed values, over every prompt's own
 
 
 def job_spec(
@@ -183,7 +200,7 @@ def job_spec(
     """Resolve what a door hands over into a JobSpec: LoRAs as references (id, name, sha256, path under
     LORA_ROOT, URL) or rows, each with a multiplier or None for its default; prompts, or a prompt set
     (id or row) whose trigger word applies unless the request gives one; options by JOB_OPTIONS name
-    (missing ones take the model's defaults)."""
+    (missing ones take the model's defaults). The draft preset is applied here (`_draft_preset`)."""
     if prompt_set is not None and not isinstance(prompt_set, PromptSet):
         found = PromptSet.objects.prefetch_related("items").filter(pk=prompt_set).first()
         if found is None:
@@ -193,6 +210,9 @@ def job_spec(
         prompts = prompt_set.request_items()
         trigger_word = trigger_word or prompt_set.trigger_word
     _check_prompt_count(len(prompts or []))
+    overrides = {}
+    if options.get("preset") == Preset.DRAFT:
+        loras, prompts, options, overrides = _draft_preset(owner=owner, loras=loras, prompts=prompts, options=options)
     stack = []
     for ref, multiplier in loras:
         lora = ref if isinstance(ref, Lora) else lora_resolve(ref=ref, owner=owner, fetch=False) or ref
@@ -207,6 +227,32 @@ def job_spec(
         trigger_word=trigger_word,
         prompt_set=prompt_set,
         request=request or {},
+        prompt_overrides=overrides,
+    )
+
+
+def _draft_preset(*, owner, loras: list, prompts: list[dict] | None, options: dict) -> tuple[list, list, dict, dict]:
+    """The draft preset, for a step-distill LoRA (LightX2V's StepDistill-CfgDistill): DRAFT_LORA at
+    DRAFT_LORA_MULTIPLIER after the request's LoRAs, DRAFT_STEPS steps for every prompt that names no
+    steps, guidance DRAFT_GUIDANCE for every prompt (CFG is distilled into the LoRA), the distill
+    scheduler. Returns the LoRAs, prompts and options, and the values fixed over every prompt's own.
+    A re-run copies the stack and prompts as stored, so nothing is added twice."""
+    ref, draft = settings.DRAFT_LORA, None
+    refusal = "This server has no draft LoRA configured (DRAFT_LORA); submit with preset 'standard'."
+    if ref:
+        try:
+            draft = lora_resolve(ref=ref, owner=owner, fetch=False) or ref  # a URL: fetched before rendering
+        except ApiError as exc:
+            refusal = f"This server's draft LoRA (DRAFT_LORA) cannot be used: {exc.message}"
+    if draft is None:
+        details = {"preset": [{"code": "not_configured", "message": refusal}]}
+        raise ApiError("DRAFT_NOT_CONFIGURED", refusal, details=details)
+    steps = {"sample_steps": DRAFT_STEPS}
+    return (
+        [*loras, (draft, settings.DRAFT_LORA_MULTIPLIER)],
+        [item if item.get("sample_steps") is not None else {**item, **steps} for item in prompts or []],
+        {**options, "scheduler": Scheduler.DISTILL},
+        {"guidance_scale": DRAFT_GUIDANCE},
     )
 
 
@@ -268,7 +314,11 @@ def job_submit(*, owner, spec: JobSpec, idempotency_key: str = "") -> Generation
         (lora.trigger_word for lora, _ in loras if isinstance(lora, Lora) and lora.trigger_word), None
     )
     resolved = job_prompts_resolve(
-        prompts, trigger_word=trigger_word, semantics=spec.options["prompt_semantics"], name=name
+        prompts,
+        trigger_word=trigger_word,
+        semantics=spec.options["prompt_semantics"],
+        name=name,
+        overrides=spec.prompt_overrides,
     )
     model_size_check(spec.model, resolved)
     if spec.options.get("webhook"):

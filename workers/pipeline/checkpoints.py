@@ -1,4 +1,4 @@
-"""Random-weight Wan 2.1 checkpoints and ai-toolkit-format LoRAs, written in code.
+"""Random-weight Wan 2.1 checkpoints and LoRAs (ai-toolkit and ComfyUI/kohya formats), written in code.
 
 No machine of the project can download weights, so the real loading path
 (`WanPipeline.from_pretrained` on a diffusers folder) is exercised on folders
@@ -129,4 +129,66 @@ def write_aitoolkit_lora(
         "version": "1.0",
     }
     save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+HEAD_OUT = 64  # Wan 2.1's head: 16 latent channels x a 1x2x2 patch, for every model size
+
+
+def write_kohya_lora(
+    path: str | Path,
+    *,
+    shape: WanShape,
+    rank: int = 4,
+    alpha: float | None = None,
+    seed: int = 0,
+    scale: float = 0.05,
+    dtype: torch.dtype = torch.bfloat16,
+    norm_deltas: str | None = "zero",
+    outside: bool = False,
+    device: str = "cpu",
+) -> Path:
+    """Write a LoRA as ComfyUI/kohya-style tools save one for Wan 2.1, LightX2V's step-distill LoRAs among
+    them: `diffusion_model.blocks.N.<module>.lora_down.weight` / `.lora_up.weight` with an `.alpha` per
+    module (default: half the rank, so the scaling matters) and a `.diff_b` bias delta per LoRA'd linear;
+    each block's norms get `diff` (and `norm3` a `diff_b`), zero as LightX2V ships them (`norm_deltas`
+    "zero"), random ("random") or none (None). `outside` adds what lies outside the blocks' linears:
+    factors with an alpha and a bias delta on `time_embedding.2`, full deltas for the head (weight, bias
+    and modulation), the time projection's bias and each block's modulation."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator(device).manual_seed(seed)
+    alpha = rank / 2 if alpha is None else alpha
+
+    def random(*size: int) -> torch.Tensor:
+        return (torch.randn(*size, generator=gen, device=device) * scale).to(dtype)
+
+    def factors(key: str, fan_in: int, fan_out: int) -> dict:
+        return {
+            f"{key}.lora_down.weight": random(rank, fan_in),
+            f"{key}.lora_up.weight": random(fan_out, rank),
+            f"{key}.alpha": torch.tensor(float(alpha), dtype=dtype, device=device),
+            f"{key}.diff_b": random(fan_out),
+        }
+
+    in_out = {"ffn.0": (shape.dim, shape.ffn_dim), "ffn.2": (shape.ffn_dim, shape.dim)}
+    tensors = {}
+    for block in range(shape.num_layers):
+        key = f"diffusion_model.blocks.{block}"
+        for module in LORA_TARGETS:
+            tensors.update(factors(f"{key}.{module}", *in_out.get(module, (shape.dim, shape.dim))))
+        if norm_deltas is not None:
+            norms = ["norm3", *(f"{attn}.norm_{p}" for attn in ("self_attn", "cross_attn") for p in "qk")]
+            for name in [f"{key}.{norm}.diff" for norm in norms] + [f"{key}.norm3.diff_b"]:
+                tensors[name] = random(shape.dim) if norm_deltas == "random" else torch.zeros(shape.dim, dtype=dtype)
+        if outside:
+            tensors[f"{key}.modulation.diff"] = random(1, 6, shape.dim)
+    if outside:
+        tensors.update(factors("diffusion_model.time_embedding.2", shape.dim, shape.dim))
+        tensors["diffusion_model.time_projection.1.diff_b"] = random(6 * shape.dim)
+        tensors["diffusion_model.head.head.diff"] = random(HEAD_OUT, shape.dim)
+        tensors["diffusion_model.head.head.diff_b"] = random(HEAD_OUT)
+        tensors["diffusion_model.head.modulation.diff"] = random(1, 2, shape.dim)
+    tensors = {name: tensor.cpu().contiguous() for name, tensor in tensors.items()}
+    save_file(tensors, str(path), metadata={"format": "pt", "ss_output_name": path.stem})
     return path

@@ -6,7 +6,8 @@ The rules:
   neither fast mode nor compiled blocks (neither is split across ranks); each rank's device is its
   entry of `cp_devices`.
 - Fast mode needs an fp8-capable card (the CPU emulates it for tests) and room for its fp8 copy,
-  so low-memory mode turns it off.
+  so low-memory mode turns it off. Its self-attention runs in 8 bits where the card and the cuDNN
+  frontend allow (`fast_attention` "auto"; "fp8" forces it, emulated on a CPU; "bf16" keeps bf16).
 - The stack adapter (`lora_stack`) comes with `exact_compile`; low-memory mode turns both off.
   Blocks are compiled on CUDA only: on a CPU the stack adapter runs uncompiled.
 """
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .attention import fp8_attention_missing
 from .fast import fp8_available
 
 
@@ -34,6 +36,7 @@ class RuntimeConfig:
     cfg_device: str | None = None  # a second device for every step's unconditional pass
     fast_mode: bool = False  # fast jobs get the fp8 copy; without it they render exactly
     fast_compile: bool = False
+    fast_attention: str = "bf16"  # fast mode's self-attention: "fp8" or "bf16"
     lora_stack: bool = False  # exact jobs take their LoRAs through one stack adapter
     compile_exact: bool = False  # ... and run compiled blocks
     cp_devices: tuple[str, ...] = ()  # one job across these devices; () runs alone
@@ -51,6 +54,7 @@ class RuntimeConfig:
         cfg_device: str | None = None,
         fast_mode: bool = True,
         fast_compile: bool = True,
+        fast_attention: str = "auto",
         exact_compile: bool = False,
         cp_devices: list[str] | tuple[str, ...] = (),
         cp_rank: int = 0,
@@ -63,6 +67,12 @@ class RuntimeConfig:
             fast_mode = exact_compile = False
         device = device or default_device()
         lora_stack = exact_compile and not low_memory
+        if fast_attention not in ("auto", "fp8", "bf16"):
+            raise ValueError(f"fast attention must be auto, fp8 or bf16, not {fast_attention!r}")
+        if fast_attention != "bf16" and device.startswith("cuda"):
+            fast_attention = "bf16" if fp8_attention_missing(device) else "fp8"
+        elif fast_attention == "auto":
+            fast_attention = "bf16"  # a CPU emulates 8-bit attention only when asked to ("fp8")
         return cls(
             model_path=model_path,
             device=device,
@@ -72,6 +82,7 @@ class RuntimeConfig:
             cfg_device=cfg_device,
             fast_mode=fast_mode and not low_memory and fp8_available(device),
             fast_compile=fast_compile,
+            fast_attention=fast_attention,
             lora_stack=lora_stack,
             compile_exact=lora_stack and device.startswith("cuda"),
             cp_devices=cp_devices,

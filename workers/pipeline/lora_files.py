@@ -4,7 +4,8 @@ A LoRA is read as bytes: the 8-byte header length, the JSON header, and the
 tensor table checked against the file size by safetensors' own rules (tensors
 laid end to end from offset 0 to the last byte, each exactly as long as its
 shape and dtype say). Then every LoRA weight is checked against its pair and
-against the Wan layer it targets. Nothing is unpickled and no tensor is
+against the Wan layer it targets, and every full delta of a ComfyUI/kohya-style
+file (`diff`, `diff_b`) against the parameter it changes. Nothing is unpickled and no tensor is
 materialised, so a hostile or broken file is refused with a stable code and a
 message that names no path.
 """
@@ -67,6 +68,26 @@ _BLOCK_MODULES = {
         "ffn.net.2": "ffn_out",
     },
 }
+
+
+# Full deltas (`X.diff` for a weight, `X.diff_b` for a bias) that a Wan 2.1 T2V transformer can take, by X
+# after "diffusion_model.": the shape of each ("D" the hidden size, "F" the feed-forward size, None any
+# size; no diff_b spec where X has no bias). `workers/pipeline/lora_deltas.py` applies them.
+_DELTA_TARGETS = (
+    (re.compile(r"blocks\.(?P<block>[0-9]+)\.(self_attn|cross_attn)\.[qkvo]"), ("D", "D"), ("D",)),
+    (re.compile(r"blocks\.(?P<block>[0-9]+)\.ffn\.0"), ("F", "D"), ("F",)),
+    (re.compile(r"blocks\.(?P<block>[0-9]+)\.ffn\.2"), ("D", "F"), ("D",)),
+    (re.compile(r"blocks\.(?P<block>[0-9]+)\.(self_attn|cross_attn)\.norm_[qk]"), ("D",), None),
+    (re.compile(r"blocks\.(?P<block>[0-9]+)\.norm3"), ("D",), ("D",)),
+    (re.compile(r"blocks\.(?P<block>[0-9]+)\.modulation"), (1, 6, "D"), None),
+    (re.compile(r"head\.head"), (None, "D"), (None,)),
+    (re.compile(r"head\.modulation"), (1, 2, "D"), None),
+    (re.compile(r"patch_embedding"), ("D", None, None, None, None), ("D",)),
+    (re.compile(r"(text|time)_embedding\.0"), ("D", None), ("D",)),
+    (re.compile(r"(text|time)_embedding\.2"), ("D", "D"), ("D",)),
+    (re.compile(r"time_projection\.1"), (None, "D"), (None,)),
+)
+_DELTA = re.compile(r"^diffusion_model\.(.+)\.(diff|diff_b)$")
 
 
 PICKLE_MESSAGE = (
@@ -367,6 +388,36 @@ def _check_pairs(layers: dict[str, _Layer]) -> None:
             raise _invalid(f"Layer {_quote(name)} has rank {rank}, impossible for a {fan_out}x{fan_in} layer.")
 
 
+def _check_deltas(header: dict, hidden: int | None, ffn_dim: int | None) -> set[int]:
+    """Each full delta against the Wan 2.1 T2V parameter it changes (known, floating point, its shape);
+    returns the blocks they reach."""
+    blocks, sizes = set(), {"D": hidden, "F": ffn_dim}
+    for name, spec in header.items():
+        match = _DELTA.match(name)
+        if match is None:
+            continue
+        target, kind = match.groups()
+        hit = next(((m, shapes) for pattern, *shapes in _DELTA_TARGETS if (m := pattern.fullmatch(target))), None)
+        shape = hit[1][kind == "diff_b"] if hit else None
+        if shape is None:
+            raise _mismatch(f"Full delta {_quote(name)} changes a parameter Wan 2.1 T2V does not have.")
+        if block := hit[0].groupdict().get("block"):
+            if len(block) > len(str(MAX_BLOCK_INDEX)) or str(int(block)) != block:
+                raise _mismatch(f"Full delta {_quote(name)} names block {block[:20]}, which no Wan model has.")
+            blocks.add(int(block))
+        if spec["dtype"] not in FLOAT_DTYPES:
+            raise _invalid(f"Full delta {_quote(name)} is {spec['dtype']}, not a floating-point type.")
+        expected = [sizes.get(dim, dim) if isinstance(dim, str) else dim for dim in shape]
+        actual = spec["shape"]
+        if len(actual) != len(expected) or any(e is not None and a != e for a, e in zip(actual, expected)):
+            wanted = "x".join("*" if e is None else str(e) for e in expected)
+            raise _mismatch(
+                f"Full delta {_quote(name)} has shape {actual}; this LoRA's model needs {wanted} there "
+                f"(hidden size {hidden}, feed-forward size {ffn_dim})."
+            )
+    return blocks
+
+
 def _dims(layers: dict[str, _Layer]) -> tuple[int | None, int | None]:
     """The hidden size and feed-forward size every block layer agrees on (LORA_MODEL_MISMATCH if they do not)."""
     hidden = next((layer.down[1] for layer in layers.values() if layer.kind in ("attn", "ffn_in")), None)
@@ -396,6 +447,7 @@ def describe(header: dict, metadata: dict) -> LoraInfo:
     _check_alphas(header, found.layers)
     _check_pairs(found.layers)
     hidden, ffn_dim = _dims(found.layers)
+    found.blocks |= _check_deltas(header, hidden, ffn_dim)
     ranks = Counter(layer.down[0] for layer in found.layers.values() if layer.kind)
     alphas = [k for k in header if k.endswith(".alpha")]
     rank = ranks.most_common(1)[0][0]

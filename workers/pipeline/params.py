@@ -38,6 +38,10 @@ DEFAULTS = {
     "num_frames": 41,
     "fps": 16,
 }
+# The draft preset (step-distill LoRAs, LightX2V's StepDistill-CfgDistill): steps where a prompt names
+# none, and the guidance every prompt runs at (CFG distilled into the LoRA; CFG on blurs).
+DRAFT_STEPS = 4
+DRAFT_GUIDANCE = 1.0
 SIZE_MULTIPLE = 16  # VAE factor 8 x patch 2
 TEMPORAL_FACTOR = 4
 
@@ -151,14 +155,21 @@ def random_seed() -> int:
 
 
 def resolve_prompt(
-    item: dict, *, index: int, trigger_word: str | None = None, semantics: str = "reference", name: str | None = None
+    item: dict,
+    *,
+    index: int,
+    trigger_word: str | None = None,
+    semantics: str = "reference",
+    name: str | None = None,
+    overrides: dict | None = None,
 ) -> PromptParams:
     """Resolve one validated prompt item of a request to the parameters that will run.
 
     `semantics="reference"` follows ai-toolkit-inference: `[trigger]` is replaced only when a
     trigger word is set. `"ai-toolkit"` follows the trainer's sampler: inline flags (`--n`, `--w`,
     `--h`, `--seed`, `--cfg`, `--steps`, `--m`, ...) override the fields, and `[trigger]` and
-    `[name]` are always replaced (by "" when unset).
+    `[name]` are always replaced (by "" when unset). `overrides` (a preset's fixed values, such as
+    the draft preset's guidance) win over both.
     """
     item = {k: v for k, v in item.items() if v is not None}
     text, trigger = item["prompt"], item.get("trigger_word") or trigger_word
@@ -168,6 +179,7 @@ def resolve_prompt(
         text = text.replace("[trigger]", trigger or "").replace("[name]", name or "")
     else:
         text = replace_trigger(text, trigger)
+    item.update(overrides or {})
     value = {**DEFAULTS, **item}
     seed = item.get("seed")
     if seed is None:

@@ -3,8 +3,10 @@
 LoRAs stay resident keyed by sha256, so switching never reloads the base model. Two ways to hold
 them: peft adapters on the pipeline (`set_adapters` at exactly the requested multipliers, bit for
 bit what diffusers computes), or, with the stack adapter (see `lora_stack.py`), factors taken out
-of the model and copied into one fixed adapter, so compiled blocks never recompile. The least
-recently used LoRA is unloaded once the resident set passes its memory budget.
+of the model and copied into one fixed adapter, so compiled blocks never recompile. Full deltas of
+ComfyUI/kohya-style files (`diff`, `diff_b`: norms, biases, embeddings) are held beside them and
+written into the parameters themselves (see `lora_deltas.py`). The least recently used LoRA is
+unloaded once the resident set passes its memory budget.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from .lora_deltas import FullDeltas, LoraFile
 from .lora_stack import Layers, LoraStack, peft_layers
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,7 @@ class LoraResidency:
         self.budget_bytes = budget_bytes
         self.transformers = [pipe.transformer] + ([replica] if replica is not None else [])
         self.stacks = [LoraStack(model) for model in self.transformers] if stack_adapter else []
+        self.deltas = [FullDeltas(model) for model in self.transformers]
         self._sizes: OrderedDict[str, int] = OrderedDict()  # adapter name -> bytes, least recent first
 
     @property
@@ -61,6 +65,8 @@ class LoraResidency:
                 model.disable_lora()
         for stack in self.stacks:
             stack.activate(list(zip(names, weights)))
+        for deltas in self.deltas:
+            deltas.activate(list(zip(names, weights)))
         self._evict(keep=set(names))
         return time.perf_counter() - start
 
@@ -68,36 +74,47 @@ class LoraResidency:
         """Per-layer factors of resident adapters at multipliers (fast mode merges them)."""
         return self.stacks[0].layers(stack) if self.stacks else peft_layers(self.pipe.transformer, stack)
 
+    def delta_names(self, stack: list[tuple[str, float]]) -> set[str]:
+        """The pipeline transformer's parameters that full deltas of the stack change (fast mode copies them)."""
+        return self.deltas[0].names(stack)
+
     def _ensure_loaded(self, lora: LoraSpec) -> str:
         name = adapter_name(lora.sha256)
         if name not in self._sizes:
             path = Path(lora.path)
-            self.pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name)
+            file = LoraFile.read(path)
+            args, kwargs = file.source()
+            self.pipe.load_lora_weights(*args, **kwargs, adapter_name=name)
             if self.replica is not None:
                 try:
-                    state, metadata = self.pipe.lora_state_dict(
-                        str(path.parent), weight_name=path.name, return_lora_metadata=True
-                    )
+                    args, kwargs = file.source()
+                    state, metadata = self.pipe.lora_state_dict(*args, **kwargs, return_lora_metadata=True)
                     self.pipe.load_lora_into_transformer(
                         state, transformer=self.replica, adapter_name=name, metadata=metadata
                     )
                 except Exception:
                     self.pipe.delete_adapters(name)  # keep both copies in step
                     raise
-            self._take_out(name)
+            self._take_out(name, file.deltas)
             self._sizes[name] = path.stat().st_size
         self._sizes.move_to_end(name)
         return name
 
-    def _take_out(self, name: str) -> None:
+    def _take_out(self, name: str, deltas: dict) -> None:
         """With the stack adapter, a new LoRA's factors leave the model (whose structure the
-        compiled blocks depend on) as soon as diffusers has loaded them."""
+        compiled blocks depend on) as soon as diffusers has loaded them; its full deltas are kept
+        for each transformer."""
         try:
             for stack in self.stacks:
                 stack.take(name)
+            for holder in self.deltas:
+                holder.add(name, deltas)
         except Exception:
-            for stack, model in zip(self.stacks, self.transformers):
+            for holder in self.deltas:
+                holder.drop(name)
+            for stack in self.stacks:
                 stack.drop(name)
+            for model in self.transformers:
                 if name in getattr(model, "peft_config", {}):
                     model.delete_adapters(name)
             raise
@@ -116,6 +133,8 @@ class LoraResidency:
                 return
             for stack in self.stacks:
                 stack.drop(victim)
+            for holder in self.deltas:
+                holder.drop(victim)
             for model in self._peft_holders():
                 model.delete_adapters(victim)
             del self._sizes[victim]

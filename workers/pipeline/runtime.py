@@ -47,7 +47,9 @@ EULER_FROM_VERSION = (0, 9, 4)  # ai-toolkit samples Wan 2.1 previews with flow-
 UNIPC_UNTIL_VERSION = (0, 9, 2)
 TEXT_TOKENS = 512  # WanPipeline.__call__ pads prompts to 512 tokens; encode_prompt alone defaults to 226
 
-__all__ = ["LoraSpec", "RenderCanceled", "RenderResult", "WanRuntime", "pick_scheduler"]
+DISTILL_SHIFT = 5.0  # LightX2V's sample_shift for its step-distilled Wan 2.1 models and LoRAs
+
+__all__ = ["DistillScheduler", "LoraSpec", "RenderCanceled", "RenderResult", "WanRuntime", "pick_scheduler"]
 
 
 class RenderCanceled(Exception):
@@ -61,6 +63,7 @@ class RenderResult:
     speed: str = "exact"  # what actually ran (a worker without fast mode renders fast jobs exactly)
     step_cache: float | None = None  # what actually ran (a job split across GPUs never skips steps)
     lora_math: str = "peft"  # how LoRAs ran: "peft" adapters, one "stack" adapter, or "merged" into fp8 weights
+    attention: str = "bf16"  # the self-attention that ran: "bf16", or fast mode's "fp8"
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -69,6 +72,26 @@ def _version_tuple(version: str | None) -> tuple[int, ...] | None:
         return tuple(int(p) for p in version.split(".")[:3])
     except (AttributeError, ValueError):
         return None
+
+
+def distill_steps(steps: int, train_timesteps: int = 1000) -> list[int]:
+    """The denoising step list of step-distilled sampling: 1000, 750, 500, 250 for 4 steps, and
+    1000 - i * (1000 // n) for n (LightX2V's rule)."""
+    return [train_timesteps - i * (train_timesteps // steps) for i in range(steps)]
+
+
+class DistillScheduler(FlowMatchEulerDiscreteScheduler):
+    """Flow-match Euler for step-distilled LoRAs (LightX2V's StepDistill-CfgDistill: 4 steps, no CFG,
+    shift 5) on the denoising step list of `distill_steps`. The list places each step on the unshifted
+    1000-step grid, as LightX2V's WanStepDistillScheduler does: 1000/750/500/250 are sigmas 1, 0.75,
+    0.5, 0.25, shifted by 5 to 1, 0.9375, 0.8333, 0.625, and the transformer is conditioned on those
+    times 1000 (1000, 937.5, 833.3, 625), so timestep and sigma agree; the last step lands on 0."""
+
+    def set_timesteps(self, num_inference_steps=None, device=None, sigmas=None, mu=None, timesteps=None):
+        if sigmas is None and timesteps is None:
+            train = self.config.num_train_timesteps
+            sigmas = [step / train for step in distill_steps(num_inference_steps, train)]
+        super().set_timesteps(num_inference_steps, device=device, sigmas=sigmas, mu=mu, timesteps=timesteps)
 
 
 def pick_scheduler(choice: str, loras: list[LoraSpec]) -> str:
@@ -147,6 +170,7 @@ class WanRuntime:
                 solver_order=2,
                 solver_type="bh2",
             ),
+            "distill": DistillScheduler(num_train_timesteps=1000, shift=DISTILL_SHIFT, use_dynamic_shifting=False),
         }
         if config.cfg_device:
             self.replica = (
@@ -203,7 +227,11 @@ class WanRuntime:
     def fast_transformer(self) -> FastTransformer:
         if self.fast is None:
             self.fast = FastTransformer(
-                self.config.model_path, device=self.device, dtype=self.dtype, compile=self.config.fast_compile
+                self.config.model_path,
+                device=self.device,
+                dtype=self.dtype,
+                compile=self.config.fast_compile,
+                attention=self.config.fast_attention,
             )
         return self.fast
 
@@ -243,8 +271,11 @@ class WanRuntime:
         return self.load().loras.activate(loras)
 
     def merge_fast(self, stack: list[tuple[str, float]]) -> float:
-        """Merge a stack of resident LoRAs (adapter name, multiplier) into fast mode's fp8 weights."""
-        return self.fast_transformer().merge(self.pipe.transformer, stack, self.loras.layers(stack))
+        """Merge a stack of resident LoRAs (adapter name, multiplier), made active just before, into fast
+        mode's fp8 weights."""
+        return self.fast_transformer().merge(
+            self.pipe.transformer, stack, self.loras.layers(stack), self.loras.delta_names(stack)
+        )
 
     # -- rendering ----------------------------------------------------------
     def render(
@@ -326,6 +357,7 @@ class WanRuntime:
             scheduler=scheduler_name,
             speed="fast" if fast else "exact",
             lora_math="merged" if fast else self.loras.lora_math,
+            attention=self.config.fast_attention if fast else "bf16",
             step_cache=step_cache,
             timings=timings,
         )

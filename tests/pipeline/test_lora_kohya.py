@@ -1,0 +1,279 @@
+"""ComfyUI/kohya-style LoRAs (the format step-distill LoRAs ship in): `lora_down`/`lora_up` with `.alpha`,
+`diff_b` bias deltas and `diff` full deltas. The upload check accepts them and names what cannot apply;
+the worker's loading path gives what diffusers' own converter gives, applies every delta at exactly its
+multiplier (exact adapters, the stack adapter, fast mode's merged copy) and stacks with ai-toolkit LoRAs."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from diffusers import WanPipeline, WanTransformer3DModel
+from safetensors.torch import load_file, save_file
+
+from tests.conftest import TINY_SHAPE
+from tests.pipeline.test_runtime import PARAMS
+from workers.pipeline.checkpoints import write_aitoolkit_lora, write_kohya_lora
+from workers.pipeline.fast import fp8_rowwise_round
+from workers.pipeline.lora_deltas import diffusers_names
+from workers.pipeline.lora_files import LoraFileError, check_compatible, inspect_lora
+from workers.pipeline.residency import LoraResidency, LoraSpec, adapter_name
+from workers.pipeline.runtime import DISTILL_SHIFT, DistillScheduler, WanRuntime
+from workers.pipeline.video import to_uint8
+
+
+@pytest.fixture(scope="module")
+def lightx2v_like(tmp_path_factory):
+    """As LightX2V ships its LoRAs: factors with alpha (here half the rank), a diff_b per linear, zero norm diffs."""
+    return write_kohya_lora(tmp_path_factory.mktemp("kohya") / "distill.safetensors", shape=TINY_SHAPE, seed=11)
+
+
+@pytest.fixture(scope="module")
+def full_deltas(tmp_path_factory):
+    """Non-zero norm deltas and deltas outside the blocks' linears (which diffusers' converter drops)."""
+    return write_kohya_lora(
+        tmp_path_factory.mktemp("kohya") / "deltas.safetensors",
+        shape=TINY_SHAPE,
+        seed=12,
+        scale=0.2,
+        norm_deltas="random",
+        outside=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def aitoolkit(tmp_path_factory):
+    return write_aitoolkit_lora(tmp_path_factory.mktemp("aitk") / "style.safetensors", shape=TINY_SHAPE, seed=13)
+
+
+def kohya_spec(path, multiplier):
+    return LoraSpec(str(path), sha256=path.stem.ljust(64, "0"), multiplier=multiplier)
+
+
+def pipeline(tiny_model):
+    pipe = WanPipeline.from_pretrained(str(tiny_model), dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def forward(transformer) -> torch.Tensor:
+    """One transformer call on fixed random input (a latent video, a time, text embeddings)."""
+    gen = torch.Generator().manual_seed(0)
+    latents = torch.randn(1, 16, 3, 8, 8, generator=gen)
+    text = torch.randn(1, 7, 32, generator=gen)
+    with torch.no_grad():
+        return transformer(latents, torch.tensor([750.0]), text, return_dict=False)[0]
+
+
+def expected_parameters(tiny_model, stack) -> dict[str, torch.Tensor]:
+    """The transformer's parameters with a stack merged by hand from the files, in float64: each linear's
+    weight + m * alpha / rank * up @ down (alpha = rank where the file has none), bias + m * diff_b, every
+    other delta added at m."""
+    base = WanTransformer3DModel.from_pretrained(str(tiny_model), subfolder="transformer", dtype=torch.float32)
+    params = {name: p.detach().double().clone() for name, p in base.named_parameters()}
+    for path, multiplier in stack:
+        state = {key.removeprefix("diffusion_model."): t.double() for key, t in load_file(str(path)).items()}
+        layers = {key.rsplit(".lora_", 1)[0] for key in state if ".lora_" in key}
+        names = diffusers_names([f"{layer}.weight" for layer in layers] + [f"{layer}.bias" for layer in layers])
+        for layer in layers:
+            down = state.get(f"{layer}.lora_down.weight", state.get(f"{layer}.lora_A.weight"))
+            up = state.get(f"{layer}.lora_up.weight", state.get(f"{layer}.lora_B.weight"))
+            alpha = state[f"{layer}.alpha"].item() if f"{layer}.alpha" in state else down.shape[0]
+            params[names[f"{layer}.weight"]] += multiplier * alpha / down.shape[0] * (up @ down)
+            if f"{layer}.diff_b" in state:
+                params[names[f"{layer}.bias"]] += multiplier * state[f"{layer}.diff_b"]
+        deltas = {
+            key: t
+            for key, t in state.items()
+            if key.endswith((".diff", ".diff_b")) and key.rsplit(".", 1)[0] not in layers
+        }
+        originals = {
+            key: (
+                key[:-7] + ".bias" if key.endswith(".diff_b") else key[:-5] + ("" if "modulation" in key else ".weight")
+            )
+            for key in deltas
+        }
+        names = diffusers_names(list(originals.values()))
+        for key, delta in deltas.items():
+            params[names[originals[key]]] += multiplier * delta
+    return params
+
+
+def effective_parameters(transformer) -> dict[str, torch.Tensor]:
+    """What the transformer computes with now, merged in float64: its parameters plus each active peft
+    adapter's scaling * B @ A (and scaling * lora bias)."""
+    params = {}
+    for name, module in transformer.named_modules():
+        if hasattr(module, "get_base_layer") and module.active_adapters:
+            base = module.get_base_layer()
+            weight, bias = base.weight.detach().double().clone(), base.bias.detach().double().clone()
+            for adapter in [a for a in module.active_adapters if a in module.lora_A]:
+                scaling = module.scaling[adapter]
+                weight += scaling * (module.lora_B[adapter].weight.double() @ module.lora_A[adapter].weight.double())
+                if module.lora_B[adapter].bias is not None:
+                    bias += scaling * module.lora_B[adapter].bias.double()
+            params[f"{name}.weight"], params[f"{name}.bias"] = weight, bias
+    for name, param in transformer.named_parameters():
+        if ".lora_" not in name:
+            params.setdefault(name.replace(".base_layer", ""), param.detach().double())
+    return params
+
+
+def assert_parameters_equal(actual: dict, expected: dict, atol=1e-6):
+    assert actual.keys() >= expected.keys()
+    for name, value in expected.items():
+        assert torch.allclose(actual[name], value, rtol=0, atol=atol), name
+
+
+# -- the upload check ---------------------------------------------------------------------------------
+
+
+def test_the_upload_check_accepts_the_format(lightx2v_like, full_deltas):
+    for path in (lightx2v_like, full_deltas):
+        info = inspect_lora(path)
+        assert (info.key_format, info.rank, info.num_blocks, info.hidden_size, info.ffn_dim) == ("kohya", 4, 2, 24, 32)
+        check_compatible(info, hidden_size=24, num_layers=2, model_id="tiny", ffn_dim=32)
+
+
+@pytest.mark.parametrize(
+    "key,tensor,code,words",
+    [
+        ("blocks.0.norm1.diff", torch.zeros(24), "LORA_MODEL_MISMATCH", "does not have"),
+        ("blocks.0.self_attn.norm_q.diff_b", torch.zeros(24), "LORA_MODEL_MISMATCH", "does not have"),
+        ("blocks.0.cross_attn.k_img.diff_b", torch.zeros(24), "LORA_MODEL_MISMATCH", "does not have"),
+        ("blocks.0.norm3.diff", torch.zeros(48), "LORA_MODEL_MISMATCH", "shape [48]"),
+        ("blocks.1.ffn.0.diff_b", torch.zeros(24), "LORA_MODEL_MISMATCH", "shape [24]"),
+        ("blocks.0.modulation.diff", torch.zeros(6, 24), "LORA_MODEL_MISMATCH", "1x6x24"),
+        ("blocks.0.norm3.diff", torch.zeros(24, dtype=torch.int32), "LORA_HEADER_INVALID", "floating-point"),
+    ],
+)
+def test_the_upload_check_refuses_deltas_that_cannot_apply(tmp_path, lightx2v_like, key, tensor, code, words):
+    tensors = {**load_file(str(lightx2v_like)), f"diffusion_model.{key}": tensor}
+    save_file(tensors, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(LoraFileError) as refused:
+        inspect_lora(tmp_path / "bad.safetensors")
+    assert refused.value.code == code and words in refused.value.message
+
+
+def test_a_delta_past_the_models_blocks_is_refused_before_a_job_loads_it(tmp_path, lightx2v_like):
+    tensors = {**load_file(str(lightx2v_like)), "diffusion_model.blocks.7.norm3.diff": torch.zeros(24)}
+    save_file(tensors, str(tmp_path / "deep.safetensors"))
+    info = inspect_lora(tmp_path / "deep.safetensors")
+    with pytest.raises(LoraFileError) as refused:
+        check_compatible(info, hidden_size=24, num_layers=2, model_id="tiny", ffn_dim=32)
+    assert refused.value.code == "LORA_MODEL_MISMATCH" and "8 blocks" in refused.value.message
+
+
+# -- loading: the same as diffusers' converter, every delta at its multiplier ---------------------------
+
+
+@pytest.mark.parametrize("multiplier", [1.0, 0.6, -0.5])
+def test_loading_gives_what_diffusers_converter_gives(tiny_model, lightx2v_like, multiplier):
+    """Bit for bit with peft's adapters; within rounding through the stack adapter."""
+    reference = pipeline(tiny_model)
+    reference.load_lora_weights(str(lightx2v_like.parent), weight_name=lightx2v_like.name, adapter_name="x")
+    reference.set_adapters(["x"], [multiplier])
+    expected = forward(reference.transformer)
+    for stack_adapter in (False, True):
+        pipe = pipeline(tiny_model)
+        LoraResidency(pipe, stack_adapter=stack_adapter, budget_bytes=2**30).activate(
+            [kohya_spec(lightx2v_like, multiplier)]
+        )
+        if stack_adapter:
+            assert torch.allclose(forward(pipe.transformer), expected, rtol=0, atol=1e-5)
+        else:
+            assert torch.equal(forward(pipe.transformer), expected)
+
+
+def test_alpha_over_rank_and_bias_deltas_apply_exactly(tiny_model, lightx2v_like):
+    state = load_file(str(lightx2v_like))
+    alpha, rank = state["diffusion_model.blocks.0.self_attn.q.alpha"].item(), 4
+    assert alpha != rank  # so a loader that ignored alpha would fail here
+    pipe = pipeline(tiny_model)
+    LoraResidency(pipe, stack_adapter=False, budget_bytes=2**30).activate([kohya_spec(lightx2v_like, 0.7)])
+    assert_parameters_equal(
+        effective_parameters(pipe.transformer), expected_parameters(tiny_model, [(lightx2v_like, 0.7)])
+    )
+
+
+def test_full_deltas_are_added_at_the_multiplier_and_taken_back(tiny_model, full_deltas):
+    pipe = pipeline(tiny_model)
+    base = {name: p.detach().clone() for name, p in pipe.transformer.named_parameters()}
+    residency = LoraResidency(pipe, stack_adapter=False, budget_bytes=2**30)
+    for multiplier in (0.8, -1.5):
+        residency.activate([kohya_spec(full_deltas, multiplier)])
+        expected = expected_parameters(tiny_model, [(full_deltas, multiplier)])
+        actual = effective_parameters(pipe.transformer)
+        assert_parameters_equal(actual, expected)
+        for name in ("blocks.0.norm2.weight", "blocks.1.attn2.norm_k.weight", "scale_shift_table", "proj_out.bias"):
+            assert not torch.equal(actual[name].float(), base[name]), name  # the deltas did change them
+    residency.activate([])
+    for name, param in pipe.transformer.named_parameters():
+        if ".lora_" not in name:
+            assert torch.equal(param, base[name.replace(".base_layer", "")]), name  # bit for bit
+
+
+def test_stacked_with_an_aitoolkit_lora_at_other_multipliers(tiny_model, full_deltas, aitoolkit):
+    stack = [(full_deltas, 0.8), (aitoolkit, -0.6)]
+    expected = expected_parameters(tiny_model, stack)
+    merged = WanTransformer3DModel.from_pretrained(str(tiny_model), subfolder="transformer", dtype=torch.float32)
+    merged.load_state_dict({name: value.float() for name, value in expected.items()})
+    for stack_adapter in (False, True):
+        pipe = pipeline(tiny_model)
+        residency = LoraResidency(pipe, stack_adapter=stack_adapter, budget_bytes=2**30)
+        residency.activate([kohya_spec(full_deltas, 0.3)])  # another multiplier first: nothing of it may stay
+        residency.activate([kohya_spec(path, m) for path, m in stack])
+        if not stack_adapter:
+            assert_parameters_equal(effective_parameters(pipe.transformer), expected)
+        assert torch.allclose(forward(pipe.transformer), forward(merged), rtol=0, atol=1e-5)
+
+
+def test_fast_mode_merges_every_delta_into_its_copy(tiny_model, full_deltas, aitoolkit):
+    runtime = WanRuntime(str(tiny_model), device="cpu")
+    for stack in ([(full_deltas, 0.8), (aitoolkit, -0.6)], [(full_deltas, -0.4)], [(aitoolkit, 1.0)]):
+        specs = [kohya_spec(path, m) for path, m in stack]
+        runtime.activate_loras(specs)
+        runtime.merge_fast([(adapter_name(s.sha256), s.multiplier) for s in specs])
+        expected = expected_parameters(tiny_model, stack)
+        for name, param in runtime.fast.model.named_parameters():
+            value = expected[name].float()
+            if name.startswith("blocks.") and name.endswith(".weight") and param.dim() == 2:
+                value = fp8_rowwise_round(value)  # fast mode's block linears: fp8-rounded, the rest as they are
+            assert torch.allclose(param, value, rtol=0, atol=1e-6), (name, [m for _, m in stack])
+
+
+@pytest.mark.parametrize("exact_compile", [False, True])
+def test_the_cfg_replica_takes_the_same_deltas(tiny_model, full_deltas, aitoolkit, exact_compile):
+    """With WAN_CFG_DEVICE each step's unconditional pass runs on a copy of the transformer: it holds the
+    same factors and full deltas (here both "devices" are the CPU)."""
+    single = WanRuntime(str(tiny_model), device="cpu", exact_compile=exact_compile)
+    split = WanRuntime(str(tiny_model), device="cpu", cfg_device="cpu", exact_compile=exact_compile)
+    for stack in ([(full_deltas, 0.8), (aitoolkit, -0.6)], [(aitoolkit, 1.0)], [(full_deltas, 1.0)]):
+        loras = [kohya_spec(path, m) for path, m in stack]
+        assert np.array_equal(split.render(PARAMS, loras=loras).frames, single.render(PARAMS, loras=loras).frames)
+
+
+def test_a_distilled_render_matches_diffusers_with_the_same_lora_and_schedule(tiny_model, lightx2v_like):
+    """The draft preset's render (4 steps, guidance 1, the distill scheduler, the step-distill LoRA) is what
+    a diffusers WanPipeline with that scheduler and load_lora_weights renders."""
+    params = replace(PARAMS, sample_steps=4, guidance_scale=1.0)
+    runtime = WanRuntime(str(tiny_model), device="cpu")
+    result = runtime.render(params, loras=[kohya_spec(lightx2v_like, 1.0)], scheduler="distill")
+    assert result.scheduler == "distill"
+    pipe = pipeline(tiny_model)
+    pipe.scheduler = DistillScheduler(num_train_timesteps=1000, shift=DISTILL_SHIFT, use_dynamic_shifting=False)
+    pipe.load_lora_weights(str(lightx2v_like.parent), weight_name=lightx2v_like.name, adapter_name="x")
+    pipe.set_adapters(["x"], [1.0])
+    frames = pipe(
+        prompt=params.prompt,
+        negative_prompt=params.neg,
+        height=params.height,
+        width=params.width,
+        num_frames=params.num_frames,
+        num_inference_steps=4,
+        guidance_scale=1.0,
+        generator=torch.Generator("cpu").manual_seed(params.seed),
+        output_type="np",
+    ).frames[0]
+    assert np.array_equal(result.frames, to_uint8(frames))
+    assert not np.array_equal(result.frames, runtime.render(params, scheduler="distill").frames)
