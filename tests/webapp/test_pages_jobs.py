@@ -348,6 +348,56 @@ def test_prefill_from_a_job_and_from_a_lora(member, alice, bob, loras):
     assert "No job with id" in member.get("/jobs/new/?from=nope").content.decode()
 
 
+def test_submit_with_a_webhook_to_an_allowed_host(member, alice, bob, settings):
+    settings.WEBHOOK_ALLOWED_HOSTS = ["hooks.internal"]
+    empty = member.get("/jobs/new/").content.decode()
+    assert '<details class="webhook">' in empty  # collapsed until wanted
+    assert re.search(r'<input type="checkbox" name="webhook_events_filter" value="completed"[^>]* checked>', empty)
+    assert "/api/v1/webhooks/secret" in empty and "Standard Webhooks" in empty
+    response = member.post(
+        "/jobs/new/",
+        form_data(
+            **{"prompt-0-prompt": "a cat", "webhook": "https://hooks.internal/render"},
+            webhook_events_filter=["start", "completed"],
+        ),
+    )
+    job = GenerationJob.objects.get()
+    assert response.status_code == 302 and job.owner == alice
+    assert (job.webhook, job.webhook_events_filter) == ("https://hooks.internal/render", ["start", "completed"])
+    page = member.get(f"/jobs/{job.pk}/").content.decode()
+    assert "https://hooks.internal/render" in page and "start, completed" in page and "Webhook deliveries" in page
+    # re-rendering her own job keeps its webhook; the URL is hers, so only she (and staff) see it
+    again = member.get(f"/jobs/new/?from={job.pk}").content.decode()
+    assert '<details class="webhook" open>' in again and 'value="https://hooks.internal/render"' in again
+    assert re.search(r'value="start"[^>]* checked>', again) and not re.search(r'value="progress"[^>]* checked>', again)
+    other = Client()
+    other.force_login(bob)
+    assert "hooks.internal" not in other.get(f"/jobs/{job.pk}/").content.decode()
+    theirs = other.get(f"/jobs/new/?from={job.pk}").content.decode()
+    assert "hooks.internal" not in theirs and "The job&#x27;s webhook is not yours; it was left out." in theirs
+    assert re.search(r'value="completed"[^>]* checked>', theirs)  # the default events instead
+
+
+@pytest.mark.parametrize(
+    "url, code, message",
+    [
+        ("http://hooks.example.com/render", "WEBHOOK_URL_NOT_HTTPS", "Webhook URLs must use https."),
+        ("http://10.0.0.1/", "WEBHOOK_URL_NOT_HTTPS", "Webhook URLs must use https."),
+        ("https://10.0.0.1/", "WEBHOOK_URL_PRIVATE_ADDRESS", "resolves to an address that is not public."),
+        ("hooks.example.com/render", "WEBHOOK_URL_INVALID", "needs an https scheme, a host and no password."),
+    ],
+)
+def test_a_refused_webhook_shows_the_apis_message_by_its_field(member, settings, url, code, message):
+    settings.WEBHOOK_ALLOWED_HOSTS = ["hooks.internal"]
+    response = member.post("/jobs/new/", form_data(**{"prompt-0-prompt": "a cat", "webhook": url}))
+    page = response.content.decode()
+    assert response.status_code == 400 and GenerationJob.objects.count() == 0
+    assert code in page and '<details class="webhook" open>' in page
+    field = page.index('name="webhook"')
+    assert f'value="{url}"' in page[field - 200 : field + 200]  # what was typed stays
+    assert page.index(message, field) < page.index('name="webhook_events_filter"')
+
+
 def test_job_page_reads_like_a_person_would(member, alice, loras):
     a, _ = loras
     job = make_job(
@@ -378,6 +428,9 @@ def test_job_page_reads_like_a_person_would(member, alice, loras):
         "Reproduction record",
     ]:
         assert text in page, text
+    assert "<dt>preset</dt><dd>standard</dd>" in page and '<dt>webhook</dt><dd class="wrap">none</dd>' in page
+    draft = member.get(f"/jobs/{make_job(alice, preset='draft').pk}/").content.decode()
+    assert "<dt>preset</dt><dd>draft (4 steps, no CFG)</dd>" in draft
     failed = make_job(alice, status="failed", error_code="TIMEOUT", error_message="past its time limit")
     page = member.get(f"/jobs/{failed.pk}/").content.decode()
     assert "TIMEOUT" in page and "past its time limit" in page and f"/jobs/{failed.pk}/retry/" in page

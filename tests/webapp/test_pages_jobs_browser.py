@@ -161,6 +161,44 @@ def test_submit_errors_show_next_to_the_fields(browser, live_server, mia, loras)
     assert GenerationJob.objects.count() == 0
 
 
+def test_webhook_section_opens_and_its_fields_submit(browser, live_server, mia, settings):
+    settings.WEBHOOK_ALLOWED_HOSTS = ["hooks.internal"]
+    sign_in(browser, live_server.url, "mia", PASSWORD)
+    browser.get(f"{live_server.url}/jobs/new/")
+    url = browser.find_element(By.NAME, "webhook")
+    assert not url.is_displayed()  # collapsed
+    browser.find_element(By.CSS_SELECTOR, "details.webhook > summary").click()
+    wait(browser, lambda d: url.is_displayed())
+    boxes = {box.get_attribute("value"): box for box in browser.find_elements(By.NAME, "webhook_events_filter")}
+    assert list(boxes) == ["start", "progress", "output", "completed"]
+    assert [box.is_selected() for box in boxes.values()] == [False, False, False, True]
+    section = browser.find_element(By.CSS_SELECTOR, "details.webhook").text
+    assert "Standard Webhooks" in section and "GET /api/v1/webhooks/secret" in section
+    browser.find_element(By.NAME, "prompt-0-prompt").send_keys("a lantern drifting down a canal")
+    url.send_keys("http://10.0.0.1/render")
+    boxes["progress"].click()
+    browser.find_element(By.CSS_SELECTOR, "button[type=submit].primary").click()
+    wait(browser, lambda d: "WEBHOOK_URL_NOT_HTTPS" in d.page_source)  # job_submit's refusal, by its field
+    label = browser.find_element(By.CSS_SELECTOR, "label.webhook-url")
+    assert label.is_displayed() and "Webhook URLs must use https." in label.text  # still open
+    assert GenerationJob.objects.count() == 0
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", label)
+    screenshot(browser, "submit-webhook-refused")
+    url = browser.find_element(By.NAME, "webhook")
+    url.clear()
+    url.send_keys("https://hooks.internal/render")
+    assert browser.find_element(By.CSS_SELECTOR, "input[name=webhook_events_filter][value=progress]").is_selected()
+    screenshot(browser, "submit-webhook")
+    browser.find_element(By.CSS_SELECTOR, "button[type=submit].primary").click()
+    wait(browser, lambda d: "/jobs/new/" not in d.current_url)
+    job = GenerationJob.objects.get()
+    assert (job.webhook, job.webhook_events_filter) == ("https://hooks.internal/render", ["progress", "completed"])
+    options = browser.find_element(By.XPATH, "//section[h2='Options']")
+    assert "https://hooks.internal/render" in options.text and "progress, completed" in options.text
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", options)
+    screenshot(browser, "job-webhook")
+
+
 def test_progress_updates_in_place_while_a_video_keeps_playing(browser, live_server, mia, rendered, loras):
     running = make_job(
         mia,

@@ -218,3 +218,19 @@ def test_others_do_not_see_the_webhook(api, dns, django_user_model):
     other.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=bob).key}")
     shown = other.get(f"/api/v1/jobs/{job.pk}/").json()
     assert shown["webhook"] is None and shown["webhook_deliveries"] == []
+
+
+def test_a_rerun_keeps_the_webhook_only_for_its_owner(api, dns, django_user_model):
+    from rest_framework.authtoken.models import Token
+    from rest_framework.test import APIClient
+
+    job = submitted(api, webhook_events_filter=["start", "completed"])
+    mine = api.post(f"/api/v1/jobs/{job.pk}/rerun/")
+    assert (mine.json()["webhook"], mine.json()["webhook_events_filter"]) == (HOOK, ["start", "completed"])
+    bob = django_user_model.objects.create_user(username="bob", password="pw-bob-12345")
+    other = APIClient()
+    other.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=bob).key}")
+    theirs = other.post(f"/api/v1/jobs/{job.pk}/rerun/")
+    assert theirs.status_code == 201, theirs.json()
+    rerun = GenerationJob.objects.get(pk=theirs.json()["id"])
+    assert (rerun.webhook, rerun.webhook_events_filter) == ("", ["completed"])  # alice's endpoint is hers

@@ -1,8 +1,9 @@
 """The pages' forms: the queue's filters, and the submit form, validated exactly as the API validates.
 
-The submit form's Django forms only collect and redisplay what was typed (every field is a plain
-string); `JobSubmitForm.is_valid` builds the API's request body from it and validates that with
-`JobCreateSerializer`, so the limits, defaults and messages are the API's own.
+The submit form's Django forms only collect and redisplay what was typed (plain strings, and the
+webhook's event checkboxes); `JobSubmitForm.is_valid` builds the API's request body from it and validates
+that with `JobCreateSerializer`, so the limits, defaults and messages are the API's own; the webhook URL is
+then judged by `job_submit`, as for the API.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ from webapp.core.errors import ApiError
 from webapp.loras.selectors import lora_list
 from workers.pipeline.params import DEFAULTS, LIMITS, SEED_BASE
 
-from .models import GenerationJob, JobStatus, Preset, Scheduler, Speed
+from .models import WEBHOOK_EVENTS, GenerationJob, JobStatus, Preset, Scheduler, Speed
 from .selectors import job_get, job_lora_shown, prompt_set_choices
 from .serializers import JobCreateSerializer, JobOptionsSerializer
 
 PROMPT_ROWS = 3  # typed prompt rows shown on an empty form
 OPTION_FIELDS = JobOptionsSerializer().fields  # the API's job options, their defaults and help
 OPTION_DEFAULTS = {name: field.default for name, field in OPTION_FIELDS.items()}
+WEBHOOK_OPTIONS = ("webhook", "webhook_events_filter")  # the submit page's collapsible webhook section
 
 
 class QueueFilterForm(forms.Form):
@@ -140,11 +142,29 @@ class JobOptionsForm(forms.Form):
         widget=forms.Select(choices=[(s, s) for s in OPTION_FIELDS["prompt_semantics"].choices]),
         help_text="ai-toolkit: inline --flags in prompts, [trigger]/[name] always replaced.",
     )
+    webhook = forms.CharField(
+        required=False,
+        label="webhook URL",
+        # a text box, not type=url: the refusal shown is the API's own (WEBHOOK_URL_*)
+        widget=forms.TextInput(attrs={"inputmode": "url", "spellcheck": "false", "placeholder": "https://…"}),
+        help_text="Where the job's events are POSTed: https to a public address, unless its host is in "
+        "WEBHOOK_ALLOWED_HOSTS.",
+    )
+    webhook_events_filter = forms.MultipleChoiceField(
+        required=False,
+        label="events",
+        choices=[(event, event) for event in WEBHOOK_EVENTS],
+        widget=forms.CheckboxSelectMultiple,
+    )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["prompt_set"].widget = forms.Select(
             choices=[("", "— none: the prompts above —"), *prompt_set_choices()]
+        )
+        self.fields["webhook_events_filter"].help_text = (
+            f"progress: at most every {settings.WEBHOOK_PROGRESS_INTERVAL_S:g} s; completed: when it ends, "
+            "whatever the outcome."
         )
         self.fields["preset"].help_text = (
             "draft: a quick look, 4 steps without CFG, the server's step-distill LoRA stacked after yours."
@@ -152,12 +172,18 @@ class JobOptionsForm(forms.Form):
             else "draft: not set up on this server (it needs a step-distill LoRA, DRAFT_LORA)."
         )
         for name, default in OPTION_DEFAULTS.items():
-            if name not in self.fields:  # an API-only option (webhooks): its default applies
-                continue
             field = self.fields[name]
             field.initial = default
-            if default not in (None, False):
+            if name not in WEBHOOK_OPTIONS and default not in (None, False):
                 field.help_text = f"{field.help_text} Default: {default}.".strip()
+
+    def card_fields(self) -> list:
+        """The fields of the Options card: all but the prompt set (by the prompts) and the webhook's."""
+        return [field for field in self if field.name != "prompt_set" and field.name not in WEBHOOK_OPTIONS]
+
+    def webhook_open(self) -> bool:
+        """The webhook section starts open when a URL is in it or it has an error; collapsed otherwise."""
+        return any(self[name].errors for name in WEBHOOK_OPTIONS) or bool(self["webhook"].value())
 
 
 class JobSubmitForm:
@@ -242,7 +268,12 @@ class JobSubmitForm:
             else:
                 shown = job_lora_shown(job_lora, job=job, user=user).name  # a private LoRA stays unnamed
                 notes.append(f"LoRA {shown} is gone or not yours to use; it was left out.")
-        return prompts, loras, {name: getattr(job, name) for name in OPTION_DEFAULTS}, notes
+        options = {name: getattr(job, name) for name in OPTION_DEFAULTS}
+        if job.webhook and not (job.owner_id is not None and job.owner_id == user.pk):
+            # someone else's endpoint, expecting their signing secret: not carried over, nor shown
+            options = {name: value for name, value in options.items() if name not in WEBHOOK_OPTIONS}
+            notes.append("The job's webhook is not yours; it was left out.")
+        return prompts, loras, options, notes
 
     @property
     def has_errors(self) -> bool:

@@ -34,7 +34,7 @@ from workers.broker import CPU_QUEUE, GPU_QUEUE
 from workers.celery_app import app as celery_app
 from workers.pipeline.params import DRAFT_GUIDANCE, DRAFT_STEPS, PromptError, resolve_prompt
 
-from .models import FINISHED, GenerationJob, JobLora, JobOutput, JobStatus, Preset, Scheduler
+from .models import FINISHED, GenerationJob, JobLora, JobOutput, JobStatus, Preset, Scheduler, default_webhook_events
 from .selectors import job_lora_shown
 from .webhooks import webhook_emit, webhook_url_check
 
@@ -412,7 +412,8 @@ def job_prompts_resolve(prompts: list[dict], **options) -> list[dict]:
 
 def job_rerun(*, job: GenerationJob, owner) -> GenerationJob:
     """A new job with the same resolved prompts (seeds included), LoRA stack and options; the
-    priority only as high as `owner` may give (see job_priority_allowed)."""
+    priority only as high as `owner` may give (see job_priority_allowed), and another owner's webhook
+    left out (its endpoint is theirs, and deliveries would be signed with the wrong secret)."""
     loras = []
     for job_lora in job.job_loras.select_related("lora"):
         if job_lora.lora is None or not lora_list(user=owner).filter(pk=job_lora.lora_id).exists():
@@ -425,12 +426,17 @@ def job_rerun(*, job: GenerationJob, owner) -> GenerationJob:
         options={
             **{name: getattr(job, name) for name in JOB_OPTIONS},
             "priority": job_priority_allowed(owner, job.priority),
+            **({} if _same_owner(job, owner) else {"webhook": "", "webhook_events_filter": default_webhook_events()}),
         },
         model=job.model,
         prompt_set=job.prompt_set,
         request={"rerun_of": str(job.id)},
     )
     return job_submit(owner=owner, spec=spec)
+
+
+def _same_owner(job: GenerationJob, user) -> bool:
+    return user is not None and job.owner_id == user.pk
 
 
 def job_start(*, job_id: str | uuid.UUID, worker: str) -> GenerationJob | None:
