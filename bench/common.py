@@ -1,8 +1,10 @@
-"""Shared by the GPU benchmarks: the random-weight 14B checkpoint they all render, FLOP counts, frame PSNR."""
+"""Shared by the GPU benchmarks: the random-weight 14B checkpoint they all render, FLOP counts, CUDA timing,
+frame PSNR."""
 
 from __future__ import annotations
 
 import gc
+import time
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +37,28 @@ def matmul_peak_tflops(n: int = 8192, reps: int = 20) -> float:
         torch.cuda.synchronize()
         times.append(begin.elapsed_time(end) / 1000)
     return round(2 * n**3 / sorted(times)[reps // 2] / 1e12)
+
+
+def timed(fn, *, reps: int = 2):
+    """(median seconds of `reps` calls after a first one, the first call's seconds, the last output).
+
+    The first call is timed on the host clock since it may compile; the rest on CUDA events. With
+    reps=0 the first call's seconds stand in for the median.
+    """
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = fn()
+    torch.cuda.synchronize()
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(reps):
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        out = fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(begin.elapsed_time(end) / 1000)
+    return (sorted(times)[len(times) // 2] if times else first), first, out
 
 
 def ensure_wan14b(folder: Path, *, device: str = "cuda") -> str:

@@ -15,13 +15,12 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import ensure_wan14b, forward_flops, matmul_peak_tflops  # noqa: E402
+from bench.common import ensure_wan14b, forward_flops, matmul_peak_tflops, timed  # noqa: E402
 from workers.pipeline.checkpoints import write_aitoolkit_lora  # noqa: E402
 from workers.pipeline.fast import FastTransformer  # noqa: E402
 from workers.pipeline.lora_stack import peft_layers  # noqa: E402
@@ -39,24 +38,6 @@ def log(name, **values):
     results["rows"].append(row)
     print(json.dumps(row), flush=True)
     (OUT / "forwards.json").write_text(json.dumps(results, indent=1))
-
-
-def timed(fn, reps=2):
-    """Median seconds of `reps` calls after one warm-up; also returns the warm-up's seconds."""
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    out = fn()
-    torch.cuda.synchronize()
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(reps):
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        begin.record()
-        out = fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(begin.elapsed_time(end) / 1000)
-    return (sorted(times)[len(times) // 2] if times else first), first, out
 
 
 def main():

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import forward_flops  # noqa: E402
+from bench.common import forward_flops, timed  # noqa: E402
 from workers.pipeline.attention import use_fp8_self_attention  # noqa: E402
 from workers.pipeline.fast import ATTENTION, _is_block_linear  # noqa: E402
 from workers.pipeline.shapes import WAN_14B_TRANSFORMER, tokens_of  # noqa: E402
@@ -36,24 +36,6 @@ def log(**row):
     results["rows"].append(row)
     print(json.dumps(row), flush=True)
     (OUT / "fp8_attention.json").write_text(json.dumps(results, indent=1))
-
-
-def timed(fn, reps=3):
-    """(median seconds of `reps` calls after a first one, the first call's seconds, the last output)."""
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    out = fn()
-    torch.cuda.synchronize()
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(reps):
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        begin.record()
-        out = fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(begin.elapsed_time(end) / 1000)
-    return sorted(times)[len(times) // 2], first, out
 
 
 def inputs(width, height, frames, text_dim):
@@ -99,7 +81,7 @@ def main():
     with torch.inference_mode():
         for width, height, frames in sizes:
             hidden, t, text = inputs(width, height, frames, model.config.text_dim)
-            seconds, _, out = timed(forward(model, hidden, t, text))
+            seconds, _, out = timed(forward(model, hidden, t, text), reps=3)
             references[(width, height, frames)] = out.float()
             tokens = tokens_of(width, height, frames)
             log(
@@ -115,7 +97,7 @@ def main():
             fast = fast_copy(model, variant.removeprefix("fast-"))
             for width, height, frames in sizes:
                 hidden, t, text = inputs(width, height, frames, model.config.text_dim)
-                seconds, first, out = timed(forward(fast, hidden, t, text))
+                seconds, first, out = timed(forward(fast, hidden, t, text), reps=3)
                 want = references[(width, height, frames)]
                 error = ((out.float() - want).norm() / want.norm()).item()
                 reference = results["reference_s"][f"{width}x{height}x{frames}"]

@@ -16,6 +16,7 @@ import pytest
 import redis
 from django.conf import settings
 
+from workers.celery_app import worker_argv
 from workers.pipeline.checkpoints import write_aitoolkit_lora, write_random_wan
 from workers.pipeline.shapes import TINY_TRANSFORMER, WanShape
 
@@ -108,24 +109,7 @@ class WorkerProcess:
         )
         self.log = open(Path(settings.VAR_DIR) / f"worker-{name}.log", "w")
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers.celery_app",
-                "worker",
-                "-Q",
-                queues,
-                "--pool",
-                "solo",
-                "-n",
-                f"{name}@test",
-                "--loglevel",
-                "INFO",
-                "--without-mingle",
-                "--without-gossip",
-            ],
+            worker_argv(queues=queues, name=f"{name}@test"),
             cwd=ROOT,
             env=environ,
             stdout=self.log,

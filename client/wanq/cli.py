@@ -136,10 +136,11 @@ def submit(ctx, request_file, wait, out_dir):
         click.echo(str(path))
 
 
-def _poll(fetch: Callable[[], dict], show: Callable[[dict], None], *, name: str, interrupted: Interrupted) -> dict:
+def _poll(fetch: Callable[[], dict], show: Callable[[dict], None], *, name: str, what: str, command: str) -> dict:
     """Fetch a job's or a sweep's status every POLL_S and show it until it has finished; returns the final one.
     Prints each change of state; keeps polling through a server restart for UNREACHABLE_GRACE_S; Ctrl-C
-    raises `interrupted` (what was submitted keeps running)."""
+    raises Interrupted (what was submitted keeps running), saying which `command` follows, downloads or
+    cancels the `what` called `name`."""
     state = None
     unreachable_since = None
     try:
@@ -163,7 +164,11 @@ def _poll(fetch: Callable[[], dict], show: Callable[[dict], None], *, name: str,
                 return status
             time.sleep(POLL_S)
     except KeyboardInterrupt:
-        raise interrupted from None
+        raise Interrupted(
+            f"{what} {name}",
+            f"Follow it with `{command} status {name} --wait`, then `{command} download {name}`; "
+            f"`{command} cancel {name}` stops it.",
+        ) from None
 
 
 def _follow(client: Client, request_id: str) -> dict:
@@ -185,13 +190,8 @@ def _follow(client: Client, request_id: str) -> dict:
             bars.console.print("[yellow]its worker stopped reporting; the reconciler will requeue it[/]")
         _update_bars(bars, tasks, status)
 
-    interrupted = Interrupted(
-        f"request {request_id}",
-        f"Follow it with `wanq status {request_id} --wait`, then `wanq download {request_id}`; "
-        f"`wanq cancel {request_id}` stops it.",
-    )
     with bars:
-        return _poll(lambda: client.status(request_id), show, name=request_id, interrupted=interrupted)
+        return _poll(lambda: client.status(request_id), show, name=request_id, what="request", command="wanq")
 
 
 def _update_bars(bars: Progress, tasks: list, status: dict):
@@ -272,13 +272,18 @@ def status(ctx, request_id, wait, as_json):
     """Show a request's status and progress (with --wait: exit 1 when it failed or was canceled)."""
     client = _client(ctx)
     body = _follow(client, request_id) if wait else client.status(request_id)
+    _show(body, as_json=as_json, table=_print_status)
+    if wait:
+        _finish(body)
+        err.print(f"Download its videos with `wanq download {request_id}`", markup=False)
+
+
+def _show(body: dict, *, as_json: bool, table):
+    """Print a request's or sweep's state: the API's object as JSON, or `table`'s rows for people."""
     if as_json:
         out.print_json(data=body)
     else:
-        _print_status(body)
-    if wait:
-        _finish(body)
-        err.print(f"Download its videos with `wanq download {request_id}`")
+        table(body)
 
 
 def _print_status(body: dict):
@@ -567,13 +572,8 @@ def _follow_sweep(client: Client, sweep_id: str) -> dict:
             task, description=description, total=len(cells) + 1, completed=completed, done=done, cells=len(cells)
         )
 
-    interrupted = Interrupted(
-        f"sweep {sweep_id}",
-        f"Follow it with `wanq sweep status {sweep_id} --wait`, then `wanq sweep download {sweep_id}`; "
-        f"`wanq sweep cancel {sweep_id}` stops it.",
-    )
     with bars:
-        return _poll(lambda: client.sweep(sweep_id), show, name=sweep_id, interrupted=interrupted)
+        return _poll(lambda: client.sweep(sweep_id), show, name=sweep_id, what="sweep", command="wanq sweep")
 
 
 def _sweep_finish(sweep: dict):
@@ -620,10 +620,7 @@ def sweep_status(ctx, sweep_id, wait, as_json):
     URLs (with --wait: exit 1 when it failed, was canceled or a cell did not render)."""
     client = _client(ctx)
     body = _follow_sweep(client, sweep_id) if wait else client.sweep(sweep_id)
-    if as_json:
-        out.print_json(data=body)
-    else:
-        _print_sweep(body)
+    _show(body, as_json=as_json, table=_print_sweep)
     if wait:
         _sweep_finish(body)
         err.print(f"Download its grids with `wanq sweep download {sweep_id}`", markup=False)

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import ROOT, SMALL, TINY_SHAPE, wait_for
+from tests.conftest import ROOT, SMALL, wait_for
 from tests.mp4 import read_mp4
-from workers.pipeline.checkpoints import write_aitoolkit_lora
+from tests.runs import write_checkpoint, write_run
 
 SIZED_DOWN = {"width": 64, "height": 64, "num_frames": 5, "sample_steps": 2, "fps": 8}
 
@@ -51,6 +51,24 @@ def wanq(*args, env, timeout=60, **kwargs) -> subprocess.CompletedProcess:
         timeout=timeout,
         **kwargs,
     )
+
+
+def interrupted(*args, env, submitted) -> tuple:
+    """Run `wanq ARGS` until the `submitted` model's first row exists and the client has polled a while, then
+    press Ctrl-C: (that row, the exit status, stderr)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wanq", *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    row = wait_for(lambda: submitted.objects.first(), timeout=30)
+    time.sleep(1.0)  # polling
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    return row, proc.returncode, stderr
 
 
 def request_file(tmp_path, **changes) -> Path:
@@ -157,19 +175,9 @@ def test_ctrl_c_leaves_the_job_running(web_server, token, tmp_path):
     """No worker: the job stays queued; Ctrl-C stops the client, not the job, and says how to follow it."""
     from webapp.jobs.models import GenerationJob
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "wanq", "submit", str(request_file(tmp_path)), "--wait"],
-        cwd=ROOT,
-        env=cli_env(tmp_path, web_server, token),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    job = wait_for(lambda: GenerationJob.objects.first(), timeout=30)
-    time.sleep(1.0)  # polling
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=30)
-    assert proc.returncode == 130, stderr
+    env = cli_env(tmp_path, web_server, token)
+    job, returncode, stderr = interrupted("submit", request_file(tmp_path), "--wait", env=env, submitted=GenerationJob)
+    assert returncode == 130, stderr
     assert f"wanq status {job.pk}" in stderr and "Traceback" not in stderr
     job.refresh_from_db()
     assert job.status == "queued"
@@ -186,43 +194,6 @@ def test_unreachable_server(tmp_path):
 
 # --- training runs and sweeps ----------------------------------------------------------------------------
 
-RUN_CONFIG = """\
-job: extension
-config:
-  name: "cli_run"
-  process:
-    - type: 'sd_trainer'
-      trigger_word: "clx"
-      save:
-        save_every: 250
-      sample:
-        width: 832
-        height: 480
-        num_frames: 33
-        fps: 16
-        network_multiplier: 0.8
-        prompts:
-          - "[trigger] walking on a beach"
-          - "[trigger] reading a book --seed 7"
-        seed: 42
-"""
-
-
-def write_checkpoint(folder: Path, step: int, seed: int) -> Path:
-    return write_aitoolkit_lora(
-        folder / f"cli_run_{step:09d}.safetensors", shape=TINY_SHAPE, seed=seed, training_step=step
-    )
-
-
-def write_run(folder: Path) -> Path:
-    """An ai-toolkit output folder: two checkpoints, the config, and sample images the import leaves alone."""
-    write_checkpoint(folder, 250, seed=11)
-    write_checkpoint(folder, 500, seed=12)
-    (folder / "config.yaml").write_text(RUN_CONFIG)
-    (folder / "samples").mkdir(exist_ok=True)
-    (folder / "samples" / "1700000000000__000000250_0.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a real jpeg")
-    return folder
-
 
 def results(stdout: str) -> dict[str, str]:
     """The import table's rows: file -> its step, id and result."""
@@ -234,7 +205,7 @@ def test_import_run_adds_the_checkpoints_then_finds_them_unchanged(web_server, t
     from webapp.prompts.models import PromptSet
 
     env = cli_env(tmp_path, web_server, token)
-    run = write_run(tmp_path / "cli_run")
+    run = write_run(tmp_path / "cli_run", trigger_word="clx", seeds={250: 11, 500: 12})
     first = wanq("import-run", run, env=env)
     assert first.returncode == 0, first.stderr
     rows = results(first.stdout)
@@ -330,23 +301,12 @@ def test_ctrl_c_leaves_the_sweep_running_until_canceled(web_server, token, tmp_p
     `wanq sweep cancel` then cancels every cell."""
     from webapp.sweeps.models import Sweep
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "wanq", "sweep", "submit", str(sweep_file(tmp_path)), "--wait"],
-        cwd=ROOT,
-        env=cli_env(tmp_path, web_server, token),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    sweep = wait_for(lambda: Sweep.objects.first(), timeout=30)
-    time.sleep(1.0)  # polling
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=30)
-    assert proc.returncode == 130, stderr
+    env = cli_env(tmp_path, web_server, token)
+    sweep, returncode, stderr = interrupted("sweep", "submit", sweep_file(tmp_path), "--wait", env=env, submitted=Sweep)
+    assert returncode == 130, stderr
     assert f"wanq sweep status {sweep.pk} --wait" in stderr and "Traceback" not in stderr
     assert sweep.jobs.filter(status="queued").count() == 2
 
-    env = cli_env(tmp_path, web_server, token)
     canceled = wanq("sweep", "cancel", sweep.pk, env=env)
     assert canceled.returncode == 0, canceled.stderr
     assert canceled.stdout.strip().endswith("(2 cells canceled)")

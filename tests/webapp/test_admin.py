@@ -2,7 +2,8 @@
 
 import pytest
 
-from webapp.jobs.models import GenerationJob, JobOutput
+from tests.webapp.conftest import ramp_output
+from webapp.jobs.models import GenerationJob
 from webapp.loras.services import lora_resolve
 from webapp.prompts.models import PromptItem, PromptSet
 
@@ -138,7 +139,7 @@ def test_admin_refuses_an_empty_prompt_set_with_a_form_error(staff_client):
     assert GenerationJob.objects.count() == 0
 
 
-def test_job_pages_are_readable(staff_client, prompt_set):
+def test_job_pages_are_readable(staff_client, prompt_set, tmp_path):
     a, b = lora_resolve(ref="job_a/job_a.safetensors"), lora_resolve(ref="job_b/job_b.safetensors")
     staff_client.post(
         "/admin/jobs/generationjob/add/",
@@ -148,16 +149,9 @@ def test_job_pages_are_readable(staff_client, prompt_set):
     job.status, job.progress = "running", {"prompt": 0, "prompts": 2, "step": 3, "steps": 25, "fraction": 0.4}
     job.timings = {"load": 12.345, "prompts": [{"denoise": 31.4159, "vae_decode": 1.23456, "save": 0.01}]}
     job.save()
-    JobOutput.objects.create(
-        job=job,
-        index=0,
-        video=f"outputs/{job.id}/000.mp4",
-        width=192,
-        height=128,
-        num_frames=17,
-        fps=16,
-        seed=42,
-        scheduler="euler",
+    ramp_output(
+        job,
+        tmp_path,
         record={
             "prompt": "<b>sks</b> on a beach",
             "seed": 42,

@@ -1,16 +1,13 @@
 """The admin pages in a real browser (headless Chromium, 1400x1000): what staff see, kept as screenshots under
 var/.../screenshots/admin-*.png."""
 
-import numpy as np
 import pytest
-from django.core.files import File
-from django.core.files.storage import default_storage
 
 from tests.webapp.browser import needs_chromium, screenshot, sign_in, video_facts
-from webapp.jobs.models import GenerationJob, JobLora, JobOutput
+from tests.webapp.conftest import RAMP, ramp_output
+from webapp.jobs.models import GenerationJob, JobLora
 from webapp.loras.services import lora_resolve
 from webapp.prompts.models import PromptItem, PromptSet
-from workers.pipeline.video import write_mp4
 
 pytestmark = needs_chromium
 
@@ -30,19 +27,7 @@ def admin_data(transactional_db, django_user_model, tmp_path, tiny_model, lora_f
         num_frames=17,
     )
     PromptItem.objects.create(prompt_set=prompt_set, position=1, prompt="[trigger] waving", neg="blurry")
-    prompts = [
-        {
-            "prompt": "a ramp of colours",
-            "neg": "",
-            "width": 192,
-            "height": 128,
-            "num_frames": 17,
-            "fps": 16,
-            "sample_steps": 4,
-            "guidance_scale": 4.0,
-            "seed": 42,
-        }
-    ]
+    prompts = [RAMP]
     done = GenerationJob.objects.create(
         owner=staff,
         status="succeeded",
@@ -68,19 +53,9 @@ def admin_data(transactional_db, django_user_model, tmp_path, tiny_model, lora_f
         JobLora.objects.create(
             job=done, lora=lora, position=i, multiplier=multiplier, sha256=lora.sha256, name=lora.name
         )
-    ramp = np.linspace(0, 255, 17 * 128 * 192 * 3).reshape(17, 128, 192, 3).astype(np.uint8)
-    with write_mp4(ramp, tmp_path / "v.mp4", fps=16).open("rb") as fh:
-        video = default_storage.save(f"outputs/{done.id}/000.mp4", File(fh))
-    JobOutput.objects.create(
-        job=done,
-        index=0,
-        video=video,
-        width=192,
-        height=128,
-        num_frames=17,
-        fps=16,
-        seed=42,
-        scheduler="euler",
+    ramp_output(
+        done,
+        tmp_path,
         record={
             "job_id": str(done.id),
             "model": "wan21_14b",

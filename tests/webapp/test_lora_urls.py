@@ -8,9 +8,11 @@ import time
 
 import pytest
 
+from webapp.core import outbound
 from webapp.core.errors import ApiError
+from webapp.core.outbound import is_public_address
 from webapp.loras import fetch
-from webapp.loras.fetch import _host_allowed, _is_public, _read_capped, _vet_redirect, lora_download
+from webapp.loras.fetch import _host_allowed, _read_capped, _vet_redirect, lora_download
 
 PUBLIC_IP = "93.184.216.34"
 
@@ -28,22 +30,6 @@ def allow(settings):
 
     _allow("example.com", ".hf.example.org")
     return _allow
-
-
-@pytest.fixture
-def dns(monkeypatch):
-    """getaddrinfo answering from a table, so tests pick what a host 'resolves' to."""
-    table = {}
-
-    def fake_getaddrinfo(host, port, *args, **kwargs):
-        if host not in table:
-            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-        return [
-            (socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in table[host]
-        ]
-
-    monkeypatch.setattr(fetch.socket, "getaddrinfo", fake_getaddrinfo)
-    return table
 
 
 # --- refusals before any network -------------------------------------------------------------------------
@@ -186,7 +172,7 @@ def test_ip_literals_are_refused_by_the_allowlist_first(allow, host):
     ],
 )
 def test_public_address_rule(address, public):
-    assert _is_public(address=address) is public
+    assert is_public_address(address=address) is public
 
 
 def test_every_resolved_address_must_be_public(allow, dns):
@@ -215,8 +201,8 @@ def test_connection_goes_to_the_vetted_ip_with_sni_and_verification_for_the_host
             calls["wrap"] = (sock, server_hostname)
             return "tls-socket"
 
-    monkeypatch.setattr(fetch.socket, "create_connection", fake_create_connection)
-    conn = fetch._VettedHTTPSConnection("example.com", address=PUBLIC_IP, port=8443, timeout=5.0, context=Context())
+    monkeypatch.setattr(outbound.socket, "create_connection", fake_create_connection)
+    conn = outbound.VettedHTTPSConnection("example.com", address=PUBLIC_IP, port=8443, timeout=5.0, context=Context())
     conn.connect()
     assert calls == {"connect": ((PUBLIC_IP, 8443), 5.0), "wrap": (raw, "example.com")}
     assert conn.sock == "tls-socket"
@@ -377,7 +363,7 @@ def server(allow, dns, monkeypatch):
         def close(self):
             pass
 
-    monkeypatch.setattr(fetch, "_VettedHTTPSConnection", FakeConnection)
+    monkeypatch.setattr(fetch, "VettedHTTPSConnection", FakeConnection)
     return routes, seen
 
 
@@ -464,7 +450,6 @@ def sent(monkeypatch, dns):
     """The broker messages a test's committed transactions send: (task, queue)."""
     from workers.celery_app import app
 
-    dns["127.0.0.1"] = ["127.0.0.1"]  # the throttles' Redis cache still resolves
     messages = []
     monkeypatch.setattr(app, "send_task", lambda name, args, queue, **kw: messages.append((name, queue)))
     return messages

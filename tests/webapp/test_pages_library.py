@@ -4,9 +4,9 @@ import re
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.test import Client
 
 from tests.conftest import TINY_SHAPE
+from tests.webapp.conftest import RESOLVED, client_of
 from webapp.jobs.models import GenerationJob, JobLora
 from webapp.loras.models import Lora
 from webapp.loras.services import lora_upload
@@ -14,36 +14,7 @@ from webapp.prompts.models import PromptSet
 from webapp.prompts.services import prompt_set_create
 from workers.pipeline.checkpoints import write_aitoolkit_lora
 
-# a job's prompts are stored resolved, as job_submit stores them
-RESOLVED = {
-    "prompt": "a prompt",
-    "neg": "",
-    "width": 128,
-    "height": 128,
-    "num_frames": 9,
-    "fps": 16,
-    "sample_steps": 4,
-    "guidance_scale": 4.0,
-    "seed": 42,
-}
-
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def alice(django_user_model):
-    return django_user_model.objects.create_user("alice", password="pw-alice-123")
-
-
-@pytest.fixture
-def bob(django_user_model):
-    return django_user_model.objects.create_user("bob", password="pw-bob-123")
-
-
-def client_of(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 @pytest.fixture

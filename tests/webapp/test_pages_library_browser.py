@@ -6,25 +6,13 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.conftest import TINY_SHAPE
 from tests.webapp.browser import needs_chromium, screenshot, sign_in, start_chromium
+from tests.webapp.conftest import RESOLVED
 from webapp.jobs.models import GenerationJob, JobLora
 from webapp.loras.models import Lora
 from webapp.loras.services import lora_upload
 from webapp.prompts.models import PromptSet
 from webapp.prompts.services import prompt_set_create
 from workers.pipeline.checkpoints import write_aitoolkit_lora
-
-# a job's prompts are stored resolved, as job_submit stores them
-RESOLVED = {
-    "prompt": "a prompt",
-    "neg": "",
-    "width": 128,
-    "height": 128,
-    "num_frames": 9,
-    "fps": 16,
-    "sample_steps": 4,
-    "guidance_scale": 4.0,
-    "seed": 42,
-}
 
 pytestmark = needs_chromium
 

@@ -7,9 +7,9 @@ import re
 import pytest
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from django.test import Client
 
 from tests.conftest import TINY_SHAPE
+from tests.webapp.conftest import client_of
 from webapp.jobs.models import GenerationJob, JobOutput
 from webapp.loras.models import Lora, Visibility
 from webapp.loras.services import lora_resolve
@@ -22,24 +22,8 @@ SIZE = {"width": "128", "height": "128", "num_frames": "9", "sample_steps": "4"}
 
 
 @pytest.fixture
-def alice(django_user_model):
-    return django_user_model.objects.create_user("alice", password="pw-alice-123")
-
-
-@pytest.fixture
-def bob(django_user_model):
-    return django_user_model.objects.create_user("bob", password="pw-bob-123")
-
-
-def signed_in(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
-
-
-@pytest.fixture
 def member(alice):
-    return signed_in(alice)
+    return client_of(alice)
 
 
 @pytest.fixture
@@ -200,7 +184,7 @@ def test_another_member_sees_the_sweep_without_its_buttons_or_private_loras(memb
     Lora.objects.filter(pk=a.pk).update(visibility=Visibility.PRIVATE, owner=alice)
     sweep = create(member, **{"axis-0-field": "seed", "axis-0-values": "1 2", "base-0-lora": a.pk})
     assert f"/sweeps/{sweep.pk}/cancel/" in member.get(f"/sweeps/{sweep.pk}/").content.decode()
-    theirs = signed_in(bob)
+    theirs = client_of(bob)
     page = theirs.get(f"/sweeps/{sweep.pk}/").content.decode()
     assert len(cell_ids(page)) == 2 and f"/sweeps/{sweep.pk}/cancel/" not in page
     listed = theirs.get("/sweeps/").content.decode()

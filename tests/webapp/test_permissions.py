@@ -25,22 +25,6 @@ PROMPT = {"prompt": "a cat", "width": 128, "height": 128, "num_frames": 9, "samp
 pytestmark = pytest.mark.django_db
 
 
-def client_for(user) -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
-    return client
-
-
-@pytest.fixture
-def bob(django_user_model, tiny_model, lora_files):
-    return client_for(django_user_model.objects.create_user(username="bob", password="pw-bob-123"))
-
-
-@pytest.fixture
-def staff(django_user_model, tiny_model, lora_files):
-    return client_for(django_user_model.objects.create_user(username="boss", password="pw-boss-123", is_staff=True))
-
-
 def submit(client, loras=(), status=201):
     response = client.post(JOBS, {"loras": list(loras), "prompts": [PROMPT]}, format="json")
     assert response.status_code == status, response.json()
@@ -75,33 +59,33 @@ def status_of(job_id):
 # --- the shared queue; owner-or-staff changes -------------------------------------------------------------
 
 
-def test_everyone_sees_the_shared_queue(api, bob):
+def test_everyone_sees_the_shared_queue(api, bob_api):
     job = submit(api)
-    assert [j["id"] for j in bob.get(JOBS).json()["results"]] == [job["id"]]
-    assert bob.get(f"{JOBS}{job['id']}/").json() == job
-    assert bob.get(f"/v1/requests/{job['id']}/status").json()["status"] == "in_queue"
-    assert bob.get(f"/v1/requests/{job['id']}/result").status_code == 200
+    assert [j["id"] for j in bob_api.get(JOBS).json()["results"]] == [job["id"]]
+    assert bob_api.get(f"{JOBS}{job['id']}/").json() == job
+    assert bob_api.get(f"/v1/requests/{job['id']}/status").json()["status"] == "in_queue"
+    assert bob_api.get(f"/v1/requests/{job['id']}/result").status_code == 200
 
 
-def test_others_may_not_cancel_retry_or_delete_a_job(api, bob):
+def test_others_may_not_cancel_retry_or_delete_a_job(api, bob_api):
     queued, canceled = submit(api)["id"], submit(api)["id"]
     api.post(f"{JOBS}{canceled}/cancel/")
-    expect(bob.post(f"{JOBS}{queued}/cancel/"), 403, "PERMISSION_DENIED")
-    expect(bob.post(f"/v1/requests/{queued}/cancel"), 403, "PERMISSION_DENIED")
-    expect(bob.post(f"{JOBS}{canceled}/retry/"), 403, "PERMISSION_DENIED")
-    expect(bob.delete(f"{JOBS}{canceled}/"), 403, "PERMISSION_DENIED")
-    expect(bob.delete(f"{JOBS}{queued}/"), 403, "PERMISSION_DENIED")
+    expect(bob_api.post(f"{JOBS}{queued}/cancel/"), 403, "PERMISSION_DENIED")
+    expect(bob_api.post(f"/v1/requests/{queued}/cancel"), 403, "PERMISSION_DENIED")
+    expect(bob_api.post(f"{JOBS}{canceled}/retry/"), 403, "PERMISSION_DENIED")
+    expect(bob_api.delete(f"{JOBS}{canceled}/"), 403, "PERMISSION_DENIED")
+    expect(bob_api.delete(f"{JOBS}{queued}/"), 403, "PERMISSION_DENIED")
     assert (status_of(queued), status_of(canceled)) == (JobStatus.QUEUED, JobStatus.CANCELED)
     assert GenerationJob.objects.count() == 2
 
 
-def test_staff_may_cancel_retry_and_delete_any_job(api, staff):
+def test_staff_may_cancel_retry_and_delete_any_job(api, staff_api):
     first, second = submit(api)["id"], submit(api)["id"]
-    assert staff.post(f"/v1/requests/{first}/cancel").json()["status"] == "canceled"
-    assert staff.post(f"{JOBS}{second}/cancel/").json()["status"] == "canceled"
-    assert staff.post(f"{JOBS}{second}/retry/").json()["status"] == "queued"
-    expect(staff.delete(f"{JOBS}{second}/"), 409, "JOB_ACTIVE")
-    assert staff.delete(f"{JOBS}{first}/").status_code == 204
+    assert staff_api.post(f"/v1/requests/{first}/cancel").json()["status"] == "canceled"
+    assert staff_api.post(f"{JOBS}{second}/cancel/").json()["status"] == "canceled"
+    assert staff_api.post(f"{JOBS}{second}/retry/").json()["status"] == "queued"
+    expect(staff_api.delete(f"{JOBS}{second}/"), 409, "JOB_ACTIVE")
+    assert staff_api.delete(f"{JOBS}{first}/").status_code == 204
     assert list(GenerationJob.objects.values_list("pk", flat=True)) == [uuid.UUID(second)]
 
 
@@ -126,23 +110,23 @@ def test_owner_deletes_only_finished_jobs(api, status, deleted):
         assert status_of(job_id) == status
 
 
-def test_only_owner_or_staff_may_delete_a_lora(api, bob, staff, tmp_path):
+def test_only_owner_or_staff_may_delete_a_lora(api, bob_api, staff_api, tmp_path):
     first, second = upload(api, tmp_path, 31), upload(api, tmp_path, 32)
-    expect(bob.delete(f"{LORAS}{first['id']}/"), 403, "PERMISSION_DENIED")
+    expect(bob_api.delete(f"{LORAS}{first['id']}/"), 403, "PERMISSION_DENIED")
     assert Lora.objects.count() == 2
-    assert staff.delete(f"{LORAS}{first['id']}/").status_code == 204
+    assert staff_api.delete(f"{LORAS}{first['id']}/").status_code == 204
     assert api.delete(f"{LORAS}{second['id']}/").status_code == 204
     assert not Lora.objects.exists()
 
 
-def test_only_owner_or_staff_may_change_a_prompt_set(api, bob):
+def test_only_owner_or_staff_may_change_a_prompt_set(api, bob_api):
     prompt_set = api.post("/api/v1/prompt-sets/", {"name": "mine", "items": [{"prompt": "x"}]}, format="json").json()
     expect(
-        bob.patch(f"/api/v1/prompt-sets/{prompt_set['id']}/", {"name": "taken"}, format="json"),
+        bob_api.patch(f"/api/v1/prompt-sets/{prompt_set['id']}/", {"name": "taken"}, format="json"),
         403,
         "PERMISSION_DENIED",
     )
-    expect(bob.delete(f"/api/v1/prompt-sets/{prompt_set['id']}/"), 403, "PERMISSION_DENIED")
+    expect(bob_api.delete(f"/api/v1/prompt-sets/{prompt_set['id']}/"), 403, "PERMISSION_DENIED")
 
 
 # --- LoRA visibility ----------------------------------------------------------------------------------------
@@ -166,21 +150,23 @@ def refs(lora):
     return [lora["name"], str(lora["id"]), lora["sha256"]]
 
 
-def test_private_lora_is_invisible_to_others(api, bob, staff, secret):
-    assert [lora["name"] for lora in bob.get(LORAS).json()["results"]] == []
-    assert bob.get(LORAS, {"visibility": "private"}).json()["results"] == []
-    expect(bob.get(f"{LORAS}{secret['id']}/"), 404, "NOT_FOUND")
-    expect(bob.delete(f"{LORAS}{secret['id']}/"), 404, "NOT_FOUND")
+def test_private_lora_is_invisible_to_others(api, bob_api, staff_api, secret):
+    assert [lora["name"] for lora in bob_api.get(LORAS).json()["results"]] == []
+    assert bob_api.get(LORAS, {"visibility": "private"}).json()["results"] == []
+    expect(bob_api.get(f"{LORAS}{secret['id']}/"), 404, "NOT_FOUND")
+    expect(bob_api.delete(f"{LORAS}{secret['id']}/"), 404, "NOT_FOUND")
     assert [lora["name"] for lora in api.get(LORAS).json()["results"]] == ["secret-a"]
-    assert staff.get(f"{LORAS}{secret['id']}/").json()["visibility"] == "private"
+    assert staff_api.get(f"{LORAS}{secret['id']}/").json()["visibility"] == "private"
     assert Lora.objects.count() == 1
 
 
-def test_private_lora_is_unusable_by_others_by_any_reference(api, bob, secret):
+def test_private_lora_is_unusable_by_others_by_any_reference(api, bob_api, secret):
     for ref in refs(secret):
-        expect(bob.post(JOBS, {"loras": [{"lora": ref}], "prompts": [PROMPT]}, format="json"), 404, "LORA_NOT_FOUND")
         expect(
-            bob.post(V1, {"model": "wan21_14b", "loras": [{"path": ref}], "prompts": [PROMPT]}, format="json"),
+            bob_api.post(JOBS, {"loras": [{"lora": ref}], "prompts": [PROMPT]}, format="json"), 404, "LORA_NOT_FOUND"
+        )
+        expect(
+            bob_api.post(V1, {"model": "wan21_14b", "loras": [{"path": ref}], "prompts": [PROMPT]}, format="json"),
             404,
             "LORA_NOT_FOUND",
         )
@@ -191,24 +177,24 @@ def test_private_lora_is_unusable_by_others_by_any_reference(api, bob, secret):
     assert GenerationJob.objects.filter(owner__username="alice").count() == 6
 
 
-def test_team_lora_is_usable_by_everyone(api, bob, tmp_path):
+def test_team_lora_is_usable_by_everyone(api, bob_api, tmp_path):
     shared = upload(api, tmp_path, 42, name="team-a")
     assert shared["visibility"] == "team"
     for ref in refs(shared):
-        assert submit(bob, [{"lora": ref}])["loras"][0]["lora"] == shared["id"]
-        submit_v1(bob, [ref])
+        assert submit(bob_api, [{"lora": ref}])["loras"][0]["lora"] == shared["id"]
+        submit_v1(bob_api, [ref])
     assert GenerationJob.objects.filter(owner__username="bob").count() == 6
 
 
-def test_rerun_of_a_job_with_someone_elses_private_lora_is_lora_missing(api, bob, secret, tmp_path):
+def test_rerun_of_a_job_with_someone_elses_private_lora_is_lora_missing(api, bob_api, secret, tmp_path):
     job = submit(api, [{"lora": "secret-a", "multiplier": 0.5}])
-    expect(bob.post(f"{JOBS}{job['id']}/rerun/"), 409, "LORA_MISSING")
+    expect(bob_api.post(f"{JOBS}{job['id']}/rerun/"), 409, "LORA_MISSING")
     assert GenerationJob.objects.count() == 1
     rerun = api.post(f"{JOBS}{job['id']}/rerun/")
     assert rerun.status_code == 201 and rerun.json()["loras"][0]["multiplier"] == 0.5
 
     shared = submit(api, [{"lora": upload(api, tmp_path, 43)["name"]}])
-    rerun = bob.post(f"{JOBS}{shared['id']}/rerun/")
+    rerun = bob_api.post(f"{JOBS}{shared['id']}/rerun/")
     assert rerun.status_code == 201 and rerun.json()["owner"] == "bob"
 
 
@@ -238,17 +224,17 @@ def test_fourth_submission_in_a_minute_is_rate_limited(api, submit_rate, send):
     assert GenerationJob.objects.count() == 3
 
 
-def test_both_apis_and_rerun_share_one_budget_per_user(api, bob, submit_rate):
+def test_both_apis_and_rerun_share_one_budget_per_user(api, bob_api, submit_rate):
     job = submit(api)
     submit_v1(api)
     assert api.post(f"{JOBS}{job['id']}/rerun/").status_code == 201
     expect(api.post(f"{JOBS}{job['id']}/rerun/"), 429, "RATE_LIMITED")
     expect(api.post(V1, {"model": "wan21_14b", "loras": [], "prompts": [PROMPT]}, format="json"), 429, "RATE_LIMITED")
-    submit(bob)  # another user's budget is untouched
+    submit(bob_api)  # another user's budget is untouched
     assert GenerationJob.objects.count() == 4
 
 
-def test_queued_job_cap_per_user_with_staff_exempt(api, staff, settings):
+def test_queued_job_cap_per_user_with_staff_exempt(api, staff_api, settings):
     settings.MAX_QUEUED_JOBS_PER_USER = 2
     first, _ = submit(api), submit(api)
     expect(api.post(JOBS, {"loras": [], "prompts": [PROMPT]}, format="json"), 429, "TOO_MANY_QUEUED_JOBS")
@@ -263,7 +249,7 @@ def test_queued_job_cap_per_user_with_staff_exempt(api, staff, settings):
     api.post(f"{JOBS}{first['id']}/cancel/")  # only queued jobs count
     submit(api)
     for _ in range(3):
-        submit(staff)
+        submit(staff_api)
     assert GenerationJob.objects.filter(status=JobStatus.QUEUED).count() == 5
 
 

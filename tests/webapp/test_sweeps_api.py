@@ -10,7 +10,6 @@ import pytest
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from PIL import Image
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from webapp.jobs import services as job_services
@@ -26,22 +25,6 @@ URL = "/api/v1/sweeps/"
 SMALL = {"width": 64, "height": 64, "num_frames": 5, "sample_steps": 2}
 A, B = "job_a/job_a.safetensors", "job_b/job_b.safetensors"
 pytestmark = pytest.mark.django_db
-
-
-def client_for(user) -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
-    return client
-
-
-@pytest.fixture
-def bob(django_user_model, tiny_model, lora_files):
-    return client_for(django_user_model.objects.create_user(username="bob", password="pw-bob-123"))
-
-
-@pytest.fixture
-def staff(django_user_model, tiny_model, lora_files):
-    return client_for(django_user_model.objects.create_user(username="boss", password="pw-boss-123", is_staff=True))
 
 
 def create(api, axes, status=201, **fields):
@@ -243,19 +226,19 @@ def test_the_queued_job_cap_counts_every_cell(api, settings):
 # --- who may see and change ----------------------------------------------------------------------------------------
 
 
-def test_everyone_sees_a_sweep_only_its_owner_or_staff_cancel_and_delete_it(api, bob, staff, settings):
+def test_everyone_sees_a_sweep_only_its_owner_or_staff_cancel_and_delete_it(api, bob_api, staff_api, settings):
     settings.WEBHOOK_ALLOWED_HOSTS = ["receiver.internal"]
     sweep = create(api, [{"field": "seed", "values": [1, 2]}], webhook="http://receiver.internal/alice")
-    assert [s["id"] for s in bob.get(URL).json()["results"]] == [sweep["id"]]
-    seen = bob.get(f"{URL}{sweep['id']}/").json()
+    assert [s["id"] for s in bob_api.get(URL).json()["results"]] == [sweep["id"]]
+    seen = bob_api.get(f"{URL}{sweep['id']}/").json()
     assert seen["cells"] == sweep["cells"] and seen["options"]["webhook"] is None
     assert sweep["options"]["webhook"] == "http://receiver.internal/alice"
-    for response in (bob.post(f"{URL}{sweep['id']}/cancel/"), bob.delete(f"{URL}{sweep['id']}/")):
+    for response in (bob_api.post(f"{URL}{sweep['id']}/cancel/"), bob_api.delete(f"{URL}{sweep['id']}/")):
         assert (response.status_code, response.json()["error"]["code"]) == (403, "PERMISSION_DENIED")
     active = api.delete(f"{URL}{sweep['id']}/")
     assert (active.status_code, active.json()["error"]["code"]) == (409, "SWEEP_ACTIVE")
 
-    canceled = staff.post(f"{URL}{sweep['id']}/cancel/").json()
+    canceled = staff_api.post(f"{URL}{sweep['id']}/cancel/").json()
     assert canceled["status"] == "canceled" and canceled["counts"]["canceled"] == 2
     assert api.post(f"{URL}{sweep['id']}/cancel/").json()["status"] == "canceled"  # again: no change
     assert tasks.settle_sweep(sweep["id"]) == "canceled"  # nothing rendered: no grid, still canceled
@@ -268,11 +251,11 @@ def test_everyone_sees_a_sweep_only_its_owner_or_staff_cancel_and_delete_it(api,
     assert APIClient().get(URL).status_code == 401
 
 
-def test_a_private_lora_of_the_axis_stays_unnamed_to_others(api, bob, user):
+def test_a_private_lora_of_the_axis_stays_unnamed_to_others(api, bob_api, user):
     sweep = create(api, [{"field": "lora", "values": [A, B]}])
     private = Lora.objects.get(name="job_a/job_a")
     Lora.objects.filter(pk=private.pk).update(owner=user, visibility="private")
-    axis = bob.get(f"{URL}{sweep['id']}/").json()["axes"][0]
+    axis = bob_api.get(f"{URL}{sweep['id']}/").json()["axes"][0]
     assert (axis["values"][0], axis["labels"][0]) == (None, "private LoRA")
     assert axis["labels"][1] == "job_b/job_b"
     assert api.get(f"{URL}{sweep['id']}/").json()["axes"][0]["labels"][0] == "job_a/job_a"

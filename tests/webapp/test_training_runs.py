@@ -12,6 +12,7 @@ from django.core.management import call_command
 from selenium.webdriver.common.by import By
 
 from tests.conftest import SMALL, TINY_SHAPE, wait_for
+from tests.runs import run_config, write_checkpoint, write_run
 from tests.webapp.browser import needs_chromium, screenshot, sign_in
 from tests.webapp.test_pages_library_browser import wait_text
 from webapp.jobs.models import GenerationJob
@@ -23,94 +24,14 @@ from workers.pipeline.checkpoints import write_aitoolkit_lora
 RUNS_URL = "/api/v1/loras/runs/"
 pytestmark = pytest.mark.django_db
 
-# A Wan 2.1 14B run as ai-toolkit's example config writes one (config/examples/train_lora_wan21_14b_24gb.yaml),
-# trimmed, sampling two prompts at 0.8.
-CONFIG = """\
----
-job: extension
-config:
-  # this name will be the folder and filename name
-  name: "mrx_run"
-  process:
-    - type: 'sd_trainer'
-      training_folder: "output"
-      device: cuda:0
-      trigger_word: "mrx"
-      network:
-        type: "lora"
-        linear: 32
-        linear_alpha: 32
-      save:
-        dtype: bf16
-        save_every: 250
-        max_step_saves_to_keep: 4
-      datasets:
-        - folder_path: "/data/mrx"
-          caption_ext: "txt"
-          caption_dropout_rate: 0.05
-          cache_latents_to_disk: true
-          resolution: [ 632 ]
-      train:
-        batch_size: 1
-        steps: 1000
-        gradient_checkpointing: true
-        noise_scheduler: "flowmatch"
-        timestep_type: 'sigmoid'
-        optimizer: "adamw8bit"
-        lr: 1e-4
-        dtype: bf16
-      model:
-        name_or_path: "Wan-AI/Wan2.1-T2V-14B-Diffusers"
-        arch: 'wan21'
-        quantize_te: true
-        quantize: true
-        low_vram: true
-      sample:
-        sampler: "flowmatch"
-        sample_every: 250
-        width: 832
-        height: 480
-        num_frames: 33
-        fps: 16
-        network_multiplier: 0.8
-        prompts:
-          - "[trigger] walking on a beach at sunset"
-          - "[trigger] playing chess in the park --seed 7"
-        neg: ""
-        seed: 42
-        walk_seed: true
-        guidance_scale: 5
-        sample_steps: 30
-meta:
-  name: "[name]"
-  version: '1.0'
-"""
-
-
-def checkpoint(folder: Path, step: int | None, *, seed: int, header_step: int | None = None) -> Path:
-    """One file of an ai-toolkit output folder: `mrx_run_<step:09d>`, or the final `mrx_run` (step=None)."""
-    name = "mrx_run" if step is None else f"mrx_run_{step:09d}"
-    return write_aitoolkit_lora(
-        folder / f"{name}.safetensors",
-        shape=TINY_SHAPE,
-        seed=seed,
-        training_step=header_step if header_step is not None else step,
-        trigger_words=("woman", "beach"),
-    )
+CONFIG = run_config("mrx_run", trigger_word="mrx")
 
 
 @pytest.fixture
-def run_folder(tmp_path) -> Path:
-    """output/mrx_run after 500 steps: config.yaml, checkpoints 250 and 500, the final file and samples/."""
-    folder = tmp_path / "output" / "mrx_run"
-    folder.mkdir(parents=True)
-    (folder / "config.yaml").write_text(CONFIG)
-    checkpoint(folder, 250, seed=1)
-    checkpoint(folder, 500, seed=2)
-    checkpoint(folder, None, seed=3, header_step=500)
-    (folder / "samples").mkdir()
-    (folder / "samples" / "1740000000000__000000250_0.jpg").write_bytes(b"\xff\xd8\xff\xe0 a preview")
-    return folder
+def run_folder(tmp_path, tiny_model) -> Path:
+    """output/mrx_run after 500 steps: config.yaml, checkpoints 250 and 500, the final file and samples/
+    (LoRAs of the tiny model, which uploads are checked against)."""
+    return write_run(tmp_path / "output" / "mrx_run", trigger_word="mrx", seeds={250: 1, 500: 2}, final_seed=3)
 
 
 def import_command(directory: Path, *args) -> str:
@@ -152,13 +73,13 @@ def test_more_training_adds_the_new_checkpoint_and_a_changed_final_becomes_versi
     import_command(runs, "--owner", "alice")
     first_final = Lora.objects.get(relative_path="mrx_run/mrx_run.safetensors")
 
-    checkpoint(run_folder, 750, seed=4)
+    write_checkpoint(run_folder, 750, seed=4)
     out = import_command(runs, "--owner", "alice")
     assert "run mrx_run: 1 added, 0 updated, 3 unchanged, 0 refused" in out
     assert "registered mrx_run/mrx_run_000000750.safetensors (step 750" in out
     assert Lora.objects.count() == 4 and PromptSet.objects.filter(name="mrx_run").count() == 1
 
-    checkpoint(run_folder, None, seed=5, header_step=1000)  # training went on to 1000: a new final file
+    write_checkpoint(run_folder, None, seed=5, header_step=1000)  # training went on to 1000: a new final file
     out = import_command(runs, "--owner", "alice")
     assert "run mrx_run: 0 added, 1 updated, 3 unchanged, 0 refused" in out
     assert "new version mrx_run/mrx_run.safetensors (version 2, step 1000" in out
@@ -204,7 +125,7 @@ def test_more_training_adds_the_new_checkpoint_and_a_changed_final_becomes_versi
 def test_deleting_the_current_version_makes_the_earlier_one_current_again(api, run_folder):
     import_command(run_folder, "--owner", "alice")
     first = Lora.objects.get(name="mrx_run/mrx_run")
-    checkpoint(run_folder, None, seed=5, header_step=1000)
+    write_checkpoint(run_folder, None, seed=5, header_step=1000)
     import_command(run_folder, "--owner", "alice")
     second = Lora.objects.get(name="mrx_run/mrx_run", superseded=False)
     assert api.delete(f"/api/v1/loras/{second.pk}/").status_code == 204
@@ -242,7 +163,7 @@ def test_api_upload_of_files_and_config(api, run_folder):
     assert all(item["superseded"] is False and item["relative_path"] is None for item in body["added"])
 
     # the next checkpoint alone, in a request of its own: the run's trigger word and multiplier carry over
-    body = files_upload(api, [checkpoint(run_folder, 750, seed=4)]).json()
+    body = files_upload(api, [write_checkpoint(run_folder, 750, seed=4)]).json()
     assert [(item["name"], item["training_step"]) for item in body["added"]] == [("mrx_run_000000750", 750)]
     assert (body["added"][0]["trigger_word"], body["added"][0]["default_multiplier"], body["prompt_set"]) == (
         "mrx",
@@ -252,7 +173,7 @@ def test_api_upload_of_files_and_config(api, run_folder):
 
     old = Lora.objects.get(name="mrx_run")
     steps = [run_folder / "mrx_run_000000250.safetensors", run_folder / "mrx_run_000000500.safetensors"]
-    body = files_upload(api, [checkpoint(run_folder, None, seed=5, header_step=1000), *steps]).json()
+    body = files_upload(api, [write_checkpoint(run_folder, None, seed=5, header_step=1000), *steps]).json()
     assert [(item["name"], item["version"], item["training_step"]) for item in body["updated"]] == [
         ("mrx_run", 2, 1000)
     ]
@@ -268,7 +189,7 @@ def test_api_upload_of_files_and_config(api, run_folder):
 def test_api_refuses_a_file_that_is_no_lora_and_keeps_the_others(api, run_folder, tmp_path):
     bad = tmp_path / "mrx_run_000000100.safetensors"
     bad.write_bytes(b"not a safetensors file at all")
-    body = files_upload(api, [checkpoint(run_folder, 250, seed=1), bad], run="mrx_run").json()
+    body = files_upload(api, [write_checkpoint(run_folder, 250, seed=1), bad], run="mrx_run").json()
     assert [item["name"] for item in body["added"]] == ["mrx_run_000000250"]
     assert [(item["file"], item["code"]) for item in body["refused"]] == [
         ("mrx_run_000000100.safetensors", "LORA_NOT_SAFETENSORS")
@@ -277,7 +198,7 @@ def test_api_refuses_a_file_that_is_no_lora_and_keeps_the_others(api, run_folder
 
 def test_api_needs_a_run_name_when_the_files_disagree(api, run_folder, tmp_path):
     other = write_aitoolkit_lora(tmp_path / "other.safetensors", shape=TINY_SHAPE, seed=8)
-    response = files_upload(api, [checkpoint(run_folder, 250, seed=1), other])
+    response = files_upload(api, [write_checkpoint(run_folder, 250, seed=1), other])
     assert response.status_code == 400 and response.json()["error"]["code"] == "RUN_NAME_UNKNOWN"
     assert files_upload(api, [other], run="../x").json()["error"]["code"] == "INVALID_RUN_NAME"
     assert files_upload(api, []).json()["error"]["code"] == "VALIDATION_ERROR"
@@ -308,8 +229,8 @@ def test_api_upload_of_a_zipped_run_folder(api, run_folder):
     assert body["prompt_set"] == PromptSet.objects.get(name="mrx_run").pk
     assert {item["training_step"] for item in body["added"]} == {250, 500}
 
-    checkpoint(run_folder, 750, seed=4)
-    checkpoint(run_folder, None, seed=5, header_step=1000)
+    write_checkpoint(run_folder, 750, seed=4)
+    write_checkpoint(run_folder, None, seed=5, header_step=1000)
     body = api.post(RUNS_URL, {"archive": zipped(folder_entries(run_folder))}, format="multipart").json()
     assert [item["name"] for item in body["added"]] == ["mrx_run_000000750"]
     assert [(item["name"], item["version"]) for item in body["updated"]] == [("mrx_run", 2)]
@@ -343,7 +264,7 @@ def test_api_refuses_unsafe_zips_with_a_code(api, run_folder, settings):
 
 def test_library_and_detail_pages_show_the_run(client, user, run_folder):
     import_command(run_folder, "--owner", "alice")
-    checkpoint(run_folder, None, seed=5, header_step=1000)
+    write_checkpoint(run_folder, None, seed=5, header_step=1000)
     import_command(run_folder, "--owner", "alice")
     client.force_login(user)
 
@@ -400,7 +321,7 @@ def test_each_output_record_keeps_the_sha256_it_rendered_with(api, start_worker,
 
     first = render()
     version_1 = Lora.objects.get(name="mrx_run/mrx_run")
-    checkpoint(run_folder, None, seed=5, header_step=1000)
+    write_checkpoint(run_folder, None, seed=5, header_step=1000)
     import_command(run_folder, "--owner", "alice")
     second = render()
     version_2 = Lora.objects.get(name="mrx_run/mrx_run", superseded=False)
@@ -424,7 +345,7 @@ def test_upload_a_run_in_chromium_then_its_next_version(browser, live_server, us
     assert browser.current_url == f"{live_server.url}/loras/?run=mrx_run"
 
     # more training: the new checkpoint and the new final, chosen together in the files field
-    paths = [checkpoint(run_folder, 750, seed=4), checkpoint(run_folder, None, seed=5, header_step=1000)]
+    paths = [write_checkpoint(run_folder, 750, seed=4), write_checkpoint(run_folder, None, seed=5, header_step=1000)]
     browser.find_element(By.NAME, "files").send_keys("\n".join(str(path) for path in paths))
     browser.find_element(By.CSS_SELECTOR, "form[action='/loras/runs/'] button[type=submit]").click()
     wait_text(browser, "Run mrx_run: 1 added, 1 updated, 0 unchanged, 0 refused")

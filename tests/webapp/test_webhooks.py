@@ -4,7 +4,6 @@ import base64
 import hashlib
 import hmac
 import json
-import socket
 import time
 
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from tests.webapp.test_compat_api import MINIMAL
 from tests.webapp.test_jobs_api import SMALL, URL
 from webapp.core.errors import ApiError
-from webapp.jobs import services, webhooks
+from webapp.jobs import services
 from webapp.jobs.models import GenerationJob, WebhookEvent
 from webapp.jobs.webhooks import webhook_sign, webhook_url_check, webhook_verify
 
@@ -23,22 +22,10 @@ BODY = {"loras": [], "prompts": [{"prompt": "a cat", **SMALL}]}
 
 
 @pytest.fixture
-def dns(monkeypatch):
-    """getaddrinfo answering from a table (as tests/webapp/test_lora_urls.py)."""
-    table = {"hooks.example.com": [PUBLIC_IP]}
-    real = socket.getaddrinfo
-
-    def fake_getaddrinfo(host, port, *args, **kwargs):
-        if host in ("127.0.0.1", "localhost") and host not in table:  # the test's own Redis and database
-            return real(host, port, *args, **kwargs)
-        if host not in table:
-            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-        return [
-            (socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in table[host]
-        ]
-
-    monkeypatch.setattr(webhooks.socket, "getaddrinfo", fake_getaddrinfo)
-    return table
+def dns(dns):
+    """The webhook host resolving to a public address."""
+    dns["hooks.example.com"] = [PUBLIC_IP]
+    return dns
 
 
 # --- signatures ---------------------------------------------------------------------------------------------

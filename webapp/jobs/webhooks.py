@@ -1,6 +1,6 @@
 """Job webhooks (Standard Webhooks): URL rules, per-user secrets, signing, the outbox and delivery.
 
-- A webhook URL is https and resolves only to public addresses (the rules of LoRA URLs, `webapp/loras/fetch.py`),
+- A webhook URL is https and resolves only to public addresses (the rules of LoRA URLs, `webapp/core/outbound.py`),
   unless its host is named exactly in WEBHOOK_ALLOWED_HOSTS, which exempts it from both; checked at submit
   (`webhook_url_check`) and again, DNS included, at every delivery. Redirects are never followed.
 - An event is a `WebhookEvent` row written by `webhook_emit` in the transaction of the job change that causes
@@ -19,7 +19,6 @@ import http.client
 import json
 import logging
 import secrets
-import socket
 import ssl
 import time
 from datetime import timedelta
@@ -31,7 +30,7 @@ from django.utils import timezone
 from rest_framework.utils.encoders import JSONEncoder
 
 from webapp.core.errors import ApiError
-from webapp.loras.fetch import _is_public, _VettedHTTPSConnection
+from webapp.core.outbound import AddressNotPublic, VettedHTTPSConnection, public_address
 from workers.broker import CPU_QUEUE
 from workers.celery_app import app as celery_app
 
@@ -75,15 +74,13 @@ def _vet(url: str) -> tuple[str, str, int, str, bool]:
 def _address(host: str, port: int, url: str) -> str:
     """One address of host; every address it resolves to must be public."""
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        return public_address(host=host, port=port)
     except (OSError, UnicodeError):
         raise _refuse("WEBHOOK_URL_UNRESOLVABLE", f"Could not resolve {host!r}.", url=url) from None
-    addresses = list(dict.fromkeys(info[4][0] for info in infos))
-    if not addresses or not all(_is_public(address=a) for a in addresses):
+    except AddressNotPublic:
         raise _refuse(
             "WEBHOOK_URL_PRIVATE_ADDRESS", f"{host!r} resolves to an address that is not public.", url=url, host=host
-        )
-    return addresses[0]
+        ) from None
 
 
 def webhook_url_check(*, url: str) -> str:
@@ -198,7 +195,7 @@ def _post(*, url: str, headers: dict, body: bytes) -> int:
         conn = cls(host, port=port, timeout=timeout)
     else:  # connect to the address vetted now, so a second DNS answer cannot point elsewhere
         address = _address(host, port, url)
-        conn = _VettedHTTPSConnection(
+        conn = VettedHTTPSConnection(
             host, address=address, port=port, timeout=timeout, context=ssl.create_default_context()
         )
     try:

@@ -15,13 +15,13 @@ from .models import Lora, Visibility
 from .runs import RunImport, lora_run_import, run_archive_read
 from .selectors import lora_list
 from .services import (
-    LIST_ITEMS,
     NAME_MAX,
     TEXT_CHARS,
     LoraUpload,
     info_bounded,
     lora_delete,
     lora_upload,
+    names_bounded,
     validate_upload_name,
 )
 
@@ -80,19 +80,16 @@ class LoraSerializer(serializers.ModelSerializer):
     def _short(self, value):
         return value[:TEXT_CHARS] if isinstance(value, str) else value
 
-    def _texts(self, values) -> list[str]:
-        return [str(value)[:TEXT_CHARS] for value in (values or [])[:LIST_ITEMS]]
-
     def get_target_modules(self, lora) -> list[str]:
-        return self._texts(lora.target_modules)
+        return names_bounded(lora.target_modules)
 
     @extend_schema_field(LoraInfoSerializer)
     def get_info(self, lora) -> dict:
         info = lora.info or {}
         software = info.get("software") if isinstance(info.get("software"), dict) else {}
         summary = {key: self._short(info.get(key)) for key in self.INFO_KEYS if key in info}
-        summary["target_modules"] = self._texts(info.get("target_modules"))
-        summary["trigger_words"] = self._texts(info.get("trigger_words"))
+        summary["target_modules"] = names_bounded(info.get("target_modules"))
+        summary["trigger_words"] = names_bounded(info.get("trigger_words"))
         summary["software"] = {key: self._short(str(software[key])) for key in ("name", "version") if key in software}
         if isinstance(self.parent, serializers.ListSerializer):
             return summary

@@ -1,12 +1,12 @@
 """Downloading a LoRA named by an https URL: allowlisted hosts, public addresses, capped size and time.
 
-Owns every network rule for LoRA URLs; callers get an open temporary file and a filename, or an ApiError.
+Owns every network rule for LoRA URLs (which addresses may be reached is webapp.core.outbound's, shared
+with webhooks); callers get an open temporary file and a filename, or an ApiError.
 """
 
 from __future__ import annotations
 
 import http.client
-import ipaddress
 import socket
 import ssl
 import tempfile
@@ -18,12 +18,12 @@ from urllib.parse import SplitResult, unquote, urljoin, urlsplit
 from django.conf import settings
 
 from webapp.core.errors import ApiError
+from webapp.core.outbound import AddressNotPublic, VettedHTTPSConnection, public_address
 
 MAX_REDIRECTS = 3
 _REDIRECT_STATUSES = {301, 302, 303, 307, 308}
 _CHUNK = 1 << 20
 _SPOOL_BYTES = 16 << 20  # small files stay in memory; a multi-GB LoRA rolls over to disk
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # on a NAT64 network these reach the embedded IPv4 address
 
 
 class _Response(Protocol):
@@ -76,56 +76,18 @@ def _filename(*, parts: SplitResult, url: str) -> str:
     return name
 
 
-def _is_public(*, address: str) -> bool:
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])  # getaddrinfo may append an IPv6 scope id
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped  # a socket to ::ffff:a.b.c.d reaches a.b.c.d itself
-    candidates = [ip]
-    if isinstance(ip, ipaddress.IPv6Address):
-        # 6to4 and NAT64 forms wrap an IPv4 address and are only as public as the address they wrap.
-        embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in _NAT64 else ip.sixtofour
-        candidates += [embedded] if embedded else []
-    return all(
-        c.is_global
-        and not (
-            c.is_multicast or c.is_reserved or c.is_loopback or c.is_link_local or c.is_private or c.is_unspecified
-        )
-        for c in candidates
-    )
-
-
 def _resolve(*, host: str, port: int, url: str) -> str:
     """One vetted address for host; every address it resolves to must be public, not just the first."""
     try:
-        # getaddrinfo takes no timeout; the resolver's own limits bound it.
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        return public_address(host=host, port=port)
     except (OSError, UnicodeError) as exc:
         raise _fail(
             "LORA_URL_FETCH_FAILED", f"Could not resolve {host!r}.", url=url, status_code=502, reason=str(exc)
         ) from None
-    addresses = list(dict.fromkeys(info[4][0] for info in infos))
-    if not addresses or not all(_is_public(address=a) for a in addresses):
+    except AddressNotPublic:
         raise _fail(
             "LORA_URL_PRIVATE_ADDRESS", f"{host!r} resolves to an address that is not public.", url=url, host=host
-        )
-    return addresses[0]
-
-
-class _VettedHTTPSConnection(http.client.HTTPSConnection):
-    """HTTPS to an address vetted beforehand, so a second DNS answer (rebinding) can't redirect the socket."""
-
-    def __init__(self, host: str, *, address: str, port: int, timeout: float, context: ssl.SSLContext):
-        super().__init__(host, port=port, timeout=timeout, context=context)
-        self._address = address
-
-    def connect(self) -> None:
-        raw = socket.create_connection((self._address, self.port), self.timeout)
-        self.sock = raw  # visible to the watchdog and to close() while the handshake runs
-        # SNI and certificate checks use the host name, so the vetted IP must still prove it is that host.
-        self.sock = self._context.wrap_socket(raw, server_hostname=self.host)
+        ) from None
 
 
 def _cut_off(*, conn: http.client.HTTPConnection) -> None:
@@ -220,7 +182,7 @@ def _get(*, url: str, parts: SplitResult, deadline: float) -> tuple[str | None, 
     host, port = parts.hostname, parts.port or 443
     address = _resolve(host=host, port=port, url=url)
     timeout = max(0.001, min(settings.LORA_URL_TIMEOUT_S, deadline - time.monotonic()))
-    conn = _VettedHTTPSConnection(
+    conn = VettedHTTPSConnection(
         host, address=address, port=port, timeout=timeout, context=ssl.create_default_context()
     )
     timer = _watchdog(conn=conn, deadline=deadline)

@@ -55,6 +55,12 @@ TEXT_CHARS, LIST_ITEMS = 200, 64  # one name in a list of a header's facts; name
 METADATA_VALUE_CHARS, METADATA_CHARS = 4096, 64 * 1024  # a header may carry megabytes of metadata
 
 
+def names_bounded(values) -> list[str]:
+    """A header's list of names (target modules, trigger words) as stored and shown: LIST_ITEMS of them,
+    each to TEXT_CHARS."""
+    return [str(value)[:TEXT_CHARS] for value in (values or [])[:LIST_ITEMS]]
+
+
 def info_bounded(info: dict) -> dict:
     """A header's facts as stored and shown: lists of names to LIST_ITEMS of TEXT_CHARS, `software` to its
     name, version and repo, each metadata value to METADATA_VALUE_CHARS and all of them to METADATA_CHARS
@@ -62,7 +68,7 @@ def info_bounded(info: dict) -> dict:
     bounded = dict(info)
     for key in ("target_modules", "trigger_words"):
         if isinstance(info.get(key), list):
-            bounded[key] = [str(value)[:TEXT_CHARS] for value in info[key][:LIST_ITEMS]]
+            bounded[key] = names_bounded(info[key])
     if isinstance(info.get("software"), dict):
         bounded["software"] = {
             key: str(info["software"][key])[:TEXT_CHARS]

@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from webapp.core.errors import ApiError
 from webapp.core.storage import storage_location
 from webapp.jobs.compat import inference_submit
 from webapp.jobs.models import GenerationJob, JobStatus
+from workers.celery_app import worker_argv
 
 REQUEST = settings.BASE_DIR / "examples" / "minimal_request.json"
 CPU_SIZE = {"width": 256, "height": 256, "num_frames": 9, "sample_steps": 4}
@@ -55,29 +55,7 @@ class Command(BaseCommand):
         except ApiError as exc:
             raise CommandError(f"{exc.code}: {exc.message}") from None
         self.stdout.write(f"queued job {job.id}")
-        worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers.celery_app",
-                "worker",
-                "-Q",
-                "gpu",
-                "--pool",
-                "solo",
-                "--concurrency",
-                "1",
-                "--loglevel",
-                "WARNING",
-                "-n",
-                "demo@%h",
-                "--without-mingle",
-                "--without-gossip",
-            ],
-            cwd=settings.BASE_DIR,
-        )
+        worker = subprocess.Popen(worker_argv(queues="gpu", name="demo@%h", loglevel="WARNING"), cwd=settings.BASE_DIR)
         try:
             job = self.wait(job.pk, timeout)
         finally:
