@@ -249,6 +249,8 @@ WAN_WARMUP = env_list("WAN_WARMUP")  # sizes "WxHxF" to compile both speeds for 
 LORA_ROOT = Path(env("LORA_ROOT", VAR_DIR / "loras"))
 LORA_CACHE_DIR = Path(env("LORA_CACHE_DIR", VAR_DIR / "lora-cache"))
 LORA_MAX_UPLOAD_BYTES = int(env("LORA_MAX_UPLOAD_BYTES", 2 * 2**30))
+# A zipped run folder: the uncompressed size of its checkpoints and config together.
+RUN_ARCHIVE_MAX_BYTES = int(env("RUN_ARCHIVE_MAX_BYTES", 16 * 2**30))
 LORA_GPU_BUDGET_BYTES = int(env("LORA_GPU_BUDGET_BYTES", 8 * 2**30))
 # LoRAs by URL: off unless hosts are allowed; https only, size-capped, public addresses only.
 LORA_URL_ALLOWED_HOSTS = env_list("LORA_URL_ALLOWED_HOSTS")

@@ -277,3 +277,34 @@ def test_a_distilled_render_matches_diffusers_with_the_same_lora_and_schedule(ti
     ).frames[0]
     assert np.array_equal(result.frames, to_uint8(frames))
     assert not np.array_equal(result.frames, runtime.render(params, scheduler="distill").frames)
+
+
+def test_dropping_the_only_lora_with_deltas_lets_go_of_every_base_copy(tiny_model, full_deltas, aitoolkit):
+    """A long-lived worker keeps no copy of a parameter once no resident LoRA changes it."""
+    pipe = pipeline(tiny_model)
+    residency = LoraResidency(pipe, stack_adapter=False, budget_bytes=aitoolkit.stat().st_size)
+    residency.activate([kohya_spec(full_deltas, 0.8)])
+    assert residency.deltas[0]._base  # the base of every parameter its deltas changed
+    residency.activate([kohya_spec(aitoolkit, 0.5)])  # over the budget: the kohya LoRA is evicted
+    assert residency.resident == [adapter_name(kohya_spec(aitoolkit, 0.5).sha256)]
+    assert not residency.deltas[0]._base and not residency.deltas[0].sources
+    assert_parameters_equal(effective_parameters(pipe.transformer), expected_parameters(tiny_model, [(aitoolkit, 0.5)]))
+
+
+def test_a_lora_dropped_while_applied_puts_the_base_back_bit_for_bit(tiny_model, full_deltas):
+    pipe = pipeline(tiny_model)
+    base = {name: p.detach().clone() for name, p in pipe.transformer.named_parameters()}
+    residency = LoraResidency(pipe, stack_adapter=False, budget_bytes=2**30)
+    spec = kohya_spec(full_deltas, 0.8)
+    residency.activate([spec])
+    name, deltas = adapter_name(spec.sha256), residency.deltas[0]
+    kept = dict(deltas.sources[name])
+    deltas.drop(name)
+    assert not deltas._base
+    for param_name in kept:
+        assert torch.equal(dict(pipe.transformer.named_parameters())[param_name], base[param_name]), param_name
+    deltas.add(name, kept)  # loaded again: the same stack applies its deltas again
+    deltas.activate([(name, 0.8)])
+    assert_parameters_equal(
+        effective_parameters(pipe.transformer), expected_parameters(tiny_model, [(full_deltas, 0.8)])
+    )

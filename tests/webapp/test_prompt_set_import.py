@@ -191,6 +191,12 @@ NOT_A_TRAINING_CONFIG = [
     pytest.param(config_with("        width: 9000\n        prompts: [a cat]\n"), "width", id="out-of-range"),
     pytest.param(b"config: !!python/object/apply:os.system ['true']\n", "not valid YAML", id="python-tag"),
     pytest.param(b"# padding\n" * 110_000, "larger than 1024 KiB", id="too-large"),
+    pytest.param(
+        config_with("        seed: " + "9" * 5000 + "\n        prompts: [a cat]\n"), "number too long", id="huge-int"
+    ),
+    pytest.param(
+        config_with("        seed: " + "9" * 400 + "\n        prompts: [a cat]\n"), "must be a number", id="no-float"
+    ),
 ]
 
 
@@ -338,3 +344,21 @@ def test_import_in_the_browser_and_read_the_notes(browser, live_server, transact
     prompts = [e.get_attribute("value") for e in browser.find_elements(By.CSS_SELECTOR, "textarea[name$='-prompt']")]
     assert prompts[0] == "[trigger] walking on a beach at sunset" and len(prompts) == 3
     screenshot(browser, "prompt-set-imported")
+
+
+@pytest.mark.django_db
+def test_an_import_never_overwrites_a_set_written_by_hand(api, alice):
+    mine = api.post(
+        "/api/v1/prompt-sets/",
+        {"name": "flags_run", "items": [{"prompt": "a cat"}]},
+        format="json",
+    )
+    assert mine.status_code == 201, mine.json()
+    imported = import_config(api, FLAGS)
+    assert imported["name"] == "flags_run (2)" and len(imported["items"]) == 3
+    again = import_config(api, config_with('        prompts:\n          - "[trigger] at night"\n'))
+    assert (again["id"], again["name"], len(again["items"])) == (imported["id"], "flags_run (2)", 1)
+
+    hand = PromptSet.objects.get(pk=mine.json()["id"])
+    assert (hand.trigger_word, [item.prompt for item in hand.items.all()]) == ("", ["a cat"])
+    assert sorted(PromptSet.objects.values_list("name", flat=True)) == ["flags_run", "flags_run (2)"]

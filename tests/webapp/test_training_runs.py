@@ -364,3 +364,72 @@ def test_upload_a_run_in_chromium_then_its_next_version(browser, live_server, us
     browser.find_element(By.LINK_TEXT, "1").click()  # version 1, in the versions table
     wait_text(browser, "An earlier version")
     screenshot(browser, "lora-run-earlier-version")
+
+
+def test_a_run_name_another_owner_uses_is_refused_before_anything_is_stored(api, bob_api, user, run_folder, tmp_path):
+    paths = sorted(run_folder.glob("*.safetensors"))
+    assert files_upload(api, paths, config=SimpleUploadedFile("config.yaml", CONFIG.encode())).status_code == 201
+    before = Lora.objects.count()
+
+    theirs = write_run(tmp_path / "bob" / "mrx_run", trigger_word="bob", seeds={250: 21}, final_seed=22)
+    response = files_upload(bob_api, sorted(theirs.glob("*.safetensors")), run="mrx_run")
+    assert (response.status_code, response.json()["error"]["code"]) == (409, "RUN_NAME_TAKEN")
+    assert response.json()["error"]["details"] == {"run": "mrx_run"}
+    response = bob_api.post(RUNS_URL, {"archive": zipped(folder_entries(theirs))}, format="multipart")
+    assert (response.status_code, response.json()["error"]["code"]) == (409, "RUN_NAME_TAKEN")
+    assert Lora.objects.count() == before and PromptSet.objects.filter(owner__username="bob").count() == 0
+    assert {(lora.owner, lora.trigger_word) for lora in Lora.objects.filter(training_run="mrx_run")} == {(user, "mrx")}
+
+    # under a name of their own it imports
+    assert files_upload(bob_api, sorted(theirs.glob("*.safetensors")), run="bob_run").status_code == 201
+
+    # the import command (no owner) acts for the server: it keeps working on its own runs, which are taken too
+    served = write_run(tmp_path / "server" / "srv_run", trigger_word="srv", seeds={250: 31}, final_seed=32)
+    assert "run srv_run: 2 added, 0 updated, 0 unchanged, 0 refused" in import_command(served.parent)
+    write_checkpoint(served, None, seed=33, header_step=1000)
+    assert "run srv_run: 0 added, 1 updated, 1 unchanged, 0 refused" in import_command(served.parent)
+    response = files_upload(api, [write_checkpoint(served, 750, seed=34)], run="srv_run")
+    assert (response.status_code, response.json()["error"]["code"]) == (409, "RUN_NAME_TAKEN")
+
+
+def test_a_run_file_renamed_at_its_first_import_gets_its_next_version(api, bob_api, run_folder):
+    other = write_aitoolkit_lora(run_folder.parent / "elsewhere.safetensors", shape=TINY_SHAPE, seed=30)
+    with other.open("rb") as fh:  # a team LoRA of bob's, named like the run's final file
+        response = bob_api.post("/api/v1/loras/", {"file": fh, "name": "mrx_run"}, format="multipart")
+    assert response.status_code == 201, response.json()
+    taken = Lora.objects.get(pk=response.json()["id"])
+
+    body = files_upload(api, [run_folder / "mrx_run.safetensors"], run="mrx_run").json()
+    (first,) = body["added"]
+    assert first["name"].startswith("mrx_run-") and first["version"] == 1
+
+    body = files_upload(api, [write_checkpoint(run_folder, None, seed=5, header_step=1000)], run="mrx_run").json()
+    assert (body["added"], body["unchanged"]) == ([], [])
+    assert [(item["name"], item["version"], item["training_step"]) for item in body["updated"]] == [
+        (first["name"], 2, 1000)
+    ]
+    assert Lora.objects.get(pk=first["id"]).superseded and Lora.objects.get(pk=taken.pk).name == "mrx_run"
+
+
+def test_zip_limits_hold_for_the_whole_archive(api, run_folder, settings):
+    lora = (run_folder / "mrx_run.safetensors").read_bytes()
+    two = {"mrx_run/mrx_run.safetensors": lora, "mrx_run/mrx_run_000000250.safetensors": lora[:-1] + b" "}
+    settings.RUN_ARCHIVE_MAX_BYTES = 2 * len(lora) - 1  # each file within LORA_MAX_UPLOAD_BYTES, not both
+    response = api.post(RUNS_URL, {"archive": zipped(two, zipfile.ZIP_STORED)}, format="multipart")
+    assert (response.status_code, response.json()["error"]["code"]) == (400, "ARCHIVE_TOO_LARGE")
+
+    settings.RUN_ARCHIVE_MAX_BYTES = 2**40
+    spread = {f"mrx_run/mrx_run_{step:09d}.safetensors": bytes(2**19) for step in range(1, 9)}  # 4 MiB of zeros
+    response = api.post(RUNS_URL, {"archive": zipped(spread)}, format="multipart")
+    assert (response.status_code, response.json()["error"]["code"]) == (400, "ARCHIVE_BOMB")
+    assert not Lora.objects.exists()
+
+
+def test_the_import_command_goes_on_past_a_config_it_cannot_read(user, run_folder):
+    broken = write_run(run_folder.parent / "broken_run", trigger_word="b", seeds={250: 9})
+    (broken / "config.yaml").write_text(run_config("broken_run", "b").replace("seed: 42", "seed: " + "9" * 5000))
+    out = import_command(run_folder.parent, "--owner", "alice")
+    assert "run mrx_run: 3 added, 0 updated, 0 unchanged, 0 refused" in out
+    assert "run broken_run: 1 added, 0 updated, 0 unchanged, 0 refused" in out
+    assert "note: config.yaml not used: INVALID_TRAINING_CONFIG" in out
+    assert Lora.objects.get(training_run="broken_run").relative_path == "broken_run/broken_run_000000250.safetensors"

@@ -12,6 +12,7 @@ name it (jobs that used it keep it), while the name and the path now name the ne
 from __future__ import annotations
 
 import io
+import lzma
 import re
 import stat
 import tempfile
@@ -25,7 +26,7 @@ from typing import BinaryIO
 
 from django.conf import settings
 from django.db import IntegrityError
-from django.db.models import Q
+from django.db.models import Case, IntegerField, Q, Value, When
 
 from webapp.core.catalog import DEFAULT_MODEL, MULTIPLIER_HIGH, MULTIPLIER_LOW
 from webapp.core.errors import ApiError, Conflict
@@ -36,7 +37,7 @@ from webapp.prompts.services import prompt_set_import
 from workers.pipeline.lora_files import LoraInfo
 
 from .models import Lora, Visibility
-from .selectors import LORA_SUFFIX, lora_path_normalize, lora_run
+from .selectors import LORA_SUFFIX, lora_list, lora_path_normalize, lora_run
 from .services import (
     NAME_MAX,
     SupersededMeanwhile,
@@ -144,7 +145,21 @@ def lora_run_import(
     training = training_config_from(config)
     filenames = [filename for filename, _ in files]
     name = _run_name(run=run, training=training, filenames=filenames, folder=folder)
+    run_name_free(name, owner=owner)
     return _run_import(files=files, training=training, owner=owner, run=name)
+
+
+def run_name_free(run: str, *, owner) -> None:
+    """Refuse (RUN_NAME_TAKEN) a run whose name a LoRA of another owner that `owner` can see already has: the
+    run would otherwise mix both owners' checkpoints. The import command (owner None) acts for the server."""
+    if owner is None:
+        return
+    if lora_list(user=owner).filter(training_run=run).exclude(owner_id=owner.pk).exists():
+        raise Conflict(
+            "RUN_NAME_TAKEN",
+            f"Another user's LoRAs already form the run {run!r}; import this one under another name (run).",
+            details={"run": run},
+        )
 
 
 def _run_name(*, run: str | None, training: TrainingConfig | None, filenames: list[str], folder: str | None) -> str:
@@ -271,14 +286,22 @@ def _multiplier(defaults: _RunDefaults, holder: Lora | None) -> float:
 def _current_holder(*, run: str, owner, relative: str | None, name: str) -> Lora | None:
     """The current LoRA a new file of the run replaces: the one registered at its path under LORA_ROOT (the
     folder's file changed), else the run's LoRA of its name when `owner` may manage it. Only rows the new
-    one would clash with count (the team's, the owner's own), as the uniqueness constraints scope them."""
+    one would clash with count (the team's, the owner's own), as the uniqueness constraints scope them. Within
+    the run a name also matches its suffixed form, the exact name first."""
     clash = Q(visibility=Visibility.TEAM)
     if owner is not None:
         clash |= Q(owner_id=owner.pk)
     current = Lora.objects.select_related("owner").filter(clash, superseded=False)
     if relative:
         return current.filter(relative_path=relative).order_by("pk").first()
-    holder = current.filter(name=name, training_run=run).order_by("pk").first()
+    # a file whose name was taken at its first import holds `<name>-<sha256 prefix>(-n)` (lora_free_name)
+    suffixed = Q(name__regex=f"^{re.escape(name)}(-[0-9a-f]{{12}}(-[0-9]+)?)?$")
+    holder = (
+        current.filter(suffixed, training_run=run)
+        .annotate(exact=Case(When(name=name, then=Value(0)), default=Value(1), output_field=IntegerField()))
+        .order_by("exact", "pk")
+        .first()
+    )
     return holder if holder is not None and can_manage(owner, holder) else None
 
 
@@ -334,9 +357,12 @@ def lora_run_import_dir(*, directory: Path, owner=None) -> list[RunImport]:
         training, notes = None, []
         if folder.config is not None:
             try:
-                training = training_config_read(folder.config.read_bytes()[: TRAINING_CONFIG_MAX_BYTES + 1])
+                with folder.config.open("rb") as fh:
+                    training = training_config_read(fh.read(TRAINING_CONFIG_MAX_BYTES + 1))
             except ApiError as exc:
                 notes.append(f"{CONFIG_FILE} not used: {exc.code}: {exc.message}")
+            except OSError as exc:
+                notes.append(f"{CONFIG_FILE} not used: it cannot be read ({exc.strerror or exc}).")
         groups: dict[str | None, list[Path]] = defaultdict(list)
         if training is not None:
             groups[None] = checkpoints
@@ -357,6 +383,7 @@ def _import_folder_group(
         name = _run_name(
             run=run, training=training, filenames=[path.name for path in paths], folder=folder.path.resolve().name
         )
+        run_name_free(name, owner=owner)
     except ApiError as exc:
         shown = [f"{folder.relative}/{path.name}" if folder.relative else path.name for path in paths]
         return RunImport(run=run or folder.path.name, refused=[(file, exc.code, exc.message) for file in shown])
@@ -423,7 +450,8 @@ def _copy_entry(archive: zipfile.ZipFile, entry: zipfile.ZipInfo, sink: BinaryIO
 def run_archive_read(*, fh: BinaryIO) -> RunArchive:
     """The run folder in a zip: the *.safetensors of the one folder that has them and its config.yaml; every
     other entry is left unread. Refused whole (ARCHIVE_*) when it is no zip, has an entry with an unsafe path,
-    is encrypted, declares more than LORA_MAX_UPLOAD_BYTES per file used, or compresses like a zip bomb."""
+    is encrypted, declares more than LORA_MAX_UPLOAD_BYTES for a file used or RUN_ARCHIVE_MAX_BYTES for all of
+    them, or compresses like a zip bomb."""
     try:
         archive = zipfile.ZipFile(fh)
         entries = archive.infolist()
@@ -472,7 +500,16 @@ def run_archive_read(*, fh: BinaryIO) -> RunArchive:
     except ApiError:
         run.close()
         raise
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError, OSError):
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        lzma.LZMAError,
+        EOFError,
+        NotImplementedError,
+        RuntimeError,
+        ValueError,
+        OSError,
+    ):
         run.close()
         raise _archive_error(
             "ARCHIVE_INVALID", "The archive is damaged or uses a compression this server cannot read."
@@ -481,11 +518,24 @@ def run_archive_read(*, fh: BinaryIO) -> RunArchive:
 
 
 def _check_sizes(used: dict[tuple[str, ...], zipfile.ZipInfo]) -> None:
-    """What the used entries declare: each file and all of them together within LORA_MAX_UPLOAD_BYTES a file,
-    nothing encrypted, and no entry compressed more than ARCHIVE_MAX_RATIO times (a zip bomb)."""
+    """What the used entries declare: each file within LORA_MAX_UPLOAD_BYTES, all of them together within
+    RUN_ARCHIVE_MAX_BYTES, nothing encrypted, and neither one entry nor all of them together compressed more
+    than ARCHIVE_MAX_RATIO times (a zip bomb, or one spread over many small entries)."""
     limit = settings.LORA_MAX_UPLOAD_BYTES
-    if sum(entry.file_size for entry in used.values()) > limit * len(used):
-        raise _archive_error("ARCHIVE_TOO_LARGE", f"The archive's files are larger than {limit} bytes each.")
+    total = sum(entry.file_size for entry in used.values())
+    if total > settings.RUN_ARCHIVE_MAX_BYTES:
+        raise _archive_error(
+            "ARCHIVE_TOO_LARGE",
+            f"The archive's files come to {total} bytes; a run may be at most {settings.RUN_ARCHIVE_MAX_BYTES}.",
+            max_bytes=settings.RUN_ARCHIVE_MAX_BYTES,
+        )
+    ratio = total / max(sum(entry.compress_size for entry in used.values()), 1)
+    if total > ARCHIVE_RATIO_FROM_BYTES and ratio > ARCHIVE_MAX_RATIO:
+        raise _archive_error(
+            "ARCHIVE_BOMB",
+            f"The archive's files would expand {ratio:.0f} times together; "
+            f"no LoRA compresses more than {ARCHIVE_MAX_RATIO} times.",
+        )
     for parts, entry in used.items():
         name = entry.filename[:200]
         if entry.flag_bits & 0x1:

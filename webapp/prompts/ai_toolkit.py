@@ -91,6 +91,8 @@ def _load(text: str | bytes) -> object:
         _invalid(f"The training config is not valid YAML ({exc}).")
     except RecursionError:
         _invalid("The training config is nested too deeply to be an ai-toolkit config.")
+    except ValueError:  # PyYAML converts integers with int(), which refuses more than 4300 digits
+        _invalid("The training config holds a number too long to be a setting.")
 
 
 def _text(value, where: str, *, max_chars: int | None = None) -> str:
@@ -103,6 +105,14 @@ def _text(value, where: str, *, max_chars: int | None = None) -> str:
     if max_chars is not None and len(text) > max_chars:
         _invalid(f"{where} is longer than {max_chars} characters.", field=where)
     return text
+
+
+def _finite(value: int | float) -> bool:
+    """Whether a number is finite and within a float's range (an integer past it has no float)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _setting(mapping: dict, key: str, where: str):
@@ -118,7 +128,7 @@ def _setting(mapping: dict, key: str, where: str):
         return value
     if isinstance(value, str) and _NUMBER.fullmatch(value):  # ai-toolkit converts a quoted multiplier too
         value = float(value)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
         shown = f"{str(value)[:50]!r}" if isinstance(value, str | int | float) else f"a {type(value).__name__}"
         _invalid(f"{where}.{key} must be a number, not {shown}.", field=f"{where}.{key}")
     if key in INT_FIELDS:

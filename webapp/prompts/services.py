@@ -6,13 +6,14 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import transaction
 
-from webapp.core.errors import ApiError
+from webapp.core.errors import ApiError, Conflict
 from webapp.core.permissions import require_manage
 
 from .ai_toolkit import TrainingConfig
 from .models import PromptItem, PromptSet
 
 IMPORTED_NAME = "ai-toolkit samples"  # a config with no run name
+IMPORTED_NAME_ATTEMPTS = 100  # "<name>", "<name> (2)" ... "<name> (100)"
 
 
 def _write_items(prompt_set: PromptSet, items: list[dict]) -> None:
@@ -54,17 +55,35 @@ def prompt_set_delete(*, prompt_set: PromptSet, actor) -> None:
 
 @transaction.atomic
 def prompt_set_import(*, owner, config: TrainingConfig, name: str | None = None) -> PromptSet:
-    """The owner's set `name` (else the run's name) holding the config's sample prompts: created, or its items,
-    trigger word and notes replaced, so importing a run again after more training keeps one set."""
-    set_name = (name or config.name or IMPORTED_NAME)[: PromptSet._meta.get_field("name").max_length]
+    """The owner's set `name` (else the run's name) holding the config's sample prompts. A set of that name
+    that an earlier import of the same config made (its notes begin with this import's first line) gets its
+    items, trigger word and notes replaced, so importing a run again after more training keeps one set; a
+    set the owner wrote is never overwritten: the import takes the first free name of "<name> (2)", "(3)"..."""
+    base = name or config.name or IMPORTED_NAME
+    max_length = PromptSet._meta.get_field("name").max_length
     origin = f"the ai-toolkit config of run {config.name}" if config.name else "an ai-toolkit config"
-    notes = "\n".join([f"Imported from {origin}.", *config.notes])
-    prompt_set = PromptSet.objects.select_for_update().filter(owner=owner, name=set_name).order_by("pk").first()
-    if prompt_set is None:
-        prompt_set = PromptSet.objects.create(owner=owner, name=set_name, trigger_word=config.trigger_word, notes=notes)
+    first_line = f"Imported from {origin}."
+    notes = "\n".join([first_line, *config.notes])
+    for n in range(1, IMPORTED_NAME_ATTEMPTS + 1):
+        suffix = f" ({n})" if n > 1 else ""
+        set_name = base[: max_length - len(suffix)] + suffix
+        same_name = PromptSet.objects.select_for_update().filter(owner=owner, name=set_name).order_by("pk")
+        if not same_name.exists():
+            prompt_set = PromptSet.objects.create(
+                owner=owner, name=set_name, trigger_word=config.trigger_word, notes=notes
+            )
+            break
+        prompt_set = next((s for s in same_name if s.notes.split("\n", 1)[0] == first_line), None)
+        if prompt_set is not None:
+            prompt_set.trigger_word, prompt_set.notes = config.trigger_word, notes
+            prompt_set.save()
+            prompt_set.items.all().delete()
+            break
     else:
-        prompt_set.trigger_word, prompt_set.notes = config.trigger_word, notes
-        prompt_set.save()
-        prompt_set.items.all().delete()
+        raise Conflict(
+            "PROMPT_SET_NAME_TAKEN",
+            f"The prompt sets {base!r} to {base!r} ({IMPORTED_NAME_ATTEMPTS}) exist already; give the import a name.",
+            details={"name": base},
+        )
     _write_items(prompt_set, config.items)
     return prompt_set

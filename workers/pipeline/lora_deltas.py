@@ -147,8 +147,21 @@ class FullDeltas:
             kept[name] = delta.to(target.device)
         self.sources[adapter] = kept
 
+    @torch.no_grad()
     def drop(self, adapter: str) -> None:
-        self.sources.pop(adapter, None)
+        """Forget a LoRA's deltas, and the base copies of the parameters no remaining LoRA changes: a parameter
+        holding deltas now gets its base back first (only the dropped LoRA's deltas can be on it)."""
+        if self.sources.pop(adapter, None) is None:
+            return
+        if self.stack is not None and any(name == adapter for name, _ in self.stack):
+            self.stack = None  # what stays of its deltas on shared parameters goes at the next activate
+        used = {name for deltas in self.sources.values() for name in deltas}
+        for name in [name for name in self._base if name not in used]:
+            if self._applied is None or name in self._applied:
+                parameter(self.model, name).copy_(self._base[name])
+            del self._base[name]
+            if self._applied is not None:
+                self._applied.discard(name)
 
     def names(self, stack: list[tuple[str, float]]) -> set[str]:
         """The parameters a stack's deltas change."""
