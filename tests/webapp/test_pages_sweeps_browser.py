@@ -50,18 +50,18 @@ def sweep(mia) -> Sweep:
     return sweep_create(owner=mia, data=data.validated_data, request=request)
 
 
-def frames_of(index: int) -> np.ndarray:
+def frames_of(index: int, count: int = FRAMES) -> np.ndarray:
     """A bar moving across a background of the cell's own colour, one step per frame."""
-    frames = np.zeros((FRAMES, HEIGHT, WIDTH, 3), dtype=np.uint8)
+    frames = np.zeros((count, HEIGHT, WIDTH, 3), dtype=np.uint8)
     frames[...] = [(200, 60, 60), (60, 160, 60), (60, 90, 200), (200, 170, 40)][index]
-    for f in range(FRAMES):
+    for f in range(count):
         frames[f, :, (2 * f) % WIDTH : (2 * f) % WIDTH + 6] = 255
     return frames
 
 
-def render(job: GenerationJob, index: int, tmp_path) -> None:
-    """Store a real MP4 and poster for the cell as a worker would, and finish its job."""
-    frames = frames_of(index)
+def render(job: GenerationJob, index: int, tmp_path, count: int = FRAMES) -> None:
+    """Store a real MP4 (of `count` frames) and poster for the cell as a worker would, and finish its job."""
+    frames = frames_of(index, count)
     mp4 = write_mp4(frames, tmp_path / f"cell-{index}.mp4", fps=FPS)
     video = default_storage.save(f"outputs/{job.pk}/000.mp4", ContentFile(mp4.read_bytes()))
     poster = default_storage.save(f"outputs/{job.pk}/000.png", ContentFile(png_bytes(frames[0])))
@@ -147,6 +147,25 @@ def test_cells_render_in_place_then_play_pause_and_seek_together(browser, live_s
     wait(browser, lambda d: "/jobs/new/" in d.current_url)
     assert browser.find_element(By.NAME, "prompt-0-prompt").get_attribute("value") == "a red kite"
     assert browser.find_element(By.NAME, "prompt-0-seed").get_attribute("value") == "8"
+
+
+def test_a_shorter_cell_holds_its_last_frame_while_the_longer_ones_play_on(browser, live_server, mia, sweep, tmp_path):
+    short = 9  # frames: 0.5625 s against the others' 2.0625 s; the first cell, so the leader is another
+    for index, job in enumerate(cells(sweep)):
+        render(job, index, tmp_path, count=short if index == 0 else FRAMES)
+    Sweep.objects.filter(pk=sweep.pk).update(status="succeeded")
+    sign_in(browser, live_server.url, "mia", PASSWORD)
+    browser.get(f"{live_server.url}/sweeps/{sweep.pk}/")
+    wait(browser, lambda d: d.execute_script(VIDEOS + ".every(v => v.readyState >= 1)"))
+    assert abs(float(browser.find_element(By.CSS_SELECTOR, ".seek-all").get_attribute("max")) - FRAMES / FPS) < FRAME
+
+    browser.find_element(By.CSS_SELECTOR, ".play-all").click()
+    wait(browser, lambda d: min(times(d)[1:]) > short / FPS + 0.5)
+    state = browser.execute_script(VIDEOS + ".map(v => [v.paused, v.currentTime, v.duration])")
+    (held, at, length), others = state[0], state[1:]
+    assert held and abs(at - length) <= FRAME, state  # stopped on its last frame, not started over
+    assert not any(paused for paused, _, _ in others) and max(t for _, t, _ in others) < FRAMES / FPS, state
+    screenshot(browser, "sweep-short-cell-held")
 
 
 @pytest.fixture

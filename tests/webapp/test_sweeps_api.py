@@ -15,6 +15,7 @@ from rest_framework.test import APIClient
 from webapp.jobs import services as job_services
 from webapp.jobs.models import GenerationJob, JobStatus
 from webapp.loras.models import Lora
+from webapp.sweeps import services as sweep_services
 from webapp.sweeps.models import Sweep, SweepGrid
 from workers import tasks
 from workers.celery_app import app as celery_app
@@ -251,6 +252,24 @@ def test_everyone_sees_a_sweep_only_its_owner_or_staff_cancel_and_delete_it(api,
     assert APIClient().get(URL).status_code == 401
 
 
+def test_listing_sweeps_costs_the_same_queries_however_many_there_are(
+    api, bob_api, tmp_path, django_assert_max_num_queries
+):
+    def listed() -> int:
+        with django_assert_max_num_queries(1000) as captured:
+            page = bob_api.get(URL).json()["results"]
+        assert all(sweep["cells"] and sweep["axes"][0]["labels"] for sweep in page)
+        return len(captured)
+
+    sweep = create(api, [{"field": "lora", "values": [A, B]}, {"field": "seed", "values": [1, 2]}])
+    render(cells_in_queue_order(sweep["id"])[0], tmp_path, 60)
+    one = listed()
+    for _ in range(4):
+        create(api, [{"field": "lora", "values": [A]}, {"field": "seed", "values": [3]}], base_loras=[{"lora": B}])
+    with django_assert_max_num_queries(one):
+        assert len(bob_api.get(URL).json()["results"]) == 5
+
+
 def test_a_private_lora_of_the_axis_stays_unnamed_to_others(api, bob_api, user):
     sweep = create(api, [{"field": "lora", "values": [A, B]}])
     private = Lora.objects.get(name="job_a/job_a")
@@ -359,6 +378,76 @@ def test_a_grid_that_cannot_be_made_fails_the_sweep_and_shows_no_grid(api, tmp_p
     assert failed["error"]["message"] and failed["finished_at"]
     assert tasks.settle_sweep(sweep["id"]) == "failed"  # the same cells are not tried again
     assert not SweepGrid.objects.exists()
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["stored", "failed"])
+def test_a_composer_whose_cells_changed_meanwhile_stores_nothing_and_has_them_settled_again(
+    api, tmp_path, monkeypatch, sent, django_capture_on_commit_callbacks, fails
+):
+    sweep = create(api, [{"field": "seed", "values": [1, 2]}])
+    jobs = cells_in_queue_order(sweep["id"])
+    render(jobs[0], tmp_path, 60)
+    job_services.job_cancel(job=jobs[1])
+    plans = sweep_services.grid_plans
+
+    def rerendered_meanwhile(sweep, *, folder):
+        yield from plans(sweep, folder=folder)
+        job_services.job_retry(job=jobs[1], actor=None)  # retried and rendered again while the grid was made
+        render(jobs[1], tmp_path, 200)
+        if fails:
+            raise OSError("disk full")
+
+    monkeypatch.setattr(sweep_services, "grid_plans", rerendered_meanwhile)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert tasks.settle_sweep(sweep["id"]) == "superseded"
+    assert sent[-1] == ("workers.settle_sweep", [sweep["id"]], "celery")  # the cells as they are now, next
+    shown = api.get(f"{URL}{sweep['id']}/").json()
+    assert (shown["status"], shown["grids"], shown["error"]) == ("running", [], None)
+    assert not SweepGrid.objects.exists()
+    assert default_storage.listdir(f"sweeps/{sweep['id']}") == ([], [])  # the stale grid's files are gone
+
+    monkeypatch.setattr(sweep_services, "grid_plans", plans)
+    assert tasks.settle_sweep(sweep["id"]) == "succeeded"
+    assert len(api.get(f"{URL}{sweep['id']}/").json()["grids"]) == 1
+
+
+def test_deleting_a_cell_composes_the_grids_again_without_it(api, tmp_path, sent, django_capture_on_commit_callbacks):
+    sweep = create(api, [{"field": "seed", "values": [1, 2]}])
+    jobs = cells_in_queue_order(sweep["id"])
+    for job in jobs:
+        render(job, tmp_path, 60)
+    assert tasks.settle_sweep(sweep["id"]) == "succeeded"
+    before = SweepGrid.objects.get(sweep_id=sweep["id"]).video.name
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert api.delete(f"/api/v1/jobs/{jobs[1].pk}/").status_code == 204
+    assert sent[-1] == ("workers.settle_sweep", [sweep["id"]], "celery")
+    assert tasks.settle_sweep(sweep["id"]) == "succeeded"
+    after = api.get(f"{URL}{sweep['id']}/").json()
+    assert after["counts"]["succeeded"] == 1 and len(after["cells"]) == 1 and len(after["grids"]) == 1
+    assert SweepGrid.objects.get(sweep_id=sweep["id"]).video.name != before and not default_storage.exists(before)
+
+
+def test_a_failed_sweep_composes_again_once_its_cells_change(api, tmp_path):
+    sweep = create(api, [{"field": "seed", "values": [1, 2, 3]}])
+    jobs = cells_in_queue_order(sweep["id"])
+    for job in jobs:
+        render(job, tmp_path, 60)
+    default_storage.delete(jobs[2].outputs.get().video.name)
+    assert tasks.settle_sweep(sweep["id"]) == "GRID_FAILED"
+    assert tasks.settle_sweep(sweep["id"]) == "failed"
+    job_services.job_delete(job=GenerationJob.objects.get(pk=jobs[2].pk))  # no later finish, yet other cells
+    assert tasks.settle_sweep(sweep["id"]) == "succeeded"
+    assert len(api.get(f"{URL}{sweep['id']}/").json()["grids"]) == 1
+
+
+def test_a_composing_sweep_cannot_be_deleted(api, tmp_path):
+    sweep = create(api, [{"field": "seed", "values": [1]}])
+    render(cells_in_queue_order(sweep["id"])[0], tmp_path, 60)
+    Sweep.objects.filter(pk=sweep["id"]).update(status="composing")
+    refused = api.delete(f"{URL}{sweep['id']}/")
+    assert (refused.status_code, refused.json()["error"]["code"]) == (409, "SWEEP_ACTIVE")
+    assert refused.json()["error"]["details"]["status"] == "composing" and GenerationJob.objects.exists()
 
 
 # --- the schema ----------------------------------------------------------------------------------------------------

@@ -619,6 +619,8 @@ def job_delete(*, job: GenerationJob, actor=None) -> None:
         raise Conflict("JOB_ACTIVE", "Cancel the job before deleting it.", details={"status": job.status})
     _delete_outputs(job)
     job.delete()
+    if job.sweep_id is not None:  # its sweep's grids are made again without it
+        sweep_settle_enqueue(sweep_id=job.sweep_id)
 
 
 def _delete_outputs(job: GenerationJob) -> None:

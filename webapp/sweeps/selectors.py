@@ -26,12 +26,19 @@ from .services import LORA
 
 
 def sweep_list(*, user) -> QuerySet[Sweep]:
-    """Every sweep, newest first, with what its board and grids need."""
+    """Every sweep, newest first, with what its board and grids need (the API's list and detail)."""
     cells = GenerationJob.objects.prefetch_related(
         Prefetch("job_loras", queryset=JobLora.objects.select_related("lora")), "outputs"
     )
     return Sweep.objects.select_related("owner", "prompt_set").prefetch_related(
         Prefetch("jobs", queryset=cells), "grids"
+    )
+
+
+def sweep_summaries(*, user) -> QuerySet[Sweep]:
+    """Every sweep, newest first, with only what its line of the list page needs: its cells' states."""
+    return Sweep.objects.select_related("owner").prefetch_related(
+        Prefetch("jobs", queryset=GenerationJob.objects.only("pk", "sweep_id", "status"))
     )
 
 
@@ -63,17 +70,19 @@ def _lora_shown(value, label: str, *, sweep: Sweep, user, loras: dict[int, Lora]
     return (value, label) if lora_visible(lora=lora, user=user) else (None, PRIVATE_LORA)
 
 
-def _loras_of(sweep: Sweep) -> dict[int, Lora]:
-    ids = [item["lora"] for item in sweep.base_loras if isinstance(item["lora"], int)]
-    for axis in sweep.axes:
-        if axis["field"] == LORA:
-            ids += [value for value in axis["values"] if isinstance(value, int)]
+def sweep_loras(*, sweeps) -> dict[int, Lora]:
+    """Every LoRA the sweeps name by id (on an axis or in the base stack), in one query, by id."""
+    ids = set()
+    for sweep in sweeps:
+        ids.update(item["lora"] for item in sweep.base_loras if isinstance(item["lora"], int))
+        for axis in sweep.axes:
+            if axis["field"] == LORA:
+                ids.update(value for value in axis["values"] if isinstance(value, int))
     return Lora.objects.in_bulk(ids)
 
 
-def sweep_axes_shown(*, sweep: Sweep, user) -> list[dict]:
-    """The sweep's axes as `user` may see them: [{"field", "values", "labels"}]."""
-    loras = _loras_of(sweep)
+def sweep_axes_shown(*, sweep: Sweep, user, loras: dict[int, Lora]) -> list[dict]:
+    """The sweep's axes as `user` may see them: [{"field", "values", "labels"}]. `loras`: sweep_loras'."""
     shown = []
     for axis in sweep.axes:
         values, labels = list(axis["values"]), list(axis["labels"])
@@ -84,9 +93,8 @@ def sweep_axes_shown(*, sweep: Sweep, user) -> list[dict]:
     return shown
 
 
-def sweep_base_loras_shown(*, sweep: Sweep, user) -> list[dict]:
+def sweep_base_loras_shown(*, sweep: Sweep, user, loras: dict[int, Lora]) -> list[dict]:
     """The stack every cell has, as `user` may see it: [{"lora", "name", "multiplier", "url"}]."""
-    loras = _loras_of(sweep)
     shown = []
     for item in sweep.base_loras:
         lora, name = _lora_shown(item["lora"], item["name"], sweep=sweep, user=user, loras=loras)
@@ -122,9 +130,9 @@ class Board:
     cells: list[list[Cell | None]]
 
 
-def sweep_board(*, sweep: Sweep, user) -> list[Board]:
-    """The sweep's boards, one per value of its third axis (one without)."""
-    axes = sweep_axes_shown(sweep=sweep, user=user)
+def sweep_board(*, sweep: Sweep, axes: list[dict]) -> list[Board]:
+    """The sweep's boards, one per value of its third axis (one without); `axes` as sweep_axes_shown
+    gives them to the viewer."""
     rows, columns, layers = axes[0], axes[1] if len(axes) > 1 else None, axes[2] if len(axes) > 2 else None
     jobs = {(job.sweep_cell["row"], job.sweep_cell["column"], job.sweep_cell["layer"]): job for job in sweep.jobs.all()}
 
@@ -178,8 +186,8 @@ class GridShown:
     image_url: str
 
 
-def sweep_grids(*, sweep: Sweep, user) -> list[GridShown]:
-    axes = sweep_axes_shown(sweep=sweep, user=user)
+def sweep_grids(*, sweep: Sweep, axes: list[dict]) -> list[GridShown]:
+    """The sweep's stored grids, labelled; `axes` as sweep_axes_shown gives them to the viewer."""
     layers = axes[2] if len(axes) > 2 else None
     several_prompts = len(sweep.prompts) > 1
 

@@ -18,11 +18,12 @@ from webapp.jobs.serializers import JobLoraInputSerializer, JobOptionsSerializer
 from webapp.prompts.serializers import PromptFieldsSerializer
 
 from .models import AXIS_FIELDS, Sweep, SweepStatus
-from .selectors import sweep_axes_shown, sweep_base_loras_shown, sweep_board, sweep_counts, sweep_grids
+from .selectors import sweep_axes_shown, sweep_base_loras_shown, sweep_board, sweep_counts, sweep_grids, sweep_loras
 from .services import LORA, MULTIPLIER, PROMPT, SEED, too_many_cells
 
 MAX_AXES = 3
 SEED_MAX = 2**63 - 1
+LORAS_CONTEXT = "sweep_loras"  # a page of sweeps: the LoRAs they name, looked up once
 
 
 class PromptOrTextSerializer(PromptFieldsSerializer):
@@ -215,6 +216,15 @@ class SweepErrorSerializer(serializers.Serializer):
     message = serializers.CharField()
 
 
+class SweepListSerializer(serializers.ListSerializer):
+    """A page of sweeps, the LoRAs they name looked up once for the whole page."""
+
+    def to_representation(self, data):
+        sweeps = list(data)
+        self.context[LORAS_CONTEXT] = sweep_loras(sweeps=sweeps)
+        return super().to_representation(sweeps)
+
+
 class SweepSerializer(serializers.Serializer):
     id = serializers.UUIDField()
     name = serializers.CharField()
@@ -236,14 +246,21 @@ class SweepSerializer(serializers.Serializer):
     finished_at = serializers.DateTimeField(allow_null=True)
     url = serializers.URLField(help_text="The sweep's page.")
 
+    class Meta:
+        list_serializer_class = SweepListSerializer
+
     def to_representation(self, sweep):
-        return super().to_representation(sweep_shown(sweep, request=self.context.get("request")))
+        shown = sweep_shown(sweep, request=self.context.get("request"), loras=self.context.get(LORAS_CONTEXT))
+        return super().to_representation(shown)
 
 
-def sweep_shown(sweep: Sweep, *, request) -> dict:
-    """The answer's fields of a sweep, as the viewer (the request's user) may see them, with absolute URLs."""
+def sweep_shown(sweep: Sweep, *, request, loras: dict | None = None) -> dict:
+    """The answer's fields of a sweep, as the viewer (the request's user) may see them, with absolute URLs.
+    `loras`: sweep_loras' answer for a page of sweeps, looked up once for all of them."""
     user = request.user if request is not None else None
     build = request.build_absolute_uri if request is not None else (lambda url: url)
+    loras = sweep_loras(sweeps=[sweep]) if loras is None else loras
+    axes = sweep_axes_shown(sweep=sweep, user=user, loras=loras)
     cells = [
         {
             "row": cell.row,
@@ -264,7 +281,7 @@ def sweep_shown(sweep: Sweep, *, request) -> dict:
                 for urls in cell.output_urls
             ],
         }
-        for layer, board in enumerate(sweep_board(sweep=sweep, user=user))
+        for layer, board in enumerate(sweep_board(sweep=sweep, axes=axes))
         for row in board.cells
         for cell in row
         if cell is not None
@@ -278,8 +295,8 @@ def sweep_shown(sweep: Sweep, *, request) -> dict:
         "owner": str(sweep.owner) if sweep.owner else None,
         "status": sweep.status,
         "model": sweep.model,
-        "axes": sweep_axes_shown(sweep=sweep, user=user),
-        "base_loras": sweep_base_loras_shown(sweep=sweep, user=user),
+        "axes": axes,
+        "base_loras": sweep_base_loras_shown(sweep=sweep, user=user, loras=loras),
         "prompts": sweep.prompts,
         "prompt_set": sweep.prompt_set_id,
         "options": options,
@@ -297,7 +314,7 @@ def sweep_shown(sweep: Sweep, *, request) -> dict:
                 "num_frames": shown.grid.num_frames,
                 "fps": shown.grid.fps,
             }
-            for shown in sweep_grids(sweep=sweep, user=user)
+            for shown in sweep_grids(sweep=sweep, axes=axes)
         ],
         "error": {"code": sweep.error_code, "message": sweep.error_message} if sweep.error_code else None,
         "created_at": sweep.created_at,

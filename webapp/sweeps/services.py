@@ -6,8 +6,10 @@ from the reconciler, `sweep_settle` runs on the CPU queue: queued until a cell s
 any cell is unfinished; then one settle claims the sweep by an atomic update (composing), composes one
 grid per prompt and value of a third axis from the cells' videos, stores the files, then the rows, and
 ends succeeded (canceled when its owner canceled it) or failed with GRID_FAILED. `grids_fingerprint`
-names the finished cells the stored grids show: a retried cell puts the sweep back to running, and
-its grids are made again once it finishes.
+names the finished cells the last composition was made from (a failed one's too, so those very cells are
+not tried again): a retried cell puts the sweep back to running and a deleted one settles it again, and
+its grids are made again from the cells as they are then. A composer stores its grids only if its cells
+are still those it composed.
 """
 
 from __future__ import annotations
@@ -239,14 +241,19 @@ def sweep_cancel(*, sweep: Sweep, actor) -> Sweep:
 
 
 def sweep_delete(*, sweep: Sweep, actor) -> None:
-    """Delete a sweep whose cells have all finished, with the cells' outputs and the grids' files."""
+    """Delete a sweep whose cells have all finished and whose grids are not being made, with the cells'
+    outputs and the grids' files. The sweep stays locked meanwhile, so no composer stores grids into it."""
     require_manage(actor, sweep, what="sweep")
-    if sweep.jobs.exclude(status__in=FINISHED).exists():
-        raise Conflict("SWEEP_ACTIVE", "Cancel the sweep before deleting it.", details={"status": sweep.status})
-    for job in sweep.jobs.all():
-        job_delete(job=job, actor=actor)
-    files = [name for grid in sweep.grids.all() for name in (grid.video.name, grid.image.name)]
-    sweep.delete()
+    with transaction.atomic():
+        row = Sweep.objects.select_for_update().filter(pk=sweep.pk).first()
+        if row is None:
+            raise NotFound("SWEEP_NOT_FOUND", f"No sweep with id {sweep.pk}.", details={"id": str(sweep.pk)})
+        if row.status == SweepStatus.COMPOSING or row.jobs.exclude(status__in=FINISHED).exists():
+            raise Conflict("SWEEP_ACTIVE", "Cancel the sweep before deleting it.", details={"status": row.status})
+        for job in row.jobs.all():
+            job_delete(job=job, actor=actor)
+        files = [name for grid in SweepGrid.objects.filter(sweep=row) for name in (grid.video.name, grid.image.name)]
+        row.delete()
     _delete_files(files)
 
 
@@ -267,7 +274,7 @@ def sweep_settle(*, sweep_id) -> str:
     sweep = Sweep.objects.filter(pk=sweep_id).first()
     if sweep is None:
         return "gone"
-    cells = list(sweep.jobs.order_by("pk").values_list("pk", "status", "finished_at"))
+    cells = _cells(sweep.pk)
     now = timezone.now()
     if any(status not in FINISHED for _, status, _ in cells):
         status = SweepStatus.QUEUED if all(s == JobStatus.QUEUED for _, s, _ in cells) else SweepStatus.RUNNING
@@ -275,19 +282,15 @@ def sweep_settle(*, sweep_id) -> str:
             status=status, finished_at=None, error_code="", error_message="", updated_at=now
         )
         return status
-    fingerprint = hashlib.sha256(
-        ";".join(
-            f"{pk}:{status}:{finished_at.isoformat() if finished_at else ''}" for pk, status, finished_at in cells
-        ).encode()
-    ).hexdigest()
-    if fingerprint == sweep.grids_fingerprint:  # only a status a lost race left behind to put right
+    fingerprint = _fingerprint(cells)
+    if fingerprint == sweep.grids_fingerprint:
+        if sweep.status == SweepStatus.FAILED:
+            return SweepStatus.FAILED  # these very cells could not be composed; a change of a cell tries again
+        # Only a status a lost race left behind to put right.
         Sweep.objects.filter(pk=sweep.pk, status__in=ACTIVE).update(
             status=SweepStatus.CANCELED if sweep.canceled else SweepStatus.SUCCEEDED, finished_at=now, updated_at=now
         )
         return "current"
-    latest = max((finished_at for _, _, finished_at in cells if finished_at), default=None)
-    if sweep.status == SweepStatus.FAILED and sweep.finished_at and latest and sweep.finished_at >= latest:
-        return SweepStatus.FAILED  # these very cells could not be composed; a change of a cell tries again
     stale_before = now - timedelta(seconds=settings.SWEEP_COMPOSE_STALE_S)
     claimed = (
         Sweep.objects.filter(~Q(status=SweepStatus.COMPOSING) | Q(updated_at__lt=stale_before), pk=sweep.pk)
@@ -297,6 +300,36 @@ def sweep_settle(*, sweep_id) -> str:
     if not claimed:
         return "skipped"
     return _compose(sweep, fingerprint=fingerprint)
+
+
+def _cells(sweep_id) -> list[tuple]:
+    """The sweep's cells as a settle weighs them: (pk, status, finished_at), by pk."""
+    return list(
+        GenerationJob.objects.filter(sweep_id=sweep_id).order_by("pk").values_list("pk", "status", "finished_at")
+    )
+
+
+def _fingerprint(cells: list[tuple]) -> str:
+    """Names the finished cells a composition is made from: any retry, re-render or deletion changes it."""
+    return hashlib.sha256(
+        ";".join(
+            f"{pk}:{status}:{finished_at.isoformat() if finished_at else ''}" for pk, status, finished_at in cells
+        ).encode()
+    ).hexdigest()
+
+
+def _claim_held(sweep_id, *, fingerprint: str) -> Sweep | None:
+    """Inside a transaction: the sweep, locked, while this composer's claim still stands and its cells are
+    still the ones it composed; else None. A claim on cells that changed since is given up (the sweep back
+    to running) and a settle sent, which composes the cells as they are now."""
+    row = Sweep.objects.select_for_update().filter(pk=sweep_id, status=SweepStatus.COMPOSING).first()
+    if row is None:  # deleted, or a cell was retried meanwhile and its settle took the claim back
+        return None
+    if _fingerprint(_cells(sweep_id)) == fingerprint:
+        return row
+    Sweep.objects.filter(pk=sweep_id).update(status=SweepStatus.RUNNING, updated_at=timezone.now())
+    sweep_settle_enqueue(sweep_id=sweep_id)
+    return None
 
 
 def _compose(sweep: Sweep, *, fingerprint: str) -> str:
@@ -342,17 +375,21 @@ def _compose(sweep: Sweep, *, fingerprint: str) -> str:
     except Exception as exc:  # whatever it was, the sweep must not stay composing
         log.exception("sweep %s: composing its grids failed", sweep.pk)
         _delete_files(saved)
-        Sweep.objects.filter(pk=sweep.pk, status=SweepStatus.COMPOSING).update(
-            status=SweepStatus.FAILED,
-            error_code="GRID_FAILED",
-            error_message=f"The grids could not be made: {exc}"[:2000],
-            finished_at=timezone.now(),
-            updated_at=timezone.now(),
-        )
+        with transaction.atomic():
+            if _claim_held(sweep.pk, fingerprint=fingerprint) is None:
+                return "superseded"  # the cells changed: whether they compose is for the next settle to find
+            Sweep.objects.filter(pk=sweep.pk).update(
+                status=SweepStatus.FAILED,
+                error_code="GRID_FAILED",
+                error_message=f"The grids could not be made: {exc}"[:2000],
+                grids_fingerprint=fingerprint,  # these cells are not tried again; any change of one is
+                finished_at=timezone.now(),
+                updated_at=timezone.now(),
+            )
         return "GRID_FAILED"
     with transaction.atomic():
-        row = Sweep.objects.select_for_update().filter(pk=sweep.pk, status=SweepStatus.COMPOSING).first()
-        if row is None:  # deleted, or a cell was retried meanwhile: these grids show cells that changed since
+        row = _claim_held(sweep.pk, fingerprint=fingerprint)
+        if row is None:  # these grids show cells that changed since, or a sweep deleted meanwhile
             _delete_files(saved)
             return "superseded"
         replaced = [name for grid in row.grids.all() for name in (grid.video.name, grid.image.name)]

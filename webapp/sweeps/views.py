@@ -21,7 +21,16 @@ from workers.pipeline.params import DEFAULTS
 
 from .forms import SweepForm
 from .models import Sweep, SweepStatus
-from .selectors import Cell, sweep_board, sweep_counts, sweep_get, sweep_grids, sweep_list
+from .selectors import (
+    Cell,
+    sweep_axes_shown,
+    sweep_board,
+    sweep_counts,
+    sweep_get,
+    sweep_grids,
+    sweep_loras,
+    sweep_summaries,
+)
 from .services import sweep_cancel, sweep_create
 
 LIST_PAGE_SIZE = 25
@@ -30,7 +39,7 @@ UNFINISHED = (SweepStatus.QUEUED, SweepStatus.RUNNING, SweepStatus.COMPOSING)
 
 @login_required
 def sweep_list_page(request):
-    page = Paginator(sweep_list(user=request.user), LIST_PAGE_SIZE).get_page(request.GET.get("page"))
+    page = Paginator(sweep_summaries(user=request.user), LIST_PAGE_SIZE).get_page(request.GET.get("page"))
     rows = [
         {
             "sweep": sweep,
@@ -122,6 +131,7 @@ def sweep_view(request, sweep: Sweep) -> SweepView:
     prompts = [item.get("prompt", "") for item in sweep.prompts]
     chosen = request.GET.get("prompt", "")
     prompt = int(chosen) if chosen.isdigit() and int(chosen) < len(prompts) else 0
+    axes = sweep_axes_shown(sweep=sweep, user=request.user, loras=sweep_loras(sweeps=[sweep]))
     boards = [
         ShownBoard(
             board.label,
@@ -133,7 +143,7 @@ def sweep_view(request, sweep: Sweep) -> SweepView:
                 for label, cells in zip(board.row_labels, board.cells)
             ],
         )
-        for board in sweep_board(sweep=sweep, user=request.user)
+        for board in sweep_board(sweep=sweep, axes=axes)
     ]
     counts = sweep_counts(sweep=sweep)
     cells = [shown.cell for board in boards for _, row in board.rows for shown in row if shown is not None]
@@ -150,7 +160,7 @@ def sweep_view(request, sweep: Sweep) -> SweepView:
         polling=sweep.status in UNFINISHED or unfinished,
         cancelable=unfinished,
         can_manage=can_manage(request.user, sweep),
-        grids=sweep_grids(sweep=sweep, user=request.user),
+        grids=sweep_grids(sweep=sweep, axes=axes),
         axes=[axis["field"] for axis in sweep.axes],
         fps=params.get("fps") or DEFAULTS["fps"],
         width=params.get("width") or DEFAULTS["width"],

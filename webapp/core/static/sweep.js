@@ -37,21 +37,33 @@
   pick.querySelector("select").addEventListener("change", () => pick.requestSubmit());
 })();
 
-// A sweep's page: every cell's video plays, pauses, loops and seeks together. The first video is the
-// leader; on each of its frames (requestVideoFrameCallback, timeupdate where that is missing) every other
-// video is pulled to within one frame of it: a small drift by playing a little slower or faster for a
-// moment, a large one (a stall) by seeking. Videos htmx swaps in as cells finish join the group.
+// A sweep's page: every cell's video plays, pauses, loops and seeks together. The loaded video that runs
+// longest leads, and keeps leading until it leaves the page or a longer one loads, so a cell htmx swaps in
+// never pulls the others back; on each of its frames (requestVideoFrameCallback, timeupdate where that is
+// missing) every other video is pulled to within one frame of it: a small drift by playing a little slower
+// or faster for a moment, a large one (a stall) by seeking. A shorter video holds its last frame until
+// the leader loops. Videos htmx swaps in as cells finish join the group.
 (() => {
   const player = document.querySelector(".sweep-player");
   if (!player) return;
   const play = player.querySelector(".play-all"), seek = player.querySelector(".seek-all");
   const clock = player.querySelector(".time-all"), loop = player.querySelector(".loop-all input");
   const frame = 1 / (Number(player.dataset.fps) || 16);
-  let playing = false, run = 0;
+  let playing = false, run = 0, lead = null;
 
   const videos = () => [...document.querySelectorAll("video.cell-video")];
-  const leader = () => videos().find(video => video.readyState >= 1);
-  const duration = () => { const lead = leader(); return lead && Number.isFinite(lead.duration) ? lead.duration : 0; };
+  const length = video => (Number.isFinite(video.duration) ? video.duration : 0);
+  // Only a joined video may lead: its metadata loaded and its time set to the group's (align).
+  const leader = () => {
+    if (lead && (!lead.isConnected || lead.readyState < 1)) lead = null;
+    for (const video of videos()) {
+      if (video.dataset.joined && video.readyState >= 1 && (!lead || length(video) > length(lead))) lead = video;
+    }
+    return lead;
+  };
+  const duration = () => { const current = leader(); return current ? length(current) : 0; };
+  // Whether `video` has a frame still to play after `time`; past its end it holds its last one.
+  const within = (video, time) => time < length(video) - frame / 2;
 
   const show = time => {
     seek.max = duration().toFixed(3);
@@ -77,22 +89,27 @@
   const seekAll = async time => {
     for (const video of videos()) {
       video.playbackRate = 1;
-      if (video.readyState >= 1) video.currentTime = time;
+      if (video.readyState >= 1) video.currentTime = Math.min(time, length(video));
     }
     show(time);
     await Promise.all(videos().map(ready));
   };
 
   const correct = () => {
-    const lead = leader();
-    if (!lead || !playing) return;
-    const time = lead.currentTime;
+    const current = leader();
+    if (!current || !playing) return;
+    const time = current.currentTime;
     for (const video of videos()) {
-      if (video === lead || video.readyState < 1) continue;
+      if (video === current || video.readyState < 1) continue;
+      if (!within(video, time)) {  // played to its end: hold the last frame (play() would start it over)
+        if (!video.paused) video.pause();
+        if (length(video) - video.currentTime > frame) video.currentTime = length(video);
+        continue;
+      }
       const drift = video.currentTime - time;
       if (Math.abs(drift) > 0.25 || (video.paused && !video.ended)) {
         video.playbackRate = 1;
-        video.currentTime = Math.min(time, video.duration || time);
+        video.currentTime = time;
         if (video.paused) video.play().catch(() => {});
       } else if (Math.abs(drift) > frame / 4) {
         video.playbackRate = Math.min(1.5, Math.max(0.5, 1 - 4 * drift));
@@ -103,24 +120,25 @@
     show(time);
   };
 
+  // Follows whichever video leads on each of its frames, so a longer one that loads takes over.
   const follow = token => {
-    const lead = leader();
-    if (!playing || token !== run || !lead) return;
+    const current = leader();
+    if (!playing || token !== run || !current) return;
     const next = () => { if (playing && token === run) { correct(); follow(token); } };  // none after a pause
-    if (lead.requestVideoFrameCallback) lead.requestVideoFrameCallback(next);
-    else lead.addEventListener("timeupdate", next, { once: true });
+    if (current.requestVideoFrameCallback) current.requestVideoFrameCallback(next);
+    else current.addEventListener("timeupdate", next, { once: true });
   };
 
   const start = async () => {
-    const lead = leader();
-    if (!lead) return;
+    const current = leader();
+    if (!current) return;
     playing = true;
     label();
     const token = ++run;
-    const at = lead.ended || lead.currentTime >= duration() - frame / 2 ? 0 : lead.currentTime;
+    const at = current.ended || current.currentTime >= duration() - frame / 2 ? 0 : current.currentTime;
     await seekAll(at);
     if (!playing || token !== run) return;
-    await Promise.all(videos().map(video => video.play().catch(() => {})));
+    await Promise.all(videos().filter(video => within(video, at)).map(video => video.play().catch(() => {})));
     follow(token);
   };
 
@@ -128,9 +146,20 @@
     playing = false;
     run += 1;
     label();
-    const lead = leader();
+    const current = leader();
     videos().forEach(video => video.pause());
-    if (lead) seekAll(lead.currentTime);
+    if (current) seekAll(current.currentTime);
+  };
+
+  // A video whose metadata has loaded takes the group's time (the leader's before it, should it lead
+  // from now on), then may lead.
+  const align = video => {
+    const before = leader();
+    const time = before && before !== video ? before.currentTime : 0;
+    video.currentTime = Math.min(time, length(video));
+    video.dataset.joined = "true";
+    if (playing && within(video, time)) video.play().catch(() => {});
+    return time;
   };
 
   const join = video => {
@@ -139,22 +168,16 @@
     video.controls = false; // one set of controls for all
     video.loop = false;
     video.addEventListener("loadedmetadata", () => {
-      const lead = leader();
-      if (lead && lead !== video) video.currentTime = lead.currentTime;
-      if (playing) video.play().catch(() => {});
+      const time = align(video);
       label();
-      show(lead ? lead.currentTime : 0);
+      show(time);
     });
     video.addEventListener("ended", () => {
       if (video !== leader() || !playing) return;
       if (loop.checked) { playing = false; start(); } else stop();
     });
     video.addEventListener("timeupdate", () => { if (video === leader() && playing) correct(); });
-    if (video.readyState >= 1) {
-      const lead = leader();
-      if (lead && lead !== video) video.currentTime = lead.currentTime;
-      if (playing) video.play().catch(() => {});
-    }
+    if (video.readyState >= 1) align(video);
   };
 
   play.addEventListener("click", () => (playing ? stop() : start()));
