@@ -16,7 +16,7 @@ from django.contrib.auth import get_user_model
 
 from webapp.core.catalog import DEFAULT_MODEL, MAX_LORAS, MULTIPLIER_HIGH, MULTIPLIER_LOW
 from webapp.core.errors import ApiError
-from webapp.loras.selectors import lora_list
+from webapp.loras.selectors import lora_current, lora_list
 from workers.pipeline.params import DEFAULTS, LIMITS, SEED_BASE
 
 from .models import WEBHOOK_EVENTS, GenerationJob, JobStatus, Preset, Scheduler, Speed
@@ -48,7 +48,7 @@ class QueueFilterForm(forms.Form):
         self.fields["owner"].choices = [("", "anyone"), *((name, name) for name in usernames)]
         self.fields["lora"].choices = [
             ("", "any LoRA"),
-            *lora_list(user=user).filter(superseded=False).order_by("name").values_list("pk", "name"),
+            *lora_current(user=user).order_by("name").values_list("pk", "name"),
         ]
 
     def filters(self) -> dict:
@@ -194,10 +194,7 @@ class JobSubmitForm:
         rows = int(rows) if rows.isdigit() else max(PROMPT_ROWS, len(prompts) + 1)
         rows = min(max(rows, 1), settings.JOB_MAX_PROMPTS)
         self.loras = list(
-            lora_list(user=user)
-            .filter(superseded=False)
-            .order_by("name")
-            .values("pk", "name", "default_multiplier", "trigger_word")
+            lora_current(user=user).order_by("name").values("pk", "name", "default_multiplier", "trigger_word")
         )
         self.options = JobOptionsForm(data, initial=options or {})
         self.prompt_rows = [

@@ -58,6 +58,12 @@ def lora_list(*, user=None) -> QuerySet[Lora]:
     return loras.filter(Q(visibility=Visibility.TEAM) | Q(owner_id=user.pk))
 
 
+def lora_current(*, user=None) -> QuerySet[Lora]:
+    """The current versions of the LoRAs `user` may see: what a picker offers (an earlier version is
+    reached by its id or sha256)."""
+    return lora_list(user=user).filter(superseded=False)
+
+
 def lora_visible(*, lora: Lora, user) -> bool:
     """Whether `user` may see `lora` (the row-level form of `lora_list`)."""
     return user is None or user.is_staff or lora.visibility == Visibility.TEAM or lora.owner_id == user.pk
@@ -137,11 +143,7 @@ def lora_get(*, pk: int, user) -> Lora:
 def lora_run(*, run: str, user) -> QuerySet[Lora]:
     """The current checkpoints of training run `run` that `user` may see, by step (at an equal step the
     final `<run>` after `<run>_<step>`)."""
-    return (
-        lora_list(user=user)
-        .filter(training_run=run, superseded=False)
-        .order_by(F("training_step").asc(nulls_last=True), "-name")
-    )
+    return lora_current(user=user).filter(training_run=run).order_by(F("training_step").asc(nulls_last=True), "-name")
 
 
 def lora_versions(*, lora: Lora, user) -> QuerySet[Lora]:

@@ -18,7 +18,7 @@ from webapp.core.catalog import DEFAULT_MODEL, MAX_LORAS
 from webapp.core.errors import ApiError
 from webapp.jobs.forms import OPTION_DEFAULTS, JobOptionsForm, LoraRowForm, PromptRowForm
 from webapp.jobs.selectors import prompt_set_choices
-from webapp.loras.selectors import lora_list, lora_run
+from webapp.loras.selectors import lora_current, lora_list, lora_run
 
 from .models import AXIS_FIELDS
 from .serializers import SweepCreateSerializer
@@ -77,8 +77,7 @@ def lora_groups(*, user) -> list[tuple[str, list[tuple[str, str]]]]:
     """The current versions of the LoRAs `user` may see, grouped by training run (runs by name, LoRAs of
     no run last) and ordered by training step within a run: the choices of a `lora` axis."""
     loras = (
-        lora_list(user=user)
-        .filter(superseded=False)
+        lora_current(user=user)
         .order_by("training_run", F("training_step").asc(nulls_last=True), "-name")
         .values("pk", "name", "training_run", "training_step")
     )
@@ -109,9 +108,7 @@ class SweepForm:
         ]
         for axis in self.axes:
             axis.fields["loras"].choices = groups
-        self.loras = list(
-            lora_list(user=user).filter(superseded=False).order_by("name").values("pk", "name", "default_multiplier")
-        )
+        self.loras = list(lora_current(user=user).order_by("name").values("pk", "name", "default_multiplier"))
         self.base_rows = [
             LoraRowForm(data, prefix=f"base-{i}", initial=base_loras[i] if i < len(base_loras) else None)
             for i in range(MAX_LORAS)
