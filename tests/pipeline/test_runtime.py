@@ -1,13 +1,16 @@
 """The warm runtime renders what a plain diffusers WanPipeline call renders (tiny model, CPU, float32): bit for bit
 with peft's adapters (the default), within rounding with the stack adapter of WAN_EXACT_COMPILE."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
 
 from tests.conftest import SMALL, TINY_SHAPE
-from workers.pipeline.checkpoints import write_aitoolkit_lora
+from workers.pipeline.checkpoints import write_aitoolkit_lora, write_kohya_lora
+from workers.pipeline.config import RuntimeConfig
 from workers.pipeline.params import resolve_prompt
 from workers.pipeline.runtime import LoraSpec, RenderCanceled, WanRuntime, pick_scheduler
 from workers.pipeline.video import to_uint8
@@ -104,6 +107,25 @@ def test_compiled_blocks_never_recompile_for_a_new_lora_stack_or_multiplier(tiny
     assert cached.step_cache == 0.5
     assert counters["stats"]["unique_graphs"] == graphs
     assert runtime.resident_adapters and list(runtime.pipe.transformer.peft_config) == ["stack"]
+
+
+def test_a_worker_warmed_up_for_both_speeds_renders_exact_after_fast_without_compiling(tiny_model, tmp_path):
+    """Exact and fast blocks share dynamo's cache (the same code); the warm-up compiles both, and a draft
+    job (a kohya step-distill LoRA within the stack's first rank bucket), fast then exact, compiles nothing
+    more. (A stack of more total rank than the bucket compiles once for its new bucket, fast mode or not.)"""
+    from torch._dynamo.utils import counters
+
+    config = RuntimeConfig.resolve(str(tiny_model), device="cpu", exact_compile=True)
+    runtime = WanRuntime(replace(config, compile_exact=True)).load()  # warms up both speeds, as on CUDA
+    for model in (runtime.pipe.transformer, runtime.fast_transformer().model):
+        model.compile_repeated_blocks(backend="eager", fullgraph=True, dynamic=False)
+    runtime.warm_up([(PARAMS.width, PARAMS.height, PARAMS.num_frames)])
+    graphs = counters["stats"]["unique_graphs"]
+    distill = spec(write_kohya_lora(tmp_path / "distill.safetensors", shape=TINY_SHAPE, rank=16), 1.0)
+    draft = replace(PARAMS, sample_steps=2, guidance_scale=1.0)
+    for speed in ("fast", "exact"):
+        assert runtime.render(draft, loras=[distill], scheduler="distill", speed=speed).speed == speed
+    assert counters["stats"]["unique_graphs"] == graphs
 
 
 def test_stack_adapter_is_filled_in_place_and_grows_only(stacked, lora_files, tmp_path):
