@@ -41,9 +41,11 @@ class CompileCache:
         if not self.artifacts.is_file():
             return 0.0
         start = time.perf_counter()
-        try:
-            torch.compiler.load_cache_artifacts(self.artifacts.read_bytes())
-        except Exception:  # written by another torch: compile as if it were not there
+        try:  # None: bytes torch does not recognise (written by another torch, or damaged)
+            loaded = torch.compiler.load_cache_artifacts(self.artifacts.read_bytes()) is not None
+        except Exception:
+            loaded = False
+        if not loaded:
             log.warning("could not load the compile cache artifacts in %s; compiling afresh", self.artifacts)
             return 0.0
         seconds = time.perf_counter() - start
@@ -57,7 +59,13 @@ class CompileCache:
         if not saved:
             return 0
         data, _info = saved
-        with tempfile.NamedTemporaryFile(dir=self.folder, delete=False) as tmp:
-            tmp.write(data)
-        os.replace(tmp.name, self.artifacts)
+        with tempfile.NamedTemporaryFile(dir=self.folder, prefix=f".{ARTIFACTS}.", delete=False) as tmp:
+            try:
+                tmp.write(data)
+                tmp.flush()
+                os.chmod(tmp.name, 0o644)  # other workers of the volume may run as other users
+                os.replace(tmp.name, self.artifacts)
+            except BaseException:  # a full disk or a kill: leave no partial file on the shared volume
+                os.unlink(tmp.name)
+                raise
         return len(data)
