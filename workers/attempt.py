@@ -30,7 +30,7 @@ from django.conf import settings
 from django.db import connection
 
 from webapp.jobs import services
-from webapp.jobs.models import GenerationJob
+from webapp.jobs.models import GenerationJob, Preset
 from webapp.loras.models import Visibility
 from workers.host import GpuHost
 from workers.outputs import StorageFailed, output_record, output_store
@@ -164,12 +164,13 @@ class JobAttempt:
                 speed=job.speed,
                 on_step=StepReporter(job, index, deadline),
             )
-            record = output_record(job, params, loras, result, names, private)
+            record = output_record(job, params, result, names, private)
             stored.append(self.host.store_later(output_store, job, index, values, result, record))
         return stored
 
     def _lora_specs(self, job_loras) -> list[LoraSpec]:
         specs = []
+        draft = job_loras[-1] if self.job.preset == Preset.DRAFT else None  # the draft LoRA, last of the stack
         for job_lora in job_loras:
             if job_lora.lora is None:
                 # Every member reads a job's error: it names no LoRA (a private one stays private).
@@ -181,6 +182,7 @@ class JobAttempt:
                     sha256=job_lora.sha256,
                     multiplier=job_lora.multiplier,
                     software_version=job_lora.lora.software_version or None,
+                    keep_multiplier=job_lora is draft,
                 )
             )
         return specs

@@ -23,7 +23,7 @@ from django.core.files.storage import default_storage
 from webapp.jobs import services
 from webapp.jobs.models import GenerationJob
 from workers.pipeline.params import PromptParams
-from workers.pipeline.runtime import LoraSpec, RenderCanceled, RenderResult
+from workers.pipeline.runtime import RenderCanceled, RenderResult
 from workers.pipeline.video import png_bytes, webp_bytes, write_mp4
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,6 @@ def software_versions() -> dict:
 def output_record(
     job: GenerationJob,
     params: PromptParams,
-    loras: list[LoraSpec],
     result: RenderResult,
     names: list[str],
     private: list[bool],
@@ -77,7 +76,7 @@ def output_record(
         "step_cache": result.step_cache,
         "loras": [
             {"name": n, "sha256": s.sha256, "multiplier": s.multiplier, **({"private": True} if p else {})}
-            for n, s, p in zip(names, loras, private)
+            for n, s, p in zip(names, result.loras, private)
         ],
         "software": software_versions(),
     }

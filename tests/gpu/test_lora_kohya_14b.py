@@ -65,7 +65,7 @@ def test_the_upload_check_takes_the_14b_lora(lora_14b):
         13824,
         "wan21_14b",
     )
-    check_compatible(info, hidden_size=5120, num_layers=40, model_id="wan21_14b", ffn_dim=13824)
+    check_compatible(info, shape=SHAPE, model_id="wan21_14b")
 
 
 def test_the_14b_lora_loads_with_every_part_at_its_multiplier(lora_14b):

@@ -47,7 +47,7 @@ def test_ai_toolkit_lora_of_the_14b_shape(tmp_path):
         ]
     )
     assert (info.software_version, info.training_step, info.trigger_words) == ("0.9.6", 2500, ["ohwx", "man"])
-    check_compatible(info, hidden_size=5120, num_layers=40, model_id="wan21_14b")
+    check_compatible(info, shape=WanShape(5120, 13824, 40), model_id="wan21_14b")
 
 
 @pytest.mark.parametrize(
@@ -71,14 +71,14 @@ def test_other_key_formats(tmp_path, key, fmt):
     assert (info.key_format, info.rank, info.num_blocks, info.base_model) == (fmt, 8, 30, "wan21_1b")
     assert info.alpha == (8.0 if fmt == "diffusers" else None)  # None: alpha is stored per module in the file
     with pytest.raises(LoraFileError) as err:
-        check_compatible(info, hidden_size=5120, num_layers=40, model_id="wan21_14b")
+        check_compatible(info, shape=WanShape(5120, 13824, 40), model_id="wan21_14b")
     assert err.value.code == "LORA_MODEL_MISMATCH" and "wan21_1b" in err.value.message
 
 
 def test_tiny_lora_fits_only_the_tiny_model(tmp_path):
     info = inspect_lora(write_aitoolkit_lora(tmp_path / "t.safetensors", shape=TINY_SHAPE))
     assert (info.hidden_size, info.base_model) == (24, None)
-    check_compatible(info, hidden_size=24, num_layers=2, model_id="wan21_14b")
+    check_compatible(info, shape=TINY_SHAPE, model_id="wan21_14b")
 
 
 def _code_of(data: bytes) -> str:

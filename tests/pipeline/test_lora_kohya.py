@@ -4,6 +4,7 @@ the worker's loading path gives what diffusers' own converter gives, applies eve
 multiplier (exact adapters, the stack adapter, fast mode's merged copy) and stacks with ai-toolkit LoRAs."""
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,12 +12,13 @@ import torch
 from diffusers import WanPipeline, WanTransformer3DModel
 from safetensors.torch import load_file, save_file
 
-from tests.conftest import TINY_SHAPE
+from tests.conftest import SMALL, TINY_SHAPE
 from tests.pipeline.test_runtime import PARAMS
 from workers.pipeline.checkpoints import write_aitoolkit_lora, write_kohya_lora
 from workers.pipeline.fast import fp8_rowwise_round
 from workers.pipeline.lora_deltas import diffusers_names
 from workers.pipeline.lora_files import LoraFileError, check_compatible, inspect_lora
+from workers.pipeline.params import resolve_prompt
 from workers.pipeline.residency import LoraResidency, LoraSpec, adapter_name
 from workers.pipeline.runtime import DISTILL_SHIFT, DistillScheduler, WanRuntime
 from workers.pipeline.video import to_uint8
@@ -132,7 +134,74 @@ def test_the_upload_check_accepts_the_format(lightx2v_like, full_deltas):
     for path in (lightx2v_like, full_deltas):
         info = inspect_lora(path)
         assert (info.key_format, info.rank, info.num_blocks, info.hidden_size, info.ffn_dim) == ("kohya", 4, 2, 24, 32)
-        check_compatible(info, hidden_size=24, num_layers=2, model_id="tiny", ffn_dim=32)
+        check_compatible(info, shape=TINY_SHAPE, model_id="tiny")
+
+
+def attention_only(tmp_path, deltas: dict[str, torch.Tensor]) -> Path:
+    """A kohya LoRA for the tiny model with factors on the attention layers only (so the file itself tells no
+    feed-forward size) and full deltas {key after "diffusion_model.": tensor}."""
+    kohya = load_file(str(write_kohya_lora(tmp_path / "kohya.safetensors", shape=TINY_SHAPE, norm_deltas=None)))
+    tensors = {key: t for key, t in kohya.items() if ".ffn." not in key}
+    save_file(
+        {**tensors, **{f"diffusion_model.{key}": t for key, t in deltas.items()}}, str(tmp_path / "a.safetensors")
+    )
+    return tmp_path / "a.safetensors"
+
+
+# A full delta on every kind of parameter one may change, and that parameter's original Wan name.
+EVERY_DELTA = {
+    "blocks.0.self_attn.q.diff": "blocks.0.self_attn.q.weight",
+    "blocks.0.cross_attn.o.diff_b": "blocks.0.cross_attn.o.bias",
+    "blocks.1.ffn.0.diff_b": "blocks.1.ffn.0.bias",
+    "blocks.1.ffn.2.diff": "blocks.1.ffn.2.weight",
+    "blocks.0.self_attn.norm_k.diff": "blocks.0.self_attn.norm_k.weight",
+    "blocks.1.norm3.diff_b": "blocks.1.norm3.bias",
+    "blocks.1.modulation.diff": "blocks.1.modulation",
+    "head.head.diff": "head.head.weight",
+    "head.head.diff_b": "head.head.bias",
+    "head.modulation.diff": "head.modulation",
+    "patch_embedding.diff": "patch_embedding.weight",
+    "patch_embedding.diff_b": "patch_embedding.bias",
+    "text_embedding.0.diff": "text_embedding.0.weight",
+    "time_embedding.0.diff": "time_embedding.0.weight",
+    "text_embedding.2.diff_b": "text_embedding.2.bias",
+    "time_projection.1.diff": "time_projection.1.weight",
+    "time_projection.1.diff_b": "time_projection.1.bias",
+}
+
+
+def test_the_upload_check_takes_a_delta_of_each_parameters_shape(tmp_path, tiny_model):
+    """At the shapes of the real tiny transformer's parameters, every full delta is accepted."""
+    model = WanTransformer3DModel.from_pretrained(str(tiny_model), subfolder="transformer")
+    params, names = dict(model.named_parameters()), diffusers_names(list(EVERY_DELTA.values()))
+    deltas = {key: torch.zeros(params[names[original]].shape) for key, original in EVERY_DELTA.items()}
+    check_compatible(inspect_lora(attention_only(tmp_path, deltas)), shape=TINY_SHAPE, model_id="tiny")
+
+
+@pytest.mark.parametrize(
+    "key,tensor,expected",
+    [
+        ("blocks.0.ffn.0.diff_b", torch.zeros(7), [32]),
+        ("blocks.1.ffn.2.diff", torch.zeros(24, 7), [24, 32]),
+        ("head.head.diff", torch.zeros(3, 24), [64, 24]),
+        ("head.head.diff_b", torch.zeros(3), [64]),
+        ("time_projection.1.diff_b", torch.zeros(11), [144]),
+        ("patch_embedding.diff", torch.zeros(24, 16, 1, 4, 4), [24, 16, 1, 2, 2]),
+        ("text_embedding.0.diff", torch.zeros(24, 4096), [24, 32]),
+        ("time_embedding.0.diff", torch.zeros(24, 32), [24, 256]),
+    ],
+)
+def test_the_upload_check_refuses_a_delta_of_another_shape_than_the_models(tmp_path, key, tensor, expected):
+    """Sizes the file itself does not tell (no feed-forward factors, the head, the embeddings) are the
+    model's: a job could never load such a delta."""
+    info = inspect_lora(attention_only(tmp_path, {key: tensor}))
+    with pytest.raises(LoraFileError) as refused:
+        check_compatible(info, shape=TINY_SHAPE, model_id="tiny")
+    assert refused.value.code == "LORA_MODEL_MISMATCH"
+    assert refused.value.message == (
+        f"Full delta 'diffusion_model.{key}' has shape {list(tensor.shape)}; the parameter it changes in tiny "
+        f"has shape {expected}."
+    )
 
 
 @pytest.mark.parametrize(
@@ -143,7 +212,7 @@ def test_the_upload_check_accepts_the_format(lightx2v_like, full_deltas):
         ("blocks.0.cross_attn.k_img.diff_b", torch.zeros(24), "LORA_MODEL_MISMATCH", "does not have"),
         ("blocks.0.norm3.diff", torch.zeros(48), "LORA_MODEL_MISMATCH", "shape [48]"),
         ("blocks.1.ffn.0.diff_b", torch.zeros(24), "LORA_MODEL_MISMATCH", "shape [24]"),
-        ("blocks.0.modulation.diff", torch.zeros(6, 24), "LORA_MODEL_MISMATCH", "1x6x24"),
+        ("blocks.0.modulation.diff", torch.zeros(6, 24), "LORA_MODEL_MISMATCH", "[1, 6, 24]"),
         ("blocks.0.norm3.diff", torch.zeros(24, dtype=torch.int32), "LORA_HEADER_INVALID", "floating-point"),
     ],
 )
@@ -151,7 +220,7 @@ def test_the_upload_check_refuses_deltas_that_cannot_apply(tmp_path, lightx2v_li
     tensors = {**load_file(str(lightx2v_like)), f"diffusion_model.{key}": tensor}
     save_file(tensors, str(tmp_path / "bad.safetensors"))
     with pytest.raises(LoraFileError) as refused:
-        inspect_lora(tmp_path / "bad.safetensors")
+        check_compatible(inspect_lora(tmp_path / "bad.safetensors"), shape=TINY_SHAPE, model_id="tiny")
     assert refused.value.code == code and words in refused.value.message
 
 
@@ -160,7 +229,7 @@ def test_a_delta_past_the_models_blocks_is_refused_before_a_job_loads_it(tmp_pat
     save_file(tensors, str(tmp_path / "deep.safetensors"))
     info = inspect_lora(tmp_path / "deep.safetensors")
     with pytest.raises(LoraFileError) as refused:
-        check_compatible(info, hidden_size=24, num_layers=2, model_id="tiny", ffn_dim=32)
+        check_compatible(info, shape=TINY_SHAPE, model_id="tiny")
     assert refused.value.code == "LORA_MODEL_MISMATCH" and "8 blocks" in refused.value.message
 
 
@@ -279,6 +348,25 @@ def test_a_distilled_render_matches_diffusers_with_the_same_lora_and_schedule(ti
     assert not np.array_equal(result.frames, runtime.render(params, scheduler="distill").frames)
 
 
+def test_a_prompts_m_scales_the_requests_loras_and_leaves_the_draft_lora_at_its_own(
+    tiny_model, lightx2v_like, aitoolkit
+):
+    """ai-toolkit's `--m 0` in a draft job turns the request's own LoRA off; the draft preset's step-distill
+    LoRA still renders at its multiplier, and the result says which multipliers ran."""
+    params = resolve_prompt(
+        {"prompt": "a cat --m 0", **SMALL}, index=0, semantics="ai-toolkit", overrides={"guidance_scale": 1.0}
+    )
+    runtime = WanRuntime(str(tiny_model), device="cpu")
+    draft = replace(kohya_spec(lightx2v_like, 0.9), keep_multiplier=True)
+    result = runtime.render(params, loras=[kohya_spec(aitoolkit, 0.6), draft], scheduler="distill")
+    assert [lora.multiplier for lora in result.loras] == [0.0, 0.9]
+    plain = replace(params, lora_scale=None)
+    explicit = [kohya_spec(aitoolkit, 0.0), kohya_spec(lightx2v_like, 0.9)]
+    assert np.array_equal(result.frames, runtime.render(plain, loras=explicit, scheduler="distill").frames)
+    all_off = [kohya_spec(aitoolkit, 0.0), kohya_spec(lightx2v_like, 0.0)]
+    assert not np.array_equal(result.frames, runtime.render(plain, loras=all_off, scheduler="distill").frames)
+
+
 def test_dropping_the_only_lora_with_deltas_lets_go_of_every_base_copy(tiny_model, full_deltas, aitoolkit):
     """A long-lived worker keeps no copy of a parameter once no resident LoRA changes it."""
     pipe = pipeline(tiny_model)
@@ -289,6 +377,35 @@ def test_dropping_the_only_lora_with_deltas_lets_go_of_every_base_copy(tiny_mode
     assert residency.resident == [adapter_name(kohya_spec(aitoolkit, 0.5).sha256)]
     assert not residency.deltas[0]._base and not residency.deltas[0].sources
     assert_parameters_equal(effective_parameters(pipe.transformer), expected_parameters(tiny_model, [(aitoolkit, 0.5)]))
+
+
+def test_the_budget_counts_what_full_deltas_hold_on_the_gpu(tiny_model, full_deltas, aitoolkit):
+    """A LoRA with full deltas holds them beside a base copy of each parameter they change: more than its
+    file, so a budget the two files' sizes would fit evicts it."""
+    pipe = pipeline(tiny_model)
+    budget = full_deltas.stat().st_size + aitoolkit.stat().st_size
+    residency = LoraResidency(pipe, stack_adapter=False, budget_bytes=budget)
+    residency.activate([kohya_spec(full_deltas, 0.8)])
+    residency.activate([kohya_spec(aitoolkit, 0.5)])
+    assert residency.resident == [adapter_name(kohya_spec(aitoolkit, 0.5).sha256)]
+
+
+def test_a_stack_switch_copies_no_base_again(tiny_model, full_deltas, monkeypatch):
+    """A parameter's base is copied the first time a delta reaches it, not at every switch of multipliers."""
+    pipe = pipeline(tiny_model)
+    residency = LoraResidency(pipe, stack_adapter=False, budget_bytes=2**30)
+    residency.activate([kohya_spec(full_deltas, 0.8)])
+    bases = dict(residency.deltas[0]._base)
+    clones, clone = [], torch.Tensor.clone
+
+    def counted_clone(tensor, *args, **kwargs):
+        clones.append(tensor.shape)
+        return clone(tensor, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "clone", counted_clone)
+    residency.activate([kohya_spec(full_deltas, -0.5)])
+    assert not clones
+    assert all(residency.deltas[0]._base[name] is base for name, base in bases.items())
 
 
 def test_a_lora_dropped_while_applied_puts_the_base_back_bit_for_bit(tiny_model, full_deltas):

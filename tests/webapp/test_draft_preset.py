@@ -3,9 +3,11 @@ where a prompt names none, guidance 1, the distill scheduler; refused with DRAFT
 server has none, through every door; a re-run reproduces the job without adding the LoRA twice."""
 
 import re
+from html.parser import HTMLParser
 
 import pytest
 from django.conf import settings as django_settings
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
 from tests.conftest import TINY_SHAPE
@@ -13,7 +15,9 @@ from tests.webapp.test_jobs_api import SMALL, submit
 from webapp.jobs.models import GenerationJob
 from webapp.loras.models import Lora
 from webapp.loras.services import lora_resolve
+from webapp.prompts.services import prompt_set_create
 from workers.pipeline.checkpoints import write_kohya_lora
+from workers.pipeline.params import DEFAULTS, DRAFT_STEPS
 
 pytestmark = pytest.mark.django_db
 DRAFT_PATH = "lightx2v/distill_tiny.safetensors"
@@ -160,8 +164,6 @@ def test_a_draft_job_submitted_and_submitted_again_from_the_page(member, draft, 
 
 
 def test_the_admin_submits_a_draft_job(client, django_user_model, draft, tiny_model, lora_files):
-    from webapp.prompts.services import prompt_set_create
-
     staff = django_user_model.objects.create_superuser("root", password="pw-root-123")
     client.force_login(staff)
     prompt_set = prompt_set_create(name="one", items=[{"prompt": "a cat", **SMALL}], owner=staff)
@@ -173,3 +175,128 @@ def test_the_admin_submits_a_draft_job(client, django_user_model, draft, tiny_mo
     job = GenerationJob.objects.get()
     assert (job.preset, job.scheduler, job.prompts[0]["guidance_scale"]) == ("draft", "distill", 1.0)
     assert [jl.name for jl in job.job_loras.all()] == [DRAFT_NAME]
+
+
+class ShownForm(HTMLParser):
+    """What a browser submits from the submit page as shown: inputs' values, each select's selected option,
+    checked boxes, textareas' text."""
+
+    def __init__(self, page: str):
+        super().__init__()
+        self.data, self._select, self._textarea = {}, None, None
+        self.feed(page)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "input" and attrs.get("name") and attrs.get("type") != "checkbox":
+            self.data[attrs["name"]] = attrs.get("value") or ""
+        elif tag == "input" and attrs.get("name") and "checked" in attrs:
+            self.data.setdefault(attrs["name"], []).append(attrs["value"])
+        elif tag == "select":
+            self._select = attrs["name"]
+        elif tag == "option" and self._select and ("selected" in attrs or self._select not in self.data):
+            self.data[self._select] = attrs["value"]  # the first option unless one is selected
+        elif tag == "textarea":
+            self._textarea = attrs["name"]
+            self.data[self._textarea] = ""
+
+    def handle_endtag(self, tag):
+        if tag in ("select", "textarea"):
+            self._select = self._textarea = None
+
+    def handle_data(self, data):
+        if self._textarea:
+            self.data[self._textarea] += data.removeprefix("\n")
+
+
+def steps_and_guidance(job) -> list[tuple[int, float]]:
+    return [(p["sample_steps"], p["guidance_scale"]) for p in job.prompts]
+
+
+def test_a_draft_edited_and_switched_to_standard_renders_at_the_standard_settings(member, draft, lora_files):
+    a = lora_resolve(ref="job_a/job_a.safetensors")
+    fields = {"prompt-0-prompt": "a cat", "prompt-1-prompt": "a dog", "prompt-1-sample_steps": "6"}
+    member.post("/jobs/new/", page_form(**fields, **{"lora-0-lora": str(a.pk), "preset": "draft"}))
+    job = GenerationJob.objects.get()
+    assert (job.scheduler, steps_and_guidance(job)) == ("distill", [(DRAFT_STEPS, 1.0), (6, 1.0)])
+    shown = ShownForm(member.get(f"/jobs/new/?from={job.pk}").content.decode()).data
+    assert (shown["preset"], shown["scheduler"], shown["lora-0-lora"]) == ("draft", "auto", str(a.pk))
+    assert [shown[f"prompt-{i}-sample_steps"] for i in (0, 1)] == ["", "6"]  # the draft's 4 not, the prompt's own 6
+    assert [shown[f"prompt-{i}-guidance_scale"] for i in (0, 1)] == ["", ""]
+
+    assert member.post("/jobs/new/", {**shown, "preset": "standard"}).status_code == 302
+    standard = GenerationJob.objects.get(preset="standard")
+    assert standard.scheduler == "auto" and [jl.name for jl in standard.job_loras.all()] == ["job_a/job_a"]
+    defaults = (DEFAULTS["sample_steps"], DEFAULTS["guidance_scale"])
+    assert steps_and_guidance(standard) == [defaults, (6, DEFAULTS["guidance_scale"])]
+
+    assert member.post("/jobs/new/", shown).status_code == 302  # kept as a draft: the draft again
+    again = GenerationJob.objects.filter(preset="draft").exclude(pk=job.pk).get()
+    assert (again.scheduler, steps_and_guidance(again)) == ("distill", steps_and_guidance(job))
+    assert [jl.name for jl in again.job_loras.all()] == ["job_a/job_a", DRAFT_NAME]
+
+
+def test_a_draft_keeps_the_scheduler_its_request_named_for_a_switch_to_standard(member, draft):
+    member.post("/jobs/new/", page_form(**{"prompt-0-prompt": "a cat", "preset": "draft", "scheduler": "unipc"}))
+    job = GenerationJob.objects.get()
+    assert job.scheduler == "distill"
+    assert ShownForm(member.get(f"/jobs/new/?from={job.pk}").content.decode()).data["scheduler"] == "unipc"
+
+
+def test_a_standard_job_edited_and_switched_to_draft_runs_draft_steps(member, draft):
+    fields = {"prompt-0-prompt": "a cat", "prompt-1-prompt": "a dog", "prompt-1-sample_steps": "8"}
+    member.post("/jobs/new/", page_form(**fields))
+    job = GenerationJob.objects.get()
+    assert [p["sample_steps"] for p in job.prompts] == [DEFAULTS["sample_steps"], 8]
+    shown = ShownForm(member.get(f"/jobs/new/?from={job.pk}").content.decode()).data
+    assert [shown[f"prompt-{i}-sample_steps"] for i in (0, 1)] == ["", "8"]  # the default is not carried
+    assert member.post("/jobs/new/", {**shown, "preset": "draft"}).status_code == 302
+    drafted = GenerationJob.objects.get(preset="draft")
+    assert steps_and_guidance(drafted) == [(DRAFT_STEPS, 1.0), (8, 1.0)]  # the typed 8 stays, as the form says
+    page = member.get(f"/jobs/{drafted.pk}/").content.decode()
+    assert f"<dt>preset</dt><dd>draft ({DRAFT_STEPS}, 8 steps, no CFG)</dd>" in page
+
+
+AITOOLKIT_CONFIG = b"""\
+job: extension
+config:
+  name: "beach_run"
+  process:
+    - type: sd_trainer
+      trigger_word: "sks"
+      sample:
+        width: 128
+        height: 128
+        num_frames: 9
+        prompts:
+          - "[trigger] on a beach"
+          - "[trigger] in the snow"
+"""
+
+
+def test_a_draft_from_an_imported_prompt_set_runs_draft_steps_and_its_page_says_so(api, member, draft):
+    upload = SimpleUploadedFile("config.yaml", AITOOLKIT_CONFIG, content_type="application/x-yaml")
+    imported = api.post("/api/v1/prompt-sets/import/", {"config": upload}, format="multipart")
+    assert imported.status_code == 201, imported.json()
+    assert [item["sample_steps"] for item in imported.json()["items"]] == [20, 20]  # ai-toolkit's preview steps
+    body = {"prompt_set": imported.json()["id"], "preset": "draft", "loras": []}
+    job = api.post("/api/v1/jobs/", body, format="json").json()
+    assert [(p["sample_steps"], p["guidance_scale"]) for p in job["prompts"]] == [(DRAFT_STEPS, 1.0)] * 2
+    assert job["progress"]["steps"] == DRAFT_STEPS
+    page = member.get(f"/jobs/{job['id']}/").content.decode()
+    assert f"<dt>preset</dt><dd>draft ({DRAFT_STEPS} steps, no CFG)</dd>" in page
+    standard = api.post("/api/v1/jobs/", {**body, "preset": "standard"}, format="json").json()
+    assert [p["sample_steps"] for p in standard["prompts"]] == [20, 20]  # the set's own steps, as its previews
+    axes = [{"field": "seed", "values": [1, 2]}]
+    sweep = api.post("/api/v1/sweeps/", {"name": "draft", **body, "axes": axes}, format="json")
+    assert sweep.status_code == 201, sweep.json()
+    cells = GenerationJob.objects.filter(sweep_id=sweep.json()["id"])
+    assert {p["sample_steps"] for cell in cells for p in cell.prompts} == {DRAFT_STEPS}  # a draft sweep too
+
+
+def test_the_job_page_shows_the_steps_a_draft_ran(api, member, draft):
+    prompts = [{"prompt": "a cat", **SMALL, "sample_steps": None}, {"prompt": "a dog", **SMALL, "sample_steps": 25}]
+    job = api.post("/api/v1/jobs/", {"prompts": prompts, "preset": "draft", "loras": []}, format="json").json()
+    assert [p["sample_steps"] for p in job["prompts"]] == [DRAFT_STEPS, 25]  # the API prompt named 25: it stays
+    page = member.get(f"/jobs/{job['id']}/").content.decode()
+    assert f"<dt>preset</dt><dd>draft ({DRAFT_STEPS}, 25 steps, no CFG)</dd>" in page

@@ -9,11 +9,11 @@ import torch
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import CommandError, call_command
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from tests.conftest import TINY_SHAPE
 from webapp.loras.models import Lora
-from workers.pipeline.checkpoints import WanShape, write_aitoolkit_lora
+from workers.pipeline.checkpoints import WanShape, write_aitoolkit_lora, write_kohya_lora
 
 URL = "/api/v1/loras/"
 pytestmark = pytest.mark.django_db
@@ -163,6 +163,14 @@ def _lora_of(tmp_path, shape: WanShape) -> bytes:
     return write_aitoolkit_lora(tmp_path / "other_model.safetensors", shape=shape, rank=1).read_bytes()
 
 
+def _kohya_with_head_bias_delta(tmp_path, size: int) -> bytes:
+    """A kohya LoRA for the tiny model (factors, full deltas) whose head bias delta has `size` entries."""
+    path = write_kohya_lora(tmp_path / "kohya.safetensors", shape=TINY_SHAPE, outside=True)
+    tensors = {**load_file(str(path)), "diffusion_model.head.head.diff_b": torch.zeros(size)}
+    save_file(tensors, str(path))
+    return path.read_bytes()
+
+
 @pytest.mark.parametrize(
     "make,status,code",
     [
@@ -193,6 +201,12 @@ def _lora_of(tmp_path, shape: WanShape) -> bytes:
             "LORA_MODEL_MISMATCH",
             id="more-blocks-than-model",
         ),
+        pytest.param(
+            lambda tmp, good: _kohya_with_head_bias_delta(tmp, 3),
+            400,
+            "LORA_MODEL_MISMATCH",
+            id="kohya-delta-of-another-shape",
+        ),
     ],
 )
 def test_bad_files_are_refused_with_a_code_and_create_nothing(api, tmp_path, lora_bytes, make, status, code):
@@ -200,6 +214,12 @@ def test_bad_files_are_refused_with_a_code_and_create_nothing(api, tmp_path, lor
     assert response.status_code == status, response.json()
     assert response.json()["error"]["code"] == code
     assert not Lora.objects.exists()
+
+
+def test_a_kohya_lora_whose_deltas_fit_the_model_is_accepted(api, tmp_path):
+    response = upload(api, _kohya_with_head_bias_delta(tmp_path, 64))
+    assert response.status_code == 201, response.json()
+    assert response.json()["key_format"] == "kohya"
 
 
 def test_zero_byte_file_is_truncated(api):

@@ -52,3 +52,20 @@ def test_a_draft_job_renders_4_distilled_steps_and_its_rerun_the_same(api, start
     fast = api.post("/api/v1/jobs/", {**body, "speed": "fast"}, format="json")
     fast_job = finished_job(api, fast.json()["id"])
     assert (fast_job["outputs"][0]["record"]["speed"], fast_job["outputs"][0]["record"]["preset"]) == ("fast", "draft")
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("draft")
+def test_an_ai_toolkit_m_0_turns_off_the_requests_lora_not_the_draft_lora(api, start_worker):
+    start_worker("draft-m")
+    body = {
+        "loras": [{"lora": "job_a/job_a.safetensors", "multiplier": 0.6}],
+        "prompts": [{"prompt": "sks walking --m 0", **SIZE}],
+        "prompt_semantics": "ai-toolkit",
+        "preset": "draft",
+    }
+    response = api.post("/api/v1/jobs/", body, format="json")
+    assert response.status_code == 201, response.json()
+    record = finished_job(api, response.json()["id"])["outputs"][0]["record"]
+    assert record["lora_scale"] == 0.0
+    assert [(lora["name"], lora["multiplier"]) for lora in record["loras"]] == [("job_a/job_a", 0.0), (DRAFT_NAME, 0.9)]

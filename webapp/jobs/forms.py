@@ -17,7 +17,7 @@ from django.contrib.auth import get_user_model
 from webapp.core.catalog import DEFAULT_MODEL, MAX_LORAS, MULTIPLIER_HIGH, MULTIPLIER_LOW
 from webapp.core.errors import ApiError
 from webapp.loras.selectors import lora_current, lora_list
-from workers.pipeline.params import DEFAULTS, LIMITS, SEED_BASE
+from workers.pipeline.params import DEFAULTS, DRAFT_GUIDANCE, DRAFT_STEPS, LIMITS, SEED_BASE
 
 from .models import WEBHOOK_EVENTS, GenerationJob, JobStatus, Preset, Scheduler, Speed
 from .selectors import job_get, job_lora_shown, prompt_set_choices
@@ -27,6 +27,12 @@ PROMPT_ROWS = 3  # typed prompt rows shown on an empty form
 OPTION_FIELDS = JobOptionsSerializer().fields  # the API's job options, their defaults and help
 OPTION_DEFAULTS = {name: field.default for name, field in OPTION_FIELDS.items()}
 WEBHOOK_OPTIONS = ("webhook", "webhook_events_filter")  # the submit page's collapsible webhook section
+# What each preset gives a prompt that names none: a row pre-filled from a job leaves these empty, so that
+# the preset picked on the form fills them (a draft's 4 steps without CFG do not follow it into a standard job).
+PRESET_PROMPT_VALUES = {
+    Preset.STANDARD: {"sample_steps": DEFAULTS["sample_steps"], "guidance_scale": DEFAULTS["guidance_scale"]},
+    Preset.DRAFT: {"sample_steps": DRAFT_STEPS, "guidance_scale": DRAFT_GUIDANCE},
+}
 
 
 class QueueFilterForm(forms.Form):
@@ -167,7 +173,8 @@ class JobOptionsForm(forms.Form):
             "whatever the outcome."
         )
         self.fields["preset"].help_text = (
-            "draft: a quick look, 4 steps without CFG, the server's step-distill LoRA stacked after yours."
+            "draft: a quick look, 4 steps without CFG (steps typed for a prompt stay), the server's step-distill LoRA "
+            "stacked after yours."
             if settings.DRAFT_LORA
             else "draft: not set up on this server (it needs a step-distill LoRA, DRAFT_LORA)."
         )
@@ -229,10 +236,6 @@ class JobSubmitForm:
                 if index.isdigit() and int(index) < len(prompts):
                     prompts = [prompts[int(index)]]
         if query.get("preset") in Preset.values:
-            if options.get("preset") == Preset.DRAFT and query["preset"] != Preset.DRAFT:
-                # a draft's job at full settings: the steps, guidance and scheduler the draft fixed go
-                prompts = [{**item, "sample_steps": None, "guidance_scale": None} for item in prompts]
-                options["scheduler"] = OPTION_DEFAULTS["scheduler"]
             options["preset"] = query["preset"]
         if query.get("lora", "").isdigit():
             lora = lora_list(user=user).filter(pk=query["lora"]).first()
@@ -246,9 +249,10 @@ class JobSubmitForm:
 
     @staticmethod
     def _from_job(job: GenerationJob, *, user):
-        prompts = []
+        prompts, preset_values = [], PRESET_PROMPT_VALUES[job.preset]
         for prompt in job.prompts:
             item = {name: prompt.get(name) for name in PromptRowForm.base_fields}
+            item |= {name: None for name, value in preset_values.items() if item[name] == value}
             if prompt.get("lora_scale") is not None and job.prompt_semantics == "ai-toolkit":
                 item["prompt"] = f"{item['prompt']} --m {prompt['lora_scale']}"
             prompts.append(item)
@@ -266,6 +270,8 @@ class JobSubmitForm:
                 shown = job_lora_shown(job_lora, job=job, user=user).name  # a private LoRA stays unnamed
                 notes.append(f"LoRA {shown} is gone or not yours to use; it was left out.")
         options = {name: getattr(job, name) for name in OPTION_DEFAULTS}
+        if job.preset == Preset.DRAFT:  # the draft fixed the distill scheduler: the one the request named, if any
+            options["scheduler"] = job.request.get("scheduler", OPTION_DEFAULTS["scheduler"])
         if job.webhook and not (job.owner_id is not None and job.owner_id == user.pk):
             # someone else's endpoint, expecting their signing secret: not carried over, nor shown
             options = {name: value for name, value in options.items() if name not in WEBHOOK_OPTIONS}

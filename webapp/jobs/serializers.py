@@ -59,7 +59,8 @@ class JobOptionsSerializer(serializers.Serializer):
         choices=Preset.choices,
         default=Preset.STANDARD,
         help_text="draft: a quick look with the server's step-distill LoRA (DRAFT_LORA) after yours: 4 steps "
-        "where a prompt gives none, guidance 1, the distill scheduler. DRAFT_NOT_CONFIGURED where none is set.",
+        "where a prompt gives none (a prompt set's stored steps do not count), guidance 1, the distill scheduler. "
+        "DRAFT_NOT_CONFIGURED where none is set.",
     )
 
     webhook = serializers.CharField(

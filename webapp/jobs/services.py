@@ -157,9 +157,11 @@ def job_fetch_loras(*, job_id) -> str:
     job = GenerationJob.objects.filter(pk=job_id, status=QUEUED).first()
     if job is None:
         return "skipped"  # canceled meanwhile, or a duplicate delivery after the fetch
-    for job_lora in [jl for jl in job.job_loras.all() if jl.pending]:
+    job_loras = list(job.job_loras.all())
+    draft = job_loras[-1] if job.preset == Preset.DRAFT else None  # the server's draft LoRA: no owner
+    for job_lora in [jl for jl in job_loras if jl.pending]:
         try:
-            lora = lora_resolve(ref=job_lora.url, owner=job.owner)
+            lora = lora_resolve(ref=job_lora.url, owner=None if job_lora is draft else job.owner)
             if job.job_loras.filter(sha256=lora.sha256).exclude(pk=job_lora.pk).exists():
                 raise ApiError("LORA_DUPLICATE", "The same LoRA appears twice in the stack; give it one multiplier.")
         except ApiError as exc:
@@ -207,12 +209,12 @@ def job_spec(
             raise NotFound("PROMPT_SET_NOT_FOUND", f"No prompt set with id {prompt_set}.")
         prompt_set = found
     if prompt_set is not None:
-        prompts = prompt_set.request_items()
+        prompts = prompt_set_items(prompt_set, preset=options.get("preset"))
         trigger_word = trigger_word or prompt_set.trigger_word
     _check_prompt_count(len(prompts or []))
     overrides = {}
     if options.get("preset") == Preset.DRAFT:
-        loras, prompts, options, overrides = _draft_preset(owner=owner, loras=loras, prompts=prompts, options=options)
+        loras, prompts, options, overrides = _draft_preset(loras=loras, prompts=prompts, options=options)
     stack = []
     for ref, multiplier in loras:
         lora = ref if isinstance(ref, Lora) else lora_resolve(ref=ref, owner=owner, fetch=False) or ref
@@ -231,7 +233,16 @@ def job_spec(
     )
 
 
-def _draft_preset(*, owner, loras: list, prompts: list[dict] | None, options: dict) -> tuple[list, list, dict, dict]:
+def prompt_set_items(prompt_set, *, preset: str | None) -> list[dict]:
+    """A prompt set's prompts as request items; a draft drops their steps, which are the set's training
+    previews' (ai-toolkit's 20 by default), so each prompt gets the draft's own."""
+    items = prompt_set.request_items()
+    if preset == Preset.DRAFT:
+        items = [{**item, "sample_steps": None} for item in items]
+    return items
+
+
+def _draft_preset(*, loras: list, prompts: list[dict] | None, options: dict) -> tuple[list, list, dict, dict]:
     """The draft preset, for a step-distill LoRA (LightX2V's StepDistill-CfgDistill): DRAFT_LORA at
     DRAFT_LORA_MULTIPLIER after the request's LoRAs, DRAFT_STEPS steps for every prompt that names no
     steps, guidance DRAFT_GUIDANCE for every prompt (CFG is distilled into the LoRA), the distill
@@ -241,7 +252,8 @@ def _draft_preset(*, owner, loras: list, prompts: list[dict] | None, options: di
     refusal = "This server has no draft LoRA configured (DRAFT_LORA); submit with preset 'standard'."
     if ref:
         try:
-            draft = lora_resolve(ref=ref, owner=owner, fetch=False) or ref  # a URL: fetched before rendering
+            # the server's, whoever asks first: no owner, so only staff may delete or change it
+            draft = lora_resolve(ref=ref, fetch=False) or ref  # a URL: fetched before rendering
         except ApiError as exc:
             refusal = f"This server's draft LoRA (DRAFT_LORA) cannot be used: {exc.message}"
     if draft is None:

@@ -126,6 +126,7 @@ def job_page(request, pk):
             "job": job,
             "row": job_rows([job], user=request.user)[0],
             "prompts": prompt_outputs(job, user=request.user),
+            "steps": sorted({params["sample_steps"] for params in job.prompts}),  # as they ran
             "timings": timing_table(job.timings),
             "next": request.get_full_path(),
         },

@@ -233,8 +233,10 @@ def lora_upload(
 def lora_registered(*, sha256: str, owner) -> Lora | None:
     """The LoRA these bytes already are for `owner`: one they can see. Another user's private copy
     does not count: `owner` then registers their own, answered exactly as any first upload is, so
-    an upload never tells anyone that somebody holds the same file privately."""
-    return lora_preferred(lora_list(user=owner).filter(sha256=sha256), user=owner).first()
+    an upload never tells anyone that somebody holds the same file privately. With no owner (the
+    service's own, as the draft LoRA) every private copy is another user's."""
+    visible = lora_list(user=owner) if owner is not None else Lora.objects.exclude(visibility=Visibility.PRIVATE)
+    return lora_preferred(visible.filter(sha256=sha256), user=owner).first()
 
 
 def _register(
@@ -292,10 +294,7 @@ def lora_inspect(*, fh: BinaryIO, filename: str, base_model: str = DEFAULT_MODEL
         raise ApiError("LORA_TOO_LARGE", f"LoRA files may be at most {settings.LORA_MAX_UPLOAD_BYTES} bytes.")
     try:
         info = inspect_lora_file(fh, size)
-        shape = model_shape(base_model)
-        check_compatible(
-            info, hidden_size=shape.dim, ffn_dim=shape.ffn_dim, num_layers=shape.num_layers, model_id=base_model
-        )
+        check_compatible(info, shape=model_shape(base_model), model_id=base_model)
     except LoraFileError as exc:
         raise ApiError(exc.code, exc.message, details={"file": filename}) from None
     return Inspected(size=size, info=info, sha256=_sha256(fh))

@@ -43,6 +43,7 @@ from webapp.jobs.services import (
     job_delete,
     job_spec,
     job_submit,
+    prompt_set_items,
     sweep_settle_enqueue,
 )
 from webapp.loras.models import Lora, Visibility
@@ -104,9 +105,9 @@ def sweep_create(*, owner, data: dict, request: dict) -> Sweep:
         if not prompt_axis["values"]:
             if prompt_set is None:
                 raise ApiError("SWEEP_BAD_AXES", "The prompt axis has no values; give them, or a prompt set.")
-            prompt_axis["values"] = prompt_set.request_items()
+            prompt_axis["values"] = prompt_set_items(prompt_set, preset=data.get("preset"))
     elif prompt_set is not None:
-        prompts = prompt_set.request_items()
+        prompts = prompt_set_items(prompt_set, preset=data.get("preset"))
     if not (prompts or PROMPT in fields) or not all(axis["values"] for axis in axes):
         raise ApiError("NO_PROMPTS", "A sweep needs prompts: inline, from a prompt set, or as a prompt axis.")
     cells = math.prod(len(axis["values"]) for axis in axes)

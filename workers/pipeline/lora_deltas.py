@@ -167,6 +167,12 @@ class FullDeltas:
         """The parameters a stack's deltas change."""
         return {name for adapter, _ in stack for name in self.sources.get(adapter, {})}
 
+    def held_bytes(self, adapter: str) -> int:
+        """The memory a LoRA's deltas hold on this transformer's device: the deltas, and the base copy of each
+        parameter they change (shared with the other LoRAs changing it)."""
+        deltas = self.sources.get(adapter, {})
+        return sum(delta.nbytes + parameter(self.model, name).nbytes for name, delta in deltas.items())
+
     @torch.no_grad()
     def activate(self, stack: list[tuple[str, float]]) -> None:
         """Make every parameter equal its base plus the stack's deltas at their multipliers."""
@@ -178,8 +184,9 @@ class FullDeltas:
         self.stack, self._applied = None, None  # unknown until every parameter is written
         for name in wanted | previous:
             target = parameter(self.model, name)
-            base = self._base.setdefault(name, target.detach().clone())
-            value = base.to(target.device, torch.float32)
+            if name not in self._base:
+                self._base[name] = target.detach().clone()
+            value = self._base[name].to(target.device, torch.float32)
             for adapter, multiplier in stack:
                 if name in self.sources[adapter]:
                     value = value + multiplier * self.sources[adapter][name].to(target.device, torch.float32)

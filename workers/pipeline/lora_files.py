@@ -5,9 +5,10 @@ tensor table checked against the file size by safetensors' own rules (tensors
 laid end to end from offset 0 to the last byte, each exactly as long as its
 shape and dtype say). Then every LoRA weight is checked against its pair and
 against the Wan layer it targets, and every full delta of a ComfyUI/kohya-style
-file (`diff`, `diff_b`) against the parameter it changes. Nothing is unpickled and no tensor is
-materialised, so a hostile or broken file is refused with a stable code and a
-message that names no path.
+file (`diff`, `diff_b`) against the parameter it changes in the model the LoRA
+is for (`check_compatible`). Nothing is unpickled and no tensor is materialised,
+so a hostile or broken file is refused with a stable code and a message that
+names no path.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO
+
+from .shapes import WanShape
 
 MAX_HEADER_BYTES = 8 * 1024 * 1024
 MAX_BLOCK_INDEX = 9999  # far past any Wan model; keeps absurd block numbers out of the database
@@ -71,8 +74,8 @@ _BLOCK_MODULES = {
 
 
 # Full deltas (`X.diff` for a weight, `X.diff_b` for a bias) that a Wan 2.1 T2V transformer can take, by X
-# after "diffusion_model.": the shape of each ("D" the hidden size, "F" the feed-forward size, None any
-# size; no diff_b spec where X has no bias). `workers/pipeline/lora_deltas.py` applies them.
+# after "diffusion_model.": the shape of X's weight and of its bias (None where X has no bias), in the sizes
+# `_model_sizes` names. `workers/pipeline/lora_deltas.py` applies them.
 _DELTA_TARGETS = (
     (re.compile(r"blocks\.(?P<block>[0-9]+)\.(self_attn|cross_attn)\.[qkvo]"), ("D", "D"), ("D",)),
     (re.compile(r"blocks\.(?P<block>[0-9]+)\.ffn\.0"), ("F", "D"), ("F",)),
@@ -80,14 +83,43 @@ _DELTA_TARGETS = (
     (re.compile(r"blocks\.(?P<block>[0-9]+)\.(self_attn|cross_attn)\.norm_[qk]"), ("D",), None),
     (re.compile(r"blocks\.(?P<block>[0-9]+)\.norm3"), ("D",), ("D",)),
     (re.compile(r"blocks\.(?P<block>[0-9]+)\.modulation"), (1, 6, "D"), None),
-    (re.compile(r"head\.head"), (None, "D"), (None,)),
+    (re.compile(r"head\.head"), ("head", "D"), ("head",)),
     (re.compile(r"head\.modulation"), (1, 2, "D"), None),
-    (re.compile(r"patch_embedding"), ("D", None, None, None, None), ("D",)),
-    (re.compile(r"(text|time)_embedding\.0"), ("D", None), ("D",)),
+    (re.compile(r"patch_embedding"), ("D", "in", "patch_t", "patch_h", "patch_w"), ("D",)),
+    (re.compile(r"text_embedding\.0"), ("D", "text"), ("D",)),
+    (re.compile(r"time_embedding\.0"), ("D", "freq"), ("D",)),
     (re.compile(r"(text|time)_embedding\.2"), ("D", "D"), ("D",)),
-    (re.compile(r"time_projection\.1"), (None, "D"), (None,)),
+    (re.compile(r"time_projection\.1"), ("6D", "D"), ("6D",)),
 )
 _DELTA = re.compile(r"^diffusion_model\.(.+)\.(diff|diff_b)$")
+
+
+def _model_sizes(shape: WanShape) -> dict[str, int]:
+    """The sizes `_DELTA_TARGETS` names, in a transformer of `shape`."""
+    patch_t, patch_h, patch_w = shape.patch_size
+    return {
+        "D": shape.dim,
+        "6D": 6 * shape.dim,
+        "F": shape.ffn_dim,
+        "text": shape.text_dim,
+        "freq": shape.freq_dim,
+        "in": shape.in_channels,
+        "head": shape.out_channels * patch_t * patch_h * patch_w,
+        "patch_t": patch_t,
+        "patch_h": patch_h,
+        "patch_w": patch_w,
+    }
+
+
+def _delta_target(name: str) -> tuple[re.Match, tuple] | None:
+    """A full delta's target (its regex match) and shape, or None where it changes a parameter Wan 2.1 T2V
+    does not have."""
+    target, kind = _DELTA.match(name).groups()
+    for pattern, weight, bias in _DELTA_TARGETS:
+        if match := pattern.fullmatch(target):
+            shape = bias if kind == "diff_b" else weight
+            return (match, shape) if shape else None
+    return None
 
 
 PICKLE_MESSAGE = (
@@ -138,13 +170,18 @@ class LoraInfo:
     trigger_words: list[str] = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
     ffn_dim: int | None = None
+    delta_shapes: dict[str, list[int]] = field(default_factory=dict)  # full delta -> its shape
 
     @property
     def software_version(self) -> str | None:
         return _text(self.software.get("version"), 50)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The facts kept with the LoRA: all but the delta shapes (hundreds in a step-distill LoRA, checked
+        against the model at upload by `check_compatible`)."""
+        facts = asdict(self)
+        del facts["delta_shapes"]
+        return facts
 
 
 class _NotStrictJson(ValueError):
@@ -388,18 +425,15 @@ def _check_pairs(layers: dict[str, _Layer]) -> None:
             raise _invalid(f"Layer {_quote(name)} has rank {rank}, impossible for a {fan_out}x{fan_in} layer.")
 
 
-def _check_deltas(header: dict, hidden: int | None, ffn_dim: int | None) -> set[int]:
-    """Each full delta against the Wan 2.1 T2V parameter it changes (known, floating point, its shape);
-    returns the blocks they reach."""
-    blocks, sizes = set(), {"D": hidden, "F": ffn_dim}
+def _deltas(header: dict) -> tuple[set[int], dict[str, list[int]]]:
+    """Each full delta checked to change a Wan 2.1 T2V parameter, in floating point; returns the blocks they
+    reach and their shapes (`check_compatible` compares those with the model's)."""
+    blocks, shapes = set(), {}
     for name, spec in header.items():
-        match = _DELTA.match(name)
-        if match is None:
+        if not _DELTA.match(name):
             continue
-        target, kind = match.groups()
-        hit = next(((m, shapes) for pattern, *shapes in _DELTA_TARGETS if (m := pattern.fullmatch(target))), None)
-        shape = hit[1][kind == "diff_b"] if hit else None
-        if shape is None:
+        hit = _delta_target(name)
+        if hit is None:
             raise _mismatch(f"Full delta {_quote(name)} changes a parameter Wan 2.1 T2V does not have.")
         if block := hit[0].groupdict().get("block"):
             if len(block) > len(str(MAX_BLOCK_INDEX)) or str(int(block)) != block:
@@ -407,15 +441,8 @@ def _check_deltas(header: dict, hidden: int | None, ffn_dim: int | None) -> set[
             blocks.add(int(block))
         if spec["dtype"] not in FLOAT_DTYPES:
             raise _invalid(f"Full delta {_quote(name)} is {spec['dtype']}, not a floating-point type.")
-        expected = [sizes.get(dim, dim) if isinstance(dim, str) else dim for dim in shape]
-        actual = spec["shape"]
-        if len(actual) != len(expected) or any(e is not None and a != e for a, e in zip(actual, expected)):
-            wanted = "x".join("*" if e is None else str(e) for e in expected)
-            raise _mismatch(
-                f"Full delta {_quote(name)} has shape {actual}; this LoRA's model needs {wanted} there "
-                f"(hidden size {hidden}, feed-forward size {ffn_dim})."
-            )
-    return blocks
+        shapes[name] = spec["shape"]
+    return blocks, shapes
 
 
 def _dims(layers: dict[str, _Layer]) -> tuple[int | None, int | None]:
@@ -447,7 +474,8 @@ def describe(header: dict, metadata: dict) -> LoraInfo:
     _check_alphas(header, found.layers)
     _check_pairs(found.layers)
     hidden, ffn_dim = _dims(found.layers)
-    found.blocks |= _check_deltas(header, hidden, ffn_dim)
+    delta_blocks, delta_shapes = _deltas(header)
+    found.blocks |= delta_blocks
     ranks = Counter(layer.down[0] for layer in found.layers.values() if layer.kind)
     alphas = [k for k in header if k.endswith(".alpha")]
     rank = ranks.most_common(1)[0][0]
@@ -472,6 +500,7 @@ def describe(header: dict, metadata: dict) -> LoraInfo:
         trigger_words=_trigger_words(metadata),
         metadata=metadata,
         ffn_dim=ffn_dim,
+        delta_shapes=delta_shapes,
     )
 
 
@@ -486,14 +515,23 @@ def inspect_lora_file(fh: BinaryIO, size: int) -> LoraInfo:
     return describe(header, metadata)
 
 
-def check_compatible(
-    info: LoraInfo, *, hidden_size: int, num_layers: int, model_id: str, ffn_dim: int | None = None
-) -> None:
-    """Refuse a LoRA whose shapes cannot apply to the given transformer."""
-    if info.hidden_size is not None and info.hidden_size != hidden_size:
+def check_compatible(info: LoraInfo, *, shape: WanShape, model_id: str) -> None:
+    """Refuse a LoRA whose shapes cannot apply to the transformer of `shape`: its factors' sizes, its blocks,
+    and each full delta's shape against the parameter it changes."""
+    if info.hidden_size is not None and info.hidden_size != shape.dim:
         made_for = info.base_model or f"a model of hidden size {info.hidden_size}"
-        raise _mismatch(f"This LoRA was trained for {made_for}; {model_id} has hidden size {hidden_size}.")
-    if ffn_dim is not None and info.ffn_dim is not None and info.ffn_dim != ffn_dim:
-        raise _mismatch(f"This LoRA's feed-forward layers have {info.ffn_dim} features; {model_id} has {ffn_dim}.")
-    if info.num_blocks > num_layers:
-        raise _mismatch(f"This LoRA targets {info.num_blocks} blocks; {model_id} has {num_layers}.")
+        raise _mismatch(f"This LoRA was trained for {made_for}; {model_id} has hidden size {shape.dim}.")
+    if info.ffn_dim is not None and info.ffn_dim != shape.ffn_dim:
+        raise _mismatch(
+            f"This LoRA's feed-forward layers have {info.ffn_dim} features; {model_id} has {shape.ffn_dim}."
+        )
+    if info.num_blocks > shape.num_layers:
+        raise _mismatch(f"This LoRA targets {info.num_blocks} blocks; {model_id} has {shape.num_layers}.")
+    sizes = _model_sizes(shape)
+    for name, actual in info.delta_shapes.items():
+        expected = [sizes.get(dim, dim) for dim in _delta_target(name)[1]]
+        if actual != expected:
+            raise _mismatch(
+                f"Full delta {_quote(name)} has shape {actual}; the parameter it changes in {model_id} has shape "
+                f"{expected}."
+            )

@@ -59,7 +59,7 @@ class PromptParams:
     guidance_scale: float
     seed: int
     fps: int
-    lora_scale: float | None = None  # ai-toolkit `--m`: one multiplier for every LoRA of this prompt
+    lora_scale: float | None = None  # ai-toolkit `--m`: one multiplier for the request's own LoRAs of this prompt
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -29,6 +29,7 @@ class LoraSpec:
     sha256: str
     multiplier: float
     software_version: str | None = None
+    keep_multiplier: bool = False  # the draft preset's step-distill LoRA: a prompt's `--m` leaves it as it is
 
 
 def adapter_name(sha256: str) -> str:
@@ -96,7 +97,9 @@ class LoraResidency:
                     self.pipe.delete_adapters(name)  # keep both copies in step
                     raise
             self._take_out(name, file.deltas)
-            self._sizes[name] = path.stat().st_size
+            # its factors (the file less its full deltas), and on each transformer its deltas and base copies
+            factors = path.stat().st_size - sum(delta.nbytes for delta in file.deltas.values())
+            self._sizes[name] = factors + sum(holder.held_bytes(name) for holder in self.deltas)
         self._sizes.move_to_end(name)
         return name
 

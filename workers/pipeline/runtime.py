@@ -65,6 +65,7 @@ class RenderResult:
     lora_math: str = "peft"  # how LoRAs ran: "peft" adapters, one "stack" adapter, or "merged" into fp8 weights
     attention: str = "bf16"  # the self-attention that ran: "bf16", or fast mode's "fp8"
     timings: dict[str, float] = field(default_factory=dict)
+    loras: list[LoraSpec] = field(default_factory=list)  # the stack at the multipliers it ran with (`--m` applied)
 
 
 def _version_tuple(version: str | None) -> tuple[int, ...] | None:
@@ -299,11 +300,12 @@ class WanRuntime:
         try:
             # 1. Check inputs: the size, the multipliers, what this runtime will actually run
             self._check_size(params)
-            loras = (
-                [replace(lora, multiplier=params.lora_scale) for lora in loras]
-                if params.lora_scale is not None
-                else list(loras)
-            )
+            loras = [
+                lora
+                if params.lora_scale is None or lora.keep_multiplier
+                else replace(lora, multiplier=params.lora_scale)
+                for lora in loras
+            ]
             step_cache = None if self.config.split else step_cache
             fast = speed == "fast" and self.config.fast_mode and not step_cache
 
@@ -360,6 +362,7 @@ class WanRuntime:
             attention=self.config.fast_attention if fast else "bf16",
             step_cache=step_cache,
             timings=timings,
+            loras=loras,
         )
 
     def _check_size(self, params: PromptParams) -> None:

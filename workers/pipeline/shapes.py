@@ -89,13 +89,27 @@ LORA_TARGETS = (
 
 @dataclass(frozen=True)
 class WanShape:
-    """The few dimensions a LoRA file depends on."""
+    """The few dimensions a LoRA file depends on (the last five the same for every Wan 2.1 T2V size)."""
 
     dim: int
     ffn_dim: int
     num_layers: int
+    text_dim: int = 4096
+    freq_dim: int = 256
+    in_channels: int = 16
+    out_channels: int = 16
+    patch_size: tuple[int, int, int] = (1, 2, 2)
 
     @classmethod
     def of(cls, transformer_config: dict) -> WanShape:
         c = transformer_config
-        return cls(c["num_attention_heads"] * c["attention_head_dim"], c["ffn_dim"], c["num_layers"])
+        return cls(
+            c["num_attention_heads"] * c["attention_head_dim"],
+            c["ffn_dim"],
+            c["num_layers"],
+            text_dim=c["text_dim"],
+            freq_dim=c["freq_dim"],
+            in_channels=c["in_channels"],
+            out_channels=c["out_channels"],
+            patch_size=tuple(c["patch_size"]),
+        )
