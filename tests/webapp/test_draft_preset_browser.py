@@ -27,7 +27,10 @@ def test_member_picks_the_draft_preset(browser, live_server, nia):
     preset = browser.find_element(By.NAME, "preset")
     label = preset.find_element(By.XPATH, "..")
     assert "4 steps without CFG" in label.text and preset.is_displayed()
-    Select(preset).select_by_value("draft")
+    steps, guidance = (browser.find_element(By.NAME, f"prompt-0-{name}") for name in ("sample_steps", "guidance_scale"))
+    assert (steps.get_attribute("placeholder"), guidance.get_attribute("placeholder")) == ("25", "4.0")
+    Select(preset).select_by_value("draft")  # an empty field now takes the draft's value, and says so
+    assert (steps.get_attribute("placeholder"), guidance.get_attribute("placeholder")) == ("4", "1.0")
     Select(browser.find_element(By.NAME, "lora-0-lora")).select_by_value(str(style.pk))
     browser.find_element(By.NAME, "prompt-0-prompt").send_keys("a lighthouse in a storm")
     screenshot(browser, "submit-draft")

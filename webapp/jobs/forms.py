@@ -8,6 +8,7 @@ then judged by `job_submit`, as for the API.
 
 from __future__ import annotations
 
+import json
 import re
 
 from django import forms
@@ -171,6 +172,13 @@ class JobOptionsForm(forms.Form):
         self.fields["webhook_events_filter"].help_text = (
             f"progress: at most every {settings.WEBHOOK_PROGRESS_INTERVAL_S:g} s; completed: when it ends, "
             "whatever the outcome."
+        )
+        # job-new.js shows the picked preset's values as the prompt rows' placeholders
+        self.fields["preset"].widget.attrs["data-prompt-values"] = json.dumps(
+            {
+                preset: {name: str(value) for name, value in values.items()}
+                for preset, values in PRESET_PROMPT_VALUES.items()
+            }
         )
         self.fields["preset"].help_text = (
             "draft: a quick look, 4 steps without CFG (steps typed for a prompt stay), the server's step-distill LoRA "

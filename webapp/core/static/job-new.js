@@ -14,3 +14,15 @@ for (const kind of ["prompt", "lora"]) {
   add.addEventListener("click", () => { const next = rows.find(row => row.hidden); if (next) next.hidden = false; update(); });
   update();
 }
+// An empty steps or guidance field takes the picked preset's value: show that one as its placeholder.
+const preset = document.querySelector("select[data-prompt-values]");
+if (preset) {
+  const values = JSON.parse(preset.dataset.promptValues);
+  const show = () => {
+    for (const [name, value] of Object.entries(values[preset.value] || values.standard)) {
+      document.querySelectorAll(`input[name$="-${name}"]`).forEach(input => { input.placeholder = value; });
+    }
+  };
+  preset.addEventListener("change", show);
+  show();
+}
