@@ -104,12 +104,7 @@ def output_store(job: GenerationJob, index: int, values: dict, result: RenderRes
         webp = save_with_retry(f"{stem}.webp", ContentFile(webp_bytes(result.frames, fps=fps))) if job.webp else ""
         timings["save"] = time.perf_counter() - start
     record["timings"] = timings
-    if not services.job_is_active(job=job):  # canceled while encoding: drop this prompt's files
-        for name in (video, poster, webp):
-            if name:
-                default_storage.delete(name)
-        raise RenderCanceled()
-    services.job_add_output(
+    stored = services.job_add_output(
         job=job,
         index=index,
         video=video,
@@ -119,5 +114,10 @@ def output_store(job: GenerationJob, index: int, values: dict, result: RenderRes
         scheduler=result.scheduler,
         record=record,
     )
+    if stored is None:  # canceled while encoding: drop this prompt's files
+        for name in (video, poster, webp):
+            if name:
+                default_storage.delete(name)
+        raise RenderCanceled()
     log.info("job %s prompt %d stored: %s", job.id, index, timings)
     return timings

@@ -67,6 +67,19 @@ def test_worker_moves_of_an_attempt_that_lost_the_job_change_nothing(api):
     assert services.job_succeed(job=second, timings={"load": 1.0}).status == JobStatus.SUCCEEDED
 
 
+def test_an_output_stored_after_a_cancel_is_not_recorded(api):
+    """A cancel between a worker's last check and its output write: no output row (hence no output event)
+    follows the job's end; the worker drops the files."""
+    job_id = submit(api)["id"]
+    running = services.job_start(job_id=job_id, worker="a@host")
+    services.job_cancel(job=GenerationJob.objects.get(pk=job_id))
+    params = {**running.prompts[0], "seed": 1}
+    stored = services.job_add_output(
+        job=running, index=0, video="v.mp4", poster="", webp="", params=params, scheduler="euler", record={}
+    )
+    assert stored is None and not GenerationJob.objects.get(pk=job_id).outputs.exists()
+
+
 def test_job_options_are_named_once():
     assert set(JobOptionsSerializer().fields) == set(services.JOB_OPTIONS)
 

@@ -13,7 +13,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.webapp.browser import needs_chromium, screenshot, sign_in, start_chromium, video_facts
 from webapp.jobs.models import GenerationJob, JobLora
-from webapp.jobs.services import job_add_output
+from webapp.jobs.services import _store_output as store_output  # a finished job's row, as a worker left it
 from webapp.loras.services import lora_resolve
 from workers.pipeline.video import png_bytes, write_mp4
 
@@ -82,7 +82,7 @@ def rendered(mia, loras, tmp_path):
     mp4 = write_mp4(frames, tmp_path / "clip.mp4", fps=16)
     video = default_storage.save(f"outputs/{job.pk}/000.mp4", ContentFile(mp4.read_bytes()))
     poster = default_storage.save(f"outputs/{job.pk}/000.png", ContentFile(png_bytes(frames[0])))
-    job_add_output(
+    store_output(
         job=job,
         index=0,
         video=video,

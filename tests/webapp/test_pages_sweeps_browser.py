@@ -14,7 +14,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.webapp.browser import needs_chromium, screenshot, sign_in, start_chromium, video_facts
 from webapp.jobs.models import GenerationJob
-from webapp.jobs.services import job_add_output
+from webapp.jobs.services import _store_output as store_output  # a finished job's row, as a worker left it
 from webapp.loras.models import Lora
 from webapp.loras.services import lora_resolve
 from webapp.sweeps.models import Sweep
@@ -66,7 +66,7 @@ def render(job: GenerationJob, index: int, tmp_path, count: int = FRAMES) -> Non
     video = default_storage.save(f"outputs/{job.pk}/000.mp4", ContentFile(mp4.read_bytes()))
     poster = default_storage.save(f"outputs/{job.pk}/000.png", ContentFile(png_bytes(frames[0])))
     params = job.prompts[0]
-    job_add_output(job=job, index=0, video=video, poster=poster, webp="", params=params, scheduler="euler", record={})
+    store_output(job=job, index=0, video=video, poster=poster, webp="", params=params, scheduler="euler", record={})
     GenerationJob.objects.filter(pk=job.pk).update(status="succeeded", progress={"fraction": 1.0})
 
 

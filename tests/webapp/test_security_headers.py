@@ -21,7 +21,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 from tests.conftest import ROOT
 from tests.webapp.browser import needs_chromium, sign_in
 from webapp.jobs.models import GenerationJob
-from webapp.jobs.services import job_add_output
+from webapp.jobs.services import _store_output as store_output  # a finished job's row, as a worker left it
 from webapp.loras.services import lora_resolve
 from webapp.prompts.services import prompt_set_create
 from workers.pipeline.video import png_bytes, write_mp4
@@ -173,7 +173,7 @@ def site(transactional_db, django_user_model, tiny_model, lora_files, tmp_path):
     mp4 = write_mp4(frames, tmp_path / "clip.mp4", fps=8)
     video = default_storage.save(f"outputs/{done.pk}/000.mp4", ContentFile(Path(mp4).read_bytes()))
     poster = default_storage.save(f"outputs/{done.pk}/000.png", ContentFile(png_bytes(frames[0])))
-    job_add_output(
+    store_output(
         job=done, index=0, video=video, poster=poster, webp="", params=PROMPT, scheduler="euler", record={"seed": 42}
     )
     return {"lora": lora, "prompt_set": prompt_set, "queued": queued, "done": done}

@@ -540,10 +540,15 @@ def jobs_reconcile(*, broker_job_ids: set[str] | None, dead_worker: str | None =
 
 def job_add_output(
     *, job: GenerationJob, index: int, video: str, poster: str, webp: str, params: dict, scheduler: str, record: dict
-) -> JobOutput:
+) -> JobOutput | None:
+    """Store one output of the attempt `job` and announce it; None, storing nothing, once the job is no longer
+    the attempt's (canceled or retried meanwhile), so no output or event follows its end."""
     with transaction.atomic():
+        row = _running(job).select_for_update().first()
+        if row is None:
+            return None
         output = _store_output(
-            job=job,
+            job=row,
             index=index,
             video=video,
             poster=poster,
@@ -552,7 +557,7 @@ def job_add_output(
             scheduler=scheduler,
             record=record,
         )
-        webhook_emit(job=job, event="output")
+        webhook_emit(job=row, event="output")
     return output
 
 
