@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, BinaryIO
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -58,6 +58,10 @@ def _error_from(response: httpx.Response) -> WanqError:
 
 class Client:
     def __init__(self, url: str, token: str | None = None, *, timeout: float = 30.0):
+        if urlsplit(url).scheme.lower() not in ("http", "https"):
+            raise WanqError(
+                "BAD_URL", f"{url}: start the URL with http:// or https://, e.g. http://{url}", exit_code=EXIT_REFUSED
+            )
         self.url = url.rstrip("/")
         headers = {"User-Agent": f"wanq/{__version__}", "Accept": "application/json"}
         if token:
@@ -125,7 +129,12 @@ class Client:
 
     def lora_upload(self, path: Path) -> dict:
         with path.open("rb") as fh:
-            return self.call("POST", "/api/v1/loras/", files={"file": (path.name, fh, "application/octet-stream")})
+            return self.call(
+                "POST",
+                "/api/v1/loras/",
+                files={"file": (path.name, fh, "application/octet-stream")},
+                timeout=UPLOAD_TIMEOUT,
+            )
 
     def run_upload(
         self, checkpoint: Path, *, config: Path | None = None, run: str | None = None, on_bytes: OnBytes | None = None
@@ -161,7 +170,8 @@ class Client:
             page = body.get("next")
 
     def download(self, url: str, dest: Path, on_bytes: OnBytes | None = None) -> Path:
-        """Stream `url` into `dest` (written to a temporary file beside it, then renamed)."""
+        """Stream `url` into `dest` (written to a temporary file beside it, then renamed), with the mode a
+        new file gets here."""
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
         try:
@@ -182,6 +192,7 @@ class Client:
                     raise WanqError("TIMEOUT", f"Downloading {url} timed out.") from None
                 except httpx.TransportError as exc:
                     raise WanqError("CONNECTION_ERROR", f"Downloading {url} failed: {exc}.") from None
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp made it 0600
             os.replace(tmp, dest)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -211,6 +222,14 @@ class _Metered:
 
     def fileno(self) -> int:
         return self._fh.fileno()
+
+
+def _umask() -> int:
+    """The process's umask. Reading it means setting one: the stricter 077 meanwhile, so a file another
+    thread creates in that instant is never more open than it would have been."""
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return umask
 
 
 def _segment(value: str) -> str:

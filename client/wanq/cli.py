@@ -85,10 +85,10 @@ def login(ctx, username):
     url = url or os.environ.get("WANQ_URL") or config.load().get("url")
     if not url:
         url = click.prompt("Server URL", default="http://127.0.0.1:8000", err=True)
-    username = username or click.prompt("Username", err=True)
-    password = click.prompt("Password", hide_input=True, err=True)
     client = Client(url)
     ctx.call_on_close(client.close)
+    username = username or click.prompt("Username", err=True)
+    password = click.prompt("Password", hide_input=True, err=True)
     token = client.token(username, password)
     path = config.save(client.url, token)
     err.print(f"Signed in to {client.url} as {username}; token stored in {path}")
@@ -132,12 +132,20 @@ def submit(ctx, request_file, wait, out_dir):
     err.print(f"Submitted request {request_id}")
     final = _follow(client, request_id)
     _finish(final)
-    for path in _download_all(client, request_id, Path(out_dir)):
+    for path in _download_all(client, client.result(request_id), Path(out_dir)):
         click.echo(str(path))
 
 
-def _poll(fetch: Callable[[], dict], show: Callable[[dict], None], *, name: str, what: str, command: str) -> dict:
-    """Fetch a job's or a sweep's status every POLL_S and show it until it has finished; returns the final one.
+def _poll(
+    fetch: Callable[[], dict],
+    show: Callable[[dict], None],
+    *,
+    ended: Callable[[dict], bool],
+    name: str,
+    what: str,
+    command: str,
+) -> dict:
+    """Fetch a job's or a sweep's status every POLL_S and show it until it has `ended`; returns the final one.
     Prints each change of state; keeps polling through a server restart for UNREACHABLE_GRACE_S; Ctrl-C
     raises Interrupted (what was submitted keeps running), saying which `command` follows, downloads or
     cancels the `what` called `name`."""
@@ -160,7 +168,7 @@ def _poll(fetch: Callable[[], dict], show: Callable[[dict], None], *, name: str,
                 state = status.get("status")
                 err.print(f"{name}: {state}", markup=False)
             show(status)
-            if state in FINISHED:
+            if ended(status):
                 return status
             time.sleep(POLL_S)
     except KeyboardInterrupt:
@@ -191,7 +199,14 @@ def _follow(client: Client, request_id: str) -> dict:
         _update_bars(bars, tasks, status)
 
     with bars:
-        return _poll(lambda: client.status(request_id), show, name=request_id, what="request", command="wanq")
+        return _poll(
+            lambda: client.status(request_id),
+            show,
+            ended=lambda status: status.get("status") in FINISHED,
+            name=request_id,
+            what="request",
+            command="wanq",
+        )
 
 
 def _update_bars(bars: Progress, tasks: list, status: dict):
@@ -222,15 +237,13 @@ def _finish(status: dict):
     raise WanqError(code, message, exit_code=EXIT_JOB_FAILED)
 
 
-def _download_all(client: Client, request_id: str, out_dir: Path, *, partial: bool = False) -> list[Path]:
-    result = client.result(request_id)
+def _download_all(client: Client, result: dict, out_dir: Path) -> list[Path]:
+    """The videos of a request's `result` (GET /v1/requests/ID/result) that exist; one still queued or
+    running without any yet raises NOT_FINISHED (exit 1)."""
+    request_id = str(result.get("request_id"))
     videos = (result.get("outputs") or {}).get("videos") or []
     state = result.get("status")
-    if state != "succeeded" and not partial:
-        _finish(result)
-    if not videos:
-        if state == "succeeded":
-            return []
+    if not videos and state not in FINISHED:
         raise WanqError(
             "NOT_FINISHED",
             f"Request {request_id} is {state} and has no outputs yet; "
@@ -332,9 +345,17 @@ def retry(ctx, job_id):
 @click.pass_context
 def download(ctx, request_id, out_dir):
     """Download a request's MP4s into --out; prints their paths, one per line (a job still running: the
-    videos of the prompts done so far)."""
-    for path in _download_all(_client(ctx), request_id, Path(out_dir), partial=True):
+    videos of the prompts done so far; one that failed or was canceled: those it made, then exit 1)."""
+    client = _client(ctx)
+    result = client.result(request_id)
+    paths = _download_all(client, result, Path(out_dir))
+    for path in paths:
         click.echo(str(path))
+    state = result.get("status")
+    if state in ("failed", "canceled"):
+        if not paths:
+            err.print(f"Request {request_id} {state} before it made a video: nothing to download.", markup=False)
+        _finish(result)
 
 
 # --- LoRAs ----------------------------------------------------------------------------------------------
@@ -562,9 +583,9 @@ def _follow_sweep(client: Client, sweep_id: str) -> dict:
         done = sum(1 for cell in cells if cell.get("status") in FINISHED)
         rendering = sum(float(cell.get("progress") or 0) for cell in cells if cell.get("status") not in FINISHED)
         state = sweep.get("status")
-        if state in FINISHED:
+        if _sweep_ended(sweep):
             description, completed = "grids ready" if sweep.get("grids") else state, len(cells) + 1
-        elif state == "composing":
+        elif state in ("composing", "canceled"):
             description, completed = "composing the grids", len(cells)
         else:
             description, completed = "rendering", done + rendering
@@ -573,7 +594,19 @@ def _follow_sweep(client: Client, sweep_id: str) -> dict:
         )
 
     with bars:
-        return _poll(lambda: client.sweep(sweep_id), show, name=sweep_id, what="sweep", command="wanq sweep")
+        return _poll(
+            lambda: client.sweep(sweep_id), show, ended=_sweep_ended, name=sweep_id, what="sweep", command="wanq sweep"
+        )
+
+
+def _sweep_ended(sweep: dict) -> bool:
+    """Whether a sweep is done with. A canceled one is canceled at once, and its grids of the cells that
+    rendered are composed after (composing, then canceled again): it has ended once it has them, or when
+    no cell rendered, so there is nothing to compose."""
+    state = sweep.get("status")
+    if state == "canceled":
+        return bool(sweep.get("grids")) or not (sweep.get("counts") or {}).get("succeeded")
+    return state in FINISHED
 
 
 def _sweep_finish(sweep: dict):
@@ -696,7 +729,7 @@ def sweep_download(ctx, sweep_id, out_dir):
     client = _client(ctx)
     body = client.sweep(sweep_id)
     if not body.get("grids"):
-        if body.get("status") not in FINISHED:
+        if not _sweep_ended(body):
             raise WanqError(
                 "NOT_FINISHED",
                 f"Sweep {sweep_id} is {body.get('status')} and has no grids yet; "

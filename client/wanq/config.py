@@ -31,10 +31,10 @@ def save(url: str, token: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an older tmp file keeps its mode through O_CREAT: make it private before the token
     with os.fdopen(fd, "w") as fh:
         json.dump({"url": url, "token": token}, fh, indent=1)
         fh.write("\n")
-    os.chmod(tmp, 0o600)  # an older tmp file may have had other bits
     os.replace(tmp, path)
     return path
 
