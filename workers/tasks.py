@@ -43,9 +43,10 @@ def reconcile_jobs(dead_worker: str | None = None) -> dict:
 
 
 @shared_task(name="workers.deliver_webhook")
-def deliver_webhook(event_id: str) -> str:
-    """CPU queue: one attempt at posting a job's webhook event; a failure schedules the next one."""
-    return webhooks.webhook_deliver(event_id=event_id)
+def deliver_webhook(event_id: str, attempt: int | None = None) -> str:
+    """CPU queue: attempt number `attempt` at posting a job's webhook event; a failure schedules the next one.
+    (None: a message queued before attempts were numbered, taken as the next attempt.)"""
+    return webhooks.webhook_deliver(event_id=event_id, attempt=attempt)
 
 
 @shared_task(name="workers.settle_sweep")

@@ -324,7 +324,7 @@ def test_watchdog_wakes_a_read_blocked_past_the_deadline():
         sock = ours
 
     started = time.monotonic()
-    timer = fetch._watchdog(conn=Conn(), deadline=started + 0.2)
+    timer = outbound.watchdog(conn=Conn(), deadline=started + 0.2)
     try:
         ours.settimeout(5)
         assert ours.recv(10) == b""

@@ -1,5 +1,5 @@
 """Outbound HTTP to URLs that users give (LoRA downloads, webhook deliveries): which addresses the server may
-reach, and a connection that goes only to the address vetted.
+reach, a connection that goes only to the address vetted, and a watchdog that bounds a request's total time.
 
 A host is reached only when every address it resolves to is public (one private answer among public ones
 could be picked by the next lookup), and the socket then connects to that vetted address itself, so a
@@ -12,6 +12,8 @@ import http.client
 import ipaddress
 import socket
 import ssl
+import threading
+import time
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")  # on a NAT64 network these reach the embedded IPv4 address
 
@@ -53,6 +55,25 @@ def public_address(*, host: str, port: int) -> str:
     if not addresses or not all(is_public_address(address=a) for a in addresses):
         raise AddressNotPublic(host)
     return addresses[0]
+
+
+def _cut_off(*, conn: http.client.HTTPConnection) -> None:
+    sock = conn.sock
+    if sock is not None:
+        try:
+            # The plain socket's shutdown (not SSLSocket's) wakes a blocked read without touching TLS state.
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def watchdog(*, conn: http.client.HTTPConnection, deadline: float) -> threading.Timer:
+    """A started timer that shuts conn's socket at `deadline` (time.monotonic()); cancel it when done.
+    Per-read timeouts don't bound a server that drips a byte at a time; shutting the socket does."""
+    timer = threading.Timer(max(0.0, deadline - time.monotonic()), lambda: _cut_off(conn=conn))
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 class VettedHTTPSConnection(http.client.HTTPSConnection):

@@ -212,10 +212,16 @@ class DeliveryStatus(models.TextChoices):
 
 class WebhookEvent(models.Model):
     """One event of a job for its webhook (an outbox row, written in the transaction of the change that
-    causes it); the body is frozen when written, so every attempt sends the same bytes and id."""
+    causes it); the body is frozen when written, so every attempt sends the same bytes and id. It outlives its
+    job (a deleted job's events are still delivered) and is signed with its owner's secret."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    job = models.ForeignKey(GenerationJob, on_delete=models.CASCADE, related_name="webhook_events")
+    job = models.ForeignKey(
+        GenerationJob, null=True, blank=True, on_delete=models.SET_NULL, related_name="webhook_events"
+    )
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     event = models.CharField(max_length=20)
     url = models.CharField(max_length=1000)
     body = models.TextField()

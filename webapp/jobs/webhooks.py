@@ -6,7 +6,10 @@
 - An event is a `WebhookEvent` row written by `webhook_emit` in the transaction of the job change that causes
   it (an outbox); its body is frozen then. After commit the CPU queue's `workers.deliver_webhook` posts it
   (`webhook_deliver`), at least once: a failure or timeout is retried WEBHOOK_RETRY_BASE_S, doubling, at most
-  WEBHOOK_RETRY_MAX_S apart, until WEBHOOK_RETRY_FOR_S after the event; then it is marked failed.
+  WEBHOOK_RETRY_MAX_S apart, until WEBHOOK_RETRY_FOR_S after the event; then it is marked failed. Each message
+  names the attempt it makes, so a late or duplicate one starts no second retry chain. A POST gets
+  2 x WEBHOOK_TIMEOUT_S in all. The event row keeps its owner: a deleted job's events are still delivered,
+  and an event whose owner was deleted fails (it is never sent unsigned).
 - Signature: `v1,<base64 HMAC-SHA256(secret bytes, "{webhook-id}.{webhook-timestamp}.{body}")>`.
 """
 
@@ -30,7 +33,7 @@ from django.utils import timezone
 from rest_framework.utils.encoders import JSONEncoder
 
 from webapp.core.errors import ApiError
-from webapp.core.outbound import AddressNotPublic, VettedHTTPSConnection, public_address
+from webapp.core.outbound import AddressNotPublic, VettedHTTPSConnection, public_address, watchdog
 from workers.broker import CPU_QUEUE
 from workers.celery_app import app as celery_app
 
@@ -61,6 +64,8 @@ def _vet(url: str) -> tuple[str, str, int, str, bool]:
         port = parts.port
     except ValueError:
         raise _refuse("WEBHOOK_URL_INVALID", "The webhook URL is malformed.", url=url) from None
+    if not url.isascii():
+        raise _refuse("WEBHOOK_URL_INVALID", "The webhook URL must be ASCII; percent-encode other characters.", url=url)
     host = parts.hostname
     if "@" in parts.netloc or not host or not host.isascii() or parts.scheme.lower() not in ("https", "http"):
         raise _refuse("WEBHOOK_URL_INVALID", "The webhook URL needs an https scheme, a host and no password.", url=url)
@@ -152,28 +157,36 @@ def webhook_emit(*, job: GenerationJob, event: str) -> WebhookEvent | None:
         since = timezone.now() - timedelta(seconds=settings.WEBHOOK_PROGRESS_INTERVAL_S)
         if WebhookEvent.objects.filter(job=job, event="progress", created_at__gt=since).exists():
             return None
-    row = WebhookEvent.objects.create(job=job, event=event, url=job.webhook, body=webhook_body(job, event))
-    _send(row.pk, countdown=0)
+    row = WebhookEvent.objects.create(
+        job=job, owner=job.owner, event=event, url=job.webhook, body=webhook_body(job, event)
+    )
+    _send(row.pk, attempt=1, countdown=0)
     return row
 
 
-def _send(event_id, *, countdown: float) -> None:
+def _send(event_id, *, attempt: int, countdown: float) -> None:
     def send():
-        celery_app.send_task(DELIVER_TASK, args=[str(event_id)], queue=CPU_QUEUE, countdown=countdown or None)
+        args = [str(event_id), attempt]
+        celery_app.send_task(DELIVER_TASK, args=args, queue=CPU_QUEUE, countdown=countdown or None)
 
     transaction.on_commit(send, robust=True)  # a broker outage: webhook_resend_due sends it again
 
 
 def webhook_resend_due(*, grace_s: float = 300) -> int:
-    """Re-send pending events whose message seems lost (due for longer than grace_s); the reconciler calls this."""
-    before = timezone.now() - timedelta(seconds=grace_s)
+    """Re-send pending events whose message seems lost (due for longer than grace_s), or mark them failed once
+    WEBHOOK_RETRY_FOR_S old; the reconciler calls this."""
+    now = timezone.now()
+    before = now - timedelta(seconds=grace_s)
     due = WebhookEvent.objects.filter(status=DeliveryStatus.PENDING, created_at__lt=before).exclude(
         next_attempt_at__gt=before
     )
+    expired = due.filter(created_at__lt=now - timedelta(seconds=settings.WEBHOOK_RETRY_FOR_S))
+    if given_up := expired.update(status=DeliveryStatus.FAILED, finished_at=now, next_attempt_at=None):
+        log.warning("gave up %d webhook events past WEBHOOK_RETRY_FOR_S", given_up)
     count = 0
-    for event_id in due.values_list("pk", flat=True)[:1000]:
+    for event_id, attempts in due.values_list("pk", "attempts")[:1000]:
         with transaction.atomic():
-            _send(event_id, countdown=0)
+            _send(event_id, attempt=attempts + 1, countdown=0)
         count += 1
     return count
 
@@ -187,7 +200,8 @@ def retry_delay(attempts: int) -> float:
 
 
 def _post(*, url: str, headers: dict, body: bytes) -> int:
-    """POST once, following no redirect: the status code; refusals raise ApiError, network failures OSError."""
+    """POST once, following no redirect, within 2 x WEBHOOK_TIMEOUT_S: the status code; refusals raise ApiError,
+    network failures OSError."""
     scheme, host, port, path, allowed = _vet(url)
     timeout = settings.WEBHOOK_TIMEOUT_S
     if allowed:  # exempt: the host as named, http or https
@@ -198,47 +212,66 @@ def _post(*, url: str, headers: dict, body: bytes) -> int:
         conn = VettedHTTPSConnection(
             host, address=address, port=port, timeout=timeout, context=ssl.create_default_context()
         )
+    deadline = time.monotonic() + 2 * timeout
+    timer = watchdog(conn=conn, deadline=deadline)
     try:
         conn.request("POST", path, body=body, headers=headers)
         response = conn.getresponse()
         response.read(64 * 1024)
-        return response.status
+    except (OSError, http.client.HTTPException):
+        if time.monotonic() < deadline:
+            raise
     finally:
+        timer.cancel()
         conn.close()
+    if time.monotonic() >= deadline:  # the watchdog shut the socket: what came (if anything) was cut short
+        raise TimeoutError(f"timed out: no complete answer within {2 * timeout:g} s")
+    return response.status
 
 
-def webhook_deliver(*, event_id) -> str:
-    """One attempt at an event: POST it signed, record the attempt, then done, retried later, or failed."""
-    event = WebhookEvent.objects.select_related("job__owner").filter(pk=event_id).first()
-    if event is None or event.status != DeliveryStatus.PENDING:
-        return "skipped"
-    owner = event.job.owner
-    key = webhook_secret_get(user=owner) if owner is not None else None
+def _attempt(event: WebhookEvent) -> tuple[int | None, str]:
+    """POST the event signed: (status code, "") on a 2xx, else (status code or None, the error)."""
+    if event.owner is None:
+        return None, "WEBHOOK_OWNER_DELETED: the job's owner was deleted, so the event cannot be signed."
     timestamp = int(time.time())
     headers = {
         "Content-Type": "application/json",
         "User-Agent": "wan-render-queue-webhooks",
         "webhook-id": event.message_id,
         "webhook-timestamp": str(timestamp),
+        "webhook-signature": webhook_sign(
+            key=webhook_secret_get(user=event.owner), msg_id=event.message_id, timestamp=timestamp, body=event.body
+        ),
     }
-    if key:
-        headers["webhook-signature"] = webhook_sign(
-            key=key, msg_id=event.message_id, timestamp=timestamp, body=event.body
-        )
-    started, status_code, error = time.monotonic(), None, ""
     try:
         status_code = _post(url=event.url, headers=headers, body=event.body.encode())
-        if not 200 <= status_code < 300:
-            error = f"HTTP {status_code}" + (" (redirects are not followed)" if 300 <= status_code < 400 else "")
     except ApiError as exc:
-        error = f"{exc.code}: {exc.message}"
+        return None, f"{exc.code}: {exc.message}"
     except (OSError, http.client.HTTPException) as exc:
-        error = f"{type(exc).__name__}: {exc}"[:500]
+        return None, f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # still an attempt: an event that never records one would be re-sent forever
+        log.exception("webhook %s: unexpected error", event.message_id)
+        return None, f"{type(exc).__name__}: {exc}"
+    if 300 <= status_code < 400:
+        return status_code, f"HTTP {status_code} (redirects are not followed)"
+    return status_code, "" if 200 <= status_code < 300 else f"HTTP {status_code}"
+
+
+def webhook_deliver(*, event_id, attempt: int | None) -> str:
+    """Attempt number `attempt` at an event: POST it signed, record the attempt, then done, retried later, or
+    failed. A message for another attempt (late, or sent twice) is skipped; None stands for the next one."""
+    event = WebhookEvent.objects.select_related("owner").filter(pk=event_id).first()
+    if attempt is None and event is not None:
+        attempt = event.attempts + 1
+    if event is None or event.status != DeliveryStatus.PENDING or event.attempts + 1 != attempt:
+        return "skipped"
+    started = time.monotonic()
+    status_code, error = _attempt(event)
     duration_ms = int(1000 * (time.monotonic() - started))
     now = timezone.now()
     with transaction.atomic():
         event = WebhookEvent.objects.select_for_update().get(pk=event.pk)
-        if event.status != DeliveryStatus.PENDING:  # a duplicate message delivered it meanwhile
+        if event.status != DeliveryStatus.PENDING or event.attempts + 1 != attempt:  # a duplicate message won
             return "skipped"
         event.attempts += 1
         WebhookAttempt.objects.create(
@@ -248,11 +281,11 @@ def webhook_deliver(*, event_id) -> str:
             event.status, event.finished_at, event.next_attempt_at = DeliveryStatus.DELIVERED, now, None
         else:
             delay = retry_delay(event.attempts)
-            if (now - event.created_at).total_seconds() >= settings.WEBHOOK_RETRY_FOR_S:
+            if event.owner_id is None or (now - event.created_at).total_seconds() >= settings.WEBHOOK_RETRY_FOR_S:
                 event.status, event.finished_at, event.next_attempt_at = DeliveryStatus.FAILED, now, None
-                log.warning("webhook %s of job %s failed for good: %s", event.message_id, event.job_id, error)
+                log.warning("webhook %s (%s) failed for good: %s", event.message_id, event.event, error)
             else:
                 event.next_attempt_at = now + timedelta(seconds=delay)
-                _send(event.pk, countdown=delay)
+                _send(event.pk, attempt=event.attempts + 1, countdown=delay)
         event.save()
     return event.status

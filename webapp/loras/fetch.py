@@ -7,10 +7,8 @@ with webhooks); callers get an open temporary file and a filename, or an ApiErro
 from __future__ import annotations
 
 import http.client
-import socket
 import ssl
 import tempfile
-import threading
 import time
 from typing import IO, Protocol
 from urllib.parse import SplitResult, unquote, urljoin, urlsplit
@@ -18,7 +16,7 @@ from urllib.parse import SplitResult, unquote, urljoin, urlsplit
 from django.conf import settings
 
 from webapp.core.errors import ApiError
-from webapp.core.outbound import AddressNotPublic, VettedHTTPSConnection, public_address
+from webapp.core.outbound import AddressNotPublic, VettedHTTPSConnection, public_address, watchdog
 
 MAX_REDIRECTS = 3
 _REDIRECT_STATUSES = {301, 302, 303, 307, 308}
@@ -88,24 +86,6 @@ def _resolve(*, host: str, port: int, url: str) -> str:
         raise _fail(
             "LORA_URL_PRIVATE_ADDRESS", f"{host!r} resolves to an address that is not public.", url=url, host=host
         ) from None
-
-
-def _cut_off(*, conn: http.client.HTTPConnection) -> None:
-    sock = conn.sock
-    if sock is not None:
-        try:
-            # The plain socket's shutdown (not SSLSocket's) wakes a blocked read without touching TLS state.
-            socket.socket.shutdown(sock, socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-
-def _watchdog(*, conn: http.client.HTTPConnection, deadline: float) -> threading.Timer:
-    # Per-read timeouts don't bound a server that drips a byte at a time; shutting the socket does.
-    timer = threading.Timer(max(0.0, deadline - time.monotonic()), lambda: _cut_off(conn=conn))
-    timer.daemon = True
-    timer.start()
-    return timer
 
 
 def _vet_redirect(*, current_url: str, location: str) -> str:
@@ -185,7 +165,7 @@ def _get(*, url: str, parts: SplitResult, deadline: float) -> tuple[str | None, 
     conn = VettedHTTPSConnection(
         host, address=address, port=port, timeout=timeout, context=ssl.create_default_context()
     )
-    timer = _watchdog(conn=conn, deadline=deadline)
+    timer = watchdog(conn=conn, deadline=deadline)
     try:
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         conn.request("GET", path, headers={"Accept-Encoding": "identity", "User-Agent": "wan-render-queue"})
