@@ -5,6 +5,7 @@ import hashlib
 import hmac
 import json
 import time
+from datetime import datetime
 
 import pytest
 
@@ -180,6 +181,8 @@ def test_each_move_writes_the_events_the_filter_asks_for(api, dns, settings, dja
     assert done["event"] == "completed" and done["status"] == "succeeded" and done["request_id"] == str(job.pk)
     assert len(done["outputs"]["videos"]) == 1 and done["progress"]["fraction"] == 1.0
     assert json.loads(events[0].body)["status"] == "in_progress"
+    times = [datetime.fromisoformat(json.loads(e.body)["timestamp"]) for e in events]  # when each happened
+    assert times == sorted(times) and all(t.tzinfo is not None for t in times)
     shown = api.get(f"/api/v1/jobs/{job.pk}/").json()
     assert [d["event"] for d in shown["webhook_deliveries"]] == ["start", "progress", "output", "completed"]
     assert shown["webhook_deliveries"][0]["id"].startswith("msg_") and shown["webhook"] == HOOK

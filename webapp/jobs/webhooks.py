@@ -141,10 +141,11 @@ class _Base:
 
 
 def webhook_body(job: GenerationJob, event: str) -> str:
-    """The job as /v1/requests/<id>/status and /result show it, plus "event"."""
+    """The job as /v1/requests/<id>/status and /result show it, plus "event" and "timestamp" (when it
+    happened: a retried event keeps it, so a receiver can order the events it gets late)."""
     from .compat import result_body, status_body  # compat imports services, which imports this module
 
-    data = {**status_body(job), **result_body(job, _Base()), "event": event}
+    data = {**status_body(job), **result_body(job, _Base()), "event": event, "timestamp": timezone.now().isoformat()}
     return json.dumps(data, cls=JSONEncoder, separators=(",", ":"))
 
 
