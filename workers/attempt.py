@@ -30,7 +30,7 @@ from django.conf import settings
 from django.db import connection
 
 from webapp.jobs import services
-from webapp.jobs.models import GenerationJob, Preset
+from webapp.jobs.models import GenerationJob
 from webapp.loras.models import Visibility
 from workers.host import GpuHost
 from workers.outputs import StorageFailed, output_record, output_store
@@ -170,7 +170,7 @@ class JobAttempt:
 
     def _lora_specs(self, job_loras) -> list[LoraSpec]:
         specs = []
-        draft = job_loras[-1] if self.job.preset == Preset.DRAFT else None  # the draft LoRA, last of the stack
+        draft = self.job.draft_lora(job_loras)
         for job_lora in job_loras:
             if job_lora.lora is None:
                 # Every member reads a job's error: it names no LoRA (a private one stays private).

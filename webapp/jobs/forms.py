@@ -269,9 +269,8 @@ class JobSubmitForm:
         )
         loras, notes = [], []
         job_loras = list(job.job_loras.all())
-        if job.preset == Preset.DRAFT:
-            job_loras = job_loras[:-1]  # the draft LoRA, last of the stack: the preset adds it again
-        for job_lora in job_loras:
+        draft = job.draft_lora(job_loras)  # left out: the preset adds it again
+        for job_lora in (jl for jl in job_loras if jl is not draft):
             if job_lora.lora_id in usable:
                 loras.append({"lora": job_lora.lora_id, "multiplier": job_lora.multiplier})
             else:

@@ -140,6 +140,10 @@ class GenerationJob(models.Model):
     def percent(self) -> int:
         return int(100 * self.progress.get("fraction", 1.0 if self.status == JobStatus.SUCCEEDED else 0.0))
 
+    def draft_lora(self, job_loras: list["JobLora"]) -> "JobLora | None":
+        """The draft preset's step-distill LoRA among this job's stack: the last (`job_spec` adds it there)."""
+        return job_loras[-1] if self.preset == Preset.DRAFT and job_loras else None
+
 
 class JobLora(models.Model):
     """One LoRA of a job's stack, with its multiplier; sha256 kept even if the LoRA is deleted later.

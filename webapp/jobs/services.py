@@ -158,7 +158,7 @@ def job_fetch_loras(*, job_id) -> str:
     if job is None:
         return "skipped"  # canceled meanwhile, or a duplicate delivery after the fetch
     job_loras = list(job.job_loras.all())
-    draft = job_loras[-1] if job.preset == Preset.DRAFT else None  # the server's draft LoRA: no owner
+    draft = job.draft_lora(job_loras)  # the server's: registered with no owner
     for job_lora in [jl for jl in job_loras if jl.pending]:
         try:
             lora = lora_resolve(ref=job_lora.url, owner=None if job_lora is draft else job.owner)

@@ -262,10 +262,9 @@ def webhook_deliver(*, event_id, attempt: int | None) -> str:
     """Attempt number `attempt` at an event: POST it signed, record the attempt, then done, retried later, or
     failed. A message for another attempt (late, or sent twice) is skipped; None stands for the next one."""
     event = WebhookEvent.objects.select_related("owner").filter(pk=event_id).first()
-    if attempt is None and event is not None:
-        attempt = event.attempts + 1
-    if event is None or event.status != DeliveryStatus.PENDING or event.attempts + 1 != attempt:
+    if event is None or event.status != DeliveryStatus.PENDING or attempt not in (None, event.attempts + 1):
         return "skipped"
+    attempt = event.attempts + 1
     started = time.monotonic()
     status_code, error = _attempt(event)
     duration_ms = int(1000 * (time.monotonic() - started))
